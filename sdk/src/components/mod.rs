@@ -1,0 +1,11 @@
+//! Standard components shared by every plugin, registered like any plugin's.
+//!
+//! - task `linear-regression`: generated `y = w·x + b + noise` data, with the closed-form
+//!   least-squares optimum to compare against;
+//! - objective `mse`: mean squared error;
+//! - scheduler `supervised`: minibatch training of an MLP regressor (linear when it has no
+//!   hidden layers) through any objective, with evaluation, checkpoints and resume.
+
+pub mod mse;
+pub mod regression;
+pub mod supervised;

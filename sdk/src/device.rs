@@ -1,0 +1,81 @@
+//! Devices named in recipes: `cpu` (burn's `flex`), `ndarray`, `tch:cpu`, `tch:cuda:N`.
+
+use burn::tensor::Device;
+
+use crate::error::Error;
+
+/// The device names a recipe may use.
+pub const DEVICE_NAMES: &[&str] = &["cpu", "flex", "ndarray", "tch:cpu", "tch:cuda:N"];
+
+/// The device named `name` (without autodiff; trainers call `.autodiff()`).
+pub fn parse_device(name: &str) -> Result<Device, Error> {
+    let unknown = || {
+        Error::Usage(format!(
+            "unknown device `{name}`: use one of {}",
+            DEVICE_NAMES.join(", ")
+        ))
+    };
+    match name {
+        "cpu" | "flex" => Ok(Device::flex()),
+        "ndarray" => ndarray_device(),
+        _ if name.starts_with("tch:") => {
+            let rest = &name[4..];
+            if rest == "cpu" {
+                tch_device(None)
+            } else if let Some(index) = rest.strip_prefix("cuda:") {
+                let index: usize = index.parse().map_err(|_| unknown())?;
+                tch_device(Some(index))
+            } else {
+                Err(unknown())
+            }
+        }
+        _ => Err(unknown()),
+    }
+}
+
+#[cfg(feature = "ndarray")]
+fn ndarray_device() -> Result<Device, Error> {
+    Ok(Device::ndarray())
+}
+
+#[cfg(not(feature = "ndarray"))]
+fn ndarray_device() -> Result<Device, Error> {
+    Err(Error::Usage(
+        "device `ndarray` needs a build with `--features ndarray`".into(),
+    ))
+}
+
+#[cfg(feature = "tch")]
+fn tch_device(cuda: Option<usize>) -> Result<Device, Error> {
+    Ok(match cuda {
+        None => Device::libtorch(),
+        Some(i) => Device::libtorch_cuda(i),
+    })
+}
+
+#[cfg(not(feature = "tch"))]
+fn tch_device(_cuda: Option<usize>) -> Result<Device, Error> {
+    Err(Error::Usage(
+        "devices `tch:*` need a build with `--features tch` (libtorch); this one has only `cpu`"
+            .into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_or_explain() {
+        assert!(parse_device("cpu").is_ok());
+        let e = parse_device("gpu").unwrap_err().to_string();
+        assert!(e.contains("unknown device `gpu`"), "{e}");
+        #[cfg(not(feature = "tch"))]
+        assert!(
+            parse_device("tch:cuda:0")
+                .unwrap_err()
+                .to_string()
+                .contains("--features tch")
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! # lmlab-sdk
+//!
+//! The SDK every lmlab method plugin is written against:
+//!
+//! - the core traits: [`Task`], [`Policy`], [`RewardModel`], [`Verifier`], [`Sampler`],
+//!   [`Objective`] and [`Scheduler`];
+//! - the [`registry`] through which plugins register components (statically with
+//!   [`register_component!`], or from a `cdylib` loaded at run time, see [`dynamic`]);
+//! - the [`recipe`] runner: parse a recipe, apply `--set` overrides, build components, run;
+//! - [`run`] directories (`runs/<recipe>/<time>/`: resolved config, `metrics.jsonl`, summary);
+//! - the generic [`train`] machinery (AdamW, schedules, clipping, atomic checkpoints, resume);
+//! - standard [`components`] shared by every plugin.
+//!
+//! Tensors are burn 0.22 tensors: the [`Device`](burn::tensor::Device) picks the backend at run
+//! time, so every component is written once for the CPU default (`flex`) and libtorch (`tch`).
+
+pub mod cli;
+pub mod components;
+pub mod device;
+pub mod dynamic;
+pub mod error;
+pub mod objective;
+pub mod policy;
+pub mod progress;
+pub mod recipe;
+pub mod registry;
+pub mod reward;
+pub mod rng;
+pub mod run;
+pub mod sampler;
+pub mod scheduler;
+pub mod schema;
+pub mod task;
+pub mod tensor_map;
+pub mod train;
+pub mod verifier;
+
+pub use error::{Error, Result};
+pub use objective::{LossOutput, Objective};
+pub use policy::{Completion, Policy, SamplingParams, SequenceLogProbs};
+pub use registry::{Built, Components, Kind};
+pub use reward::RewardModel;
+pub use sampler::Sampler;
+pub use scheduler::{RunContext, Scheduler};
+pub use task::{Split, Task};
+pub use tensor_map::TensorMap;
+pub use verifier::Verifier;
+
+// Re-exported so plugins use the exact versions the SDK was built with.
+pub use anyhow;
+pub use burn;
+pub use inventory;
+pub use schemars;
+pub use serde;
+pub use serde_json;
+pub use toml;
+pub use tracing;

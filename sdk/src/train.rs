@@ -1,0 +1,266 @@
+//! Training machinery shared by every method: AdamW with warmup and a decay schedule,
+//! gradient clipping, and atomic checkpoints (model, optimiser state, step, random streams)
+//! that a killed run resumes from exactly.
+//!
+//! It is generic over the model (any burn [`Module`]) and knows nothing of batches: a
+//! scheduler computes a loss however it likes and hands it to [`Trainer::step`].
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Tensor};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::run::write_atomic;
+
+/// How the learning rate decays after warmup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// AdamW and its learning-rate schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Steps of linear warmup from `lr / warmup_steps` to `lr`.
+    pub warmup_steps: u64,
+    /// Decay after warmup.
+    pub schedule: LrSchedule,
+    /// The final learning rate as a fraction of `lr` (linear and cosine).
+    pub min_lr_ratio: f64,
+    /// Clip the global gradient norm to this (none: no clipping).
+    pub grad_clip_norm: Option<f32>,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: 0,
+            schedule: LrSchedule::Constant,
+            min_lr_ratio: 0.0,
+            grad_clip_norm: Some(1.0),
+        }
+    }
+}
+
+/// The learning rate of 0-based `step` out of `total_steps`:
+/// warmup `lr·(step+1)/warmup`, then `lr·(m + (1−m)·d(p))` with `p` the fraction of the decay
+/// phase done, `m = min_lr_ratio`, and `d(p) = 1` (constant), `1 − p` (linear) or
+/// `(1 + cos πp)/2` (cosine).
+pub fn learning_rate(cfg: &OptimConfig, step: u64, total_steps: u64) -> f64 {
+    if step < cfg.warmup_steps {
+        return cfg.lr * (step + 1) as f64 / cfg.warmup_steps as f64;
+    }
+    let decay_steps = total_steps.saturating_sub(cfg.warmup_steps).max(1);
+    let p = ((step - cfg.warmup_steps) as f64 / decay_steps as f64).clamp(0.0, 1.0);
+    let d = match cfg.schedule {
+        LrSchedule::Constant => 1.0,
+        LrSchedule::Linear => 1.0 - p,
+        LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+    };
+    cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * d)
+}
+
+/// A model, its optimiser, and the step count.
+pub struct Trainer<M: Module> {
+    /// The model being trained (on an autodiff device).
+    pub model: M,
+    optim: ModuleOptimizer,
+    config: OptimConfig,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Steps the run will take (for the schedule).
+    pub total_steps: u64,
+}
+
+impl<M: Module> Trainer<M> {
+    /// A trainer for `model` (already on an autodiff device).
+    pub fn new(model: M, config: OptimConfig, total_steps: u64) -> Self {
+        let mut adam = AdamWConfig::new()
+            .with_beta_1(config.beta1)
+            .with_beta_2(config.beta2)
+            .with_epsilon(config.eps)
+            .with_weight_decay(config.weight_decay);
+        if let Some(norm) = config.grad_clip_norm {
+            adam = adam.with_grad_clipping(Some(GradientClippingConfig::Norm(norm)));
+        }
+        Self {
+            model,
+            optim: adam.init(),
+            config,
+            step: 0,
+            total_steps,
+        }
+    }
+
+    /// The learning rate the next step will use.
+    pub fn lr(&self) -> f64 {
+        learning_rate(&self.config, self.step, self.total_steps)
+    }
+
+    /// Back-propagates `loss` (computed from `self.model`) and takes one optimiser step;
+    /// returns the learning rate used.
+    pub fn step(&mut self, loss: Tensor<1>) -> f64 {
+        let lr = self.lr();
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        self.model = self.optim.step(lr, self.model.clone(), grads);
+        self.step += 1;
+        lr
+    }
+
+    /// Writes a checkpoint of the model, optimiser, step and `state` (the scheduler's own
+    /// resumable state: random streams, data position, ...) under `dir/step-NNNNNNNN/`,
+    /// atomically, and points `dir/LATEST` at it. Keeps the `keep` newest checkpoints.
+    pub fn save_checkpoint(
+        &self,
+        dir: &Path,
+        state: &serde_json::Value,
+        keep: usize,
+    ) -> anyhow::Result<PathBuf> {
+        let name = format!("step-{:08}", self.step);
+        let tmp = dir.join(format!(".tmp-{name}"));
+        let final_dir = dir.join(&name);
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let model = self
+            .model
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("serialising the model: {e:?}"))?;
+        let optim = self
+            .optim
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("serialising the optimiser: {e:?}"))?;
+        write_atomic(&tmp.join("model.bpk"), &model)?;
+        write_atomic(&tmp.join("optim.bpk"), &optim)?;
+        let meta = serde_json::json!({ "step": self.step, "total_steps": self.total_steps, "state": state });
+        write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        if final_dir.exists() {
+            fs::remove_dir_all(&final_dir)?;
+        }
+        fs::rename(&tmp, &final_dir)?;
+        write_atomic(&dir.join("LATEST"), name.as_bytes())?;
+        // Drop old checkpoints.
+        let mut all: Vec<PathBuf> = fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-"))
+            })
+            .collect();
+        all.sort();
+        while all.len() > keep.max(1) {
+            let old = all.remove(0);
+            let _ = fs::remove_dir_all(old);
+        }
+        Ok(final_dir)
+    }
+
+    /// Loads the checkpoint `dir/LATEST` points to into this trainer (whose model must have
+    /// the same architecture); returns the scheduler state saved with it, or `None` when there
+    /// is no checkpoint.
+    pub fn load_latest(&mut self, dir: &Path) -> anyhow::Result<Option<serde_json::Value>> {
+        let Some(ckpt) = latest_checkpoint(dir)? else {
+            return Ok(None);
+        };
+        let model = fs::read(ckpt.join("model.bpk"))
+            .with_context(|| format!("reading {}", ckpt.join("model.bpk").display()))?;
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(model))
+            .map_err(|e| anyhow::anyhow!("{}: not a model checkpoint: {e:?}", ckpt.display()))?;
+        self.model = self
+            .model
+            .clone()
+            .try_load_record(record)
+            .map_err(|e| anyhow::anyhow!("{}: does not fit this model: {e:?}", ckpt.display()))?;
+        let optim = fs::read(ckpt.join("optim.bpk"))?;
+        let fresh = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
+        self.optim = fresh
+            .from_bytes(Bytes::from_bytes_vec(optim))
+            .map_err(|e| anyhow::anyhow!("{}: bad optimiser state: {e:?}", ckpt.display()))?;
+        let meta: serde_json::Value =
+            serde_json::from_slice(&fs::read(ckpt.join("state.json"))?)
+                .with_context(|| format!("{}: bad state.json", ckpt.display()))?;
+        let Some(step) = meta["step"].as_u64() else {
+            bail!("{}: state.json has no step", ckpt.display());
+        };
+        self.step = step;
+        Ok(Some(meta["state"].clone()))
+    }
+}
+
+/// The checkpoint directory `dir/LATEST` names, if any.
+pub fn latest_checkpoint(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let latest = dir.join("LATEST");
+    match fs::read_to_string(&latest) {
+        Ok(name) => {
+            let p = dir.join(name.trim());
+            if !p.is_dir() {
+                bail!("{} names {}, which does not exist", latest.display(), p.display());
+            }
+            Ok(Some(p))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", latest.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn schedule_matches_its_formula(
+            lr in 1e-5f64..1.0, warmup in 0u64..50, total in 1u64..500, step in 0u64..600,
+            min in 0.0f64..1.0, kind in 0usize..3,
+        ) {
+            let schedule = [LrSchedule::Constant, LrSchedule::Linear, LrSchedule::Cosine][kind];
+            let cfg = OptimConfig { lr, warmup_steps: warmup, schedule, min_lr_ratio: min, ..Default::default() };
+            let got = learning_rate(&cfg, step, total);
+            prop_assert!(got > 0.0 || (min == 0.0 && step >= warmup));
+            prop_assert!(got <= lr * (1.0 + 1e-12));
+            if step < warmup {
+                prop_assert!((got - lr * (step + 1) as f64 / warmup as f64).abs() < 1e-12);
+            } else if schedule == LrSchedule::Constant {
+                prop_assert!((got - lr).abs() < 1e-12);
+            } else if step >= total {
+                prop_assert!((got - lr * min).abs() < 1e-9);
+            }
+        }
+    }
+
+    #[test]
+    fn cosine_midpoint_is_half_way() {
+        let cfg = OptimConfig { lr: 1.0, schedule: LrSchedule::Cosine, ..Default::default() };
+        assert!((learning_rate(&cfg, 50, 100) - 0.5).abs() < 1e-12);
+        assert_eq!(learning_rate(&cfg, 0, 100), 1.0);
+    }
+}

@@ -1,0 +1,7 @@
+//! # lmlab
+//!
+//! The umbrella crate: re-exports the SDK ([`sdk`]) and links every bundled plugin, so their
+//! components are registered in any program that depends on `lmlab`.
+
+pub use lmlab_sdk as sdk;
+pub use lmlab_sdk::*;
