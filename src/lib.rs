@@ -5,3 +5,5 @@
 
 pub use lmlab_sdk as sdk;
 pub use lmlab_sdk::*;
+
+// bundled plugins (cargo xtask plugin new adds here)

@@ -2,7 +2,7 @@
 //!
 //! Rust has no stable ABI. A plugin library is only safe to call when it was built against
 //! the same lmlab-sdk version with the same rustc as the program loading it, so the loader
-//! reads the library's [`ABI_STAMP`] (a C function returning a C string, safe to call across
+//! reads the library's [`abi_stamp`] (a C function returning a C string, safe to call across
 //! compilers) before touching anything else, and refuses a mismatch. Loaded libraries stay
 //! loaded for the life of the process.
 //!
@@ -15,28 +15,35 @@
 //! which exports every component the crate registered with
 //! [`register_component!`](crate::register_component).
 
-use std::ffi::{CStr, c_char};
+use std::ffi::{CStr, CString, c_char};
+use std::sync::OnceLock;
 use std::path::Path;
 
 use crate::error::Error;
 use crate::registry::{self, ComponentFactory, Kind};
 
-/// This build's ABI stamp: SDK version and the rustc that compiled it.
-pub const ABI_STAMP: &str = concat!(
-    "lmlab-sdk ",
-    env!("CARGO_PKG_VERSION"),
-    " built by ",
-    env!("LMLAB_RUSTC_VERSION")
-);
+/// The ABI stamp of this build of the SDK: its version, the rustc that compiled it, and the
+/// identity Rust gives the registry's types in this build (which changes with the SDK's
+/// features and dependencies). Two builds with equal stamps exchange components safely.
+pub fn abi_stamp() -> &'static str {
+    static STAMP: OnceLock<String> = OnceLock::new();
+    STAMP.get_or_init(|| {
+        format!(
+            "lmlab-sdk {} built by {}; types {:?}",
+            env!("CARGO_PKG_VERSION"),
+            env!("LMLAB_RUSTC_VERSION"),
+            std::any::TypeId::of::<(ComponentFactory, crate::registry::Built)>()
+        )
+    })
+}
 
 #[doc(hidden)]
-pub const ABI_STAMP_NUL: &str = concat!(
-    "lmlab-sdk ",
-    env!("CARGO_PKG_VERSION"),
-    " built by ",
-    env!("LMLAB_RUSTC_VERSION"),
-    "\0"
-);
+pub fn abi_stamp_c() -> *const c_char {
+    static STAMP: OnceLock<CString> = OnceLock::new();
+    STAMP
+        .get_or_init(|| CString::new(abi_stamp()).expect("the stamp has no NUL"))
+        .as_ptr()
+}
 
 /// The exported C function that returns the stamp.
 pub const STAMP_SYMBOL: &str = "lmlab_plugin_abi_stamp";
@@ -73,7 +80,7 @@ macro_rules! export_plugin {
         /// The lmlab ABI stamp of this library (SDK version and rustc).
         #[unsafe(no_mangle)]
         pub extern "C" fn lmlab_plugin_abi_stamp() -> *const ::std::ffi::c_char {
-            $crate::dynamic::ABI_STAMP_NUL.as_ptr().cast()
+            $crate::dynamic::abi_stamp_c()
         }
 
         /// Registers this library's components. Called only after the stamp matched.
@@ -88,7 +95,7 @@ macro_rules! export_plugin {
 /// Loads the plugin library at `path` and registers its components; returns what it added.
 ///
 /// Refused, with an [`Error::Plugin`] that says why: a file that is missing or not a shared
-/// library, a library without the lmlab symbols, a stamp that differs from [`ABI_STAMP`], and
+/// library, a library without the lmlab symbols, a stamp that differs from [`abi_stamp`], and
 /// a component name that is already registered.
 pub fn load_plugin(path: &Path) -> Result<Vec<(Kind, &'static str)>, Error> {
     let refuse = |reason: String| Error::Plugin {
@@ -119,11 +126,13 @@ pub fn load_plugin(path: &Path) -> Result<Vec<(Kind, &'static str)>, Error> {
         // SAFETY: non-null pointer to a NUL-terminated string, per the stamp contract.
         unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
     };
-    if stamp != ABI_STAMP {
+    if stamp != abi_stamp() {
         return Err(refuse(format!(
-            "ABI stamp mismatch: the library was built as `{stamp}`, this program as \
-             `{ABI_STAMP}`. Rust has no stable ABI: rebuild the plugin against the same \
-             lmlab-sdk version with the same rustc"
+            "ABI stamp mismatch: the library was built as `{stamp}`, this program as `{}`. \
+             Rust has no stable ABI: rebuild the plugin against the same lmlab-sdk version, \
+             with the same rustc and the same dependency features (build it in the same \
+             cargo invocation as the program, e.g. `cargo build --workspace`)",
+            abi_stamp()
         )));
     }
     let mut registrar = PluginRegistrar::default();

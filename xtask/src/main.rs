@@ -1,1 +1,135 @@
-fn main(){}
+//! `cargo xtask`: the project's commands.
+//!
+//! ```text
+//! cargo xtask recipe NAME [--set k=v]... [--smoke] [--resume RUN_DIR] [--out DIR] [--seed N] [--quiet]
+//! cargo xtask recipes                 list the bundled recipes
+//! cargo xtask schema [--out DIR]      write JSON schemas (default: schemas/)
+//! cargo xtask plugins                 list registered components
+//! cargo xtask plugin new NAME         scaffold plugins/NAME (builds, registers, tested)
+//! cargo xtask test                    the test suite: nextest, then doctests
+//! ```
+//!
+//! Runner commands build the `lmlab` binary in release (recipes train models: they should be
+//! fast) and run it from the workspace root, so runs land in `runs/`.
+
+mod scaffold;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, bail};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | plugin new NAME | test>";
+
+fn run() -> anyhow::Result<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root()?;
+    let Some(cmd) = args.first() else {
+        eprintln!("{USAGE}");
+        return Ok(ExitCode::from(2));
+    };
+    match cmd.as_str() {
+        "recipe" | "recipes" | "plugins" => runner(&root, &args),
+        "schema" => {
+            let mut a = args.clone();
+            if !a.iter().any(|x| x == "--out") {
+                a.push("--out".into());
+                a.push(root.join("schemas").display().to_string());
+            }
+            runner(&root, &a)
+        }
+        "plugin" => match args.get(1).map(String::as_str) {
+            Some("new") => {
+                let Some(name) = args.get(2) else {
+                    bail!("usage: cargo xtask plugin new NAME");
+                };
+                scaffold::new_plugin(&root, name)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => bail!("usage: cargo xtask plugin new NAME"),
+        },
+        "test" => {
+            let status = Command::new(cargo())
+                .current_dir(&root)
+                .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                .args(&args[1..])
+                .status()
+                .context("running cargo nextest (install it with `cargo install cargo-nextest`)")?;
+            if !status.success() {
+                return Ok(code_of(status));
+            }
+            let status = Command::new(cargo())
+                .current_dir(&root)
+                .args(["test", "--workspace", "--doc"])
+                .status()?;
+            Ok(code_of(status))
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown command `{other}`\n{USAGE}"),
+    }
+}
+
+fn code_of(status: std::process::ExitStatus) -> ExitCode {
+    ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8)
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Builds the runner (release unless `LMLAB_PROFILE=dev`) and runs it with `args`.
+fn runner(root: &Path, args: &[String]) -> anyhow::Result<ExitCode> {
+    let profile = std::env::var("LMLAB_PROFILE").unwrap_or_else(|_| "release".into());
+    let mut build = Command::new(cargo());
+    build
+        .current_dir(root)
+        .args(["build", "--quiet", "--package", "lmlab", "--bin", "lmlab", "--profile", &profile]);
+    if let Ok(features) = std::env::var("LMLAB_FEATURES") {
+        build.args(["--features", &features]);
+    }
+    let status = build.status().context("building the lmlab runner")?;
+    if !status.success() {
+        bail!("building the lmlab runner failed");
+    }
+    let dir = if profile == "dev" { "debug" } else { profile.as_str() };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join(dir).join("lmlab");
+    let status = Command::new(&bin)
+        .current_dir(root)
+        .arg("--recipes-dir")
+        .arg(root.join("recipes"))
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    Ok(code_of(status))
+}
+
+/// The workspace root: the nearest directory above the current one whose `Cargo.toml` has a
+/// `[workspace]` table.
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let mut dir = std::env::current_dir()?;
+    loop {
+        let manifest = dir.join("Cargo.toml");
+        if manifest.is_file() && std::fs::read_to_string(&manifest)?.contains("[workspace]") {
+            return Ok(dir);
+        }
+        if !dir.pop() {
+            bail!("not inside the lmlab workspace (no Cargo.toml with [workspace] above here)");
+        }
+    }
+}

@@ -68,11 +68,16 @@ pub fn normal(r: &mut Rng) -> f32 {
 impl LinearRegression {
     /// The task for `config` and `seed`; refuses empty dimensions or splits.
     pub fn new(config: LinearRegressionConfig, seed: u64) -> Result<Self, ConfigError> {
-        for (field, v) in [("dim", config.dim), ("n_train", config.n_train), ("n_test", config.n_test)] {
-            if v == 0 {
+        for (field, v, max) in [
+            ("dim", config.dim, 1 << 16),
+            ("n_train", config.n_train, 10_000_000),
+            ("n_validation", config.n_validation.max(1), 10_000_000),
+            ("n_test", config.n_test, 10_000_000),
+        ] {
+            if v == 0 || v > max {
                 return Err(ConfigError {
                     field: Some(field.into()),
-                    message: "must be at least 1".into(),
+                    message: format!("must be between 1 and {max} (got {v})"),
                 });
             }
         }

@@ -255,8 +255,22 @@ crate::register_component! {
     description: "minibatch training of an MLP regressor through any objective (eval, checkpoints, resume)",
     config: SupervisedConfig,
     build: |config: SupervisedConfig, _ctx| {
-        if config.batch_size == 0 {
-            return Err(crate::registry::ConfigError { field: Some("batch_size".into()), message: "must be at least 1".into() }.into());
+        let limit = |field: &str, v: usize, max: usize| -> anyhow::Result<()> {
+            if v == 0 || v > max {
+                return Err(crate::registry::ConfigError {
+                    field: Some(field.into()),
+                    message: format!("must be between 1 and {max} (got {v})"),
+                }
+                .into());
+            }
+            Ok(())
+        };
+        limit("batch_size", config.batch_size, 1 << 20)?;
+        for h in &config.hidden {
+            limit("hidden", *h, 1 << 16)?;
+        }
+        if !(config.optim.lr.is_finite() && config.optim.lr > 0.0) {
+            return Err(crate::registry::ConfigError { field: Some("optim.lr".into()), message: "must be a positive number".into() }.into());
         }
         Ok(Box::new(Supervised { config }) as Box<dyn Scheduler>)
     },

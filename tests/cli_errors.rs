@@ -1,0 +1,121 @@
+//! Bad input is a message naming the file, table and field (with the closest valid names) and
+//! exit code 2 — never a panic.
+
+mod common;
+
+use common::{assert_user_error, lmlab, run};
+use std::io::Write;
+
+fn recipe_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("bad.toml");
+    std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+    path
+}
+
+const GOOD: &str = r#"
+seed = 1
+[task]
+use = "linear-regression"
+dim = 4
+[objective]
+use = "mse"
+[scheduler]
+use = "supervised"
+steps = 10
+"#;
+
+fn recipe_with(dir: &tempfile::TempDir, from: &str, to: &str) -> String {
+    let text = GOOD.replacen(from, to, 1);
+    assert_ne!(text, GOOD, "the replacement applies");
+    recipe_file(dir, &text).display().to_string()
+}
+
+#[test]
+fn unknown_recipe_suggests_the_closest() {
+    let out = run(lmlab().args(["recipe", "linear-regresion", "--dry-run"]));
+    assert_user_error(&out, &["unknown recipe `linear-regresion`", "did you mean `linear-regression`"]);
+}
+
+#[test]
+fn unknown_plugin_names_file_table_and_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = recipe_with(&dir, "\"supervised\"", "\"supervize\"");
+    let out = run(lmlab().args(["recipe", &file, "--dry-run"]));
+    assert_user_error(
+        &out,
+        &["bad.toml: [scheduler]", "unknown scheduler plugin `supervize`", "did you mean `supervised`", "registered scheduler plugins: "],
+    );
+}
+
+#[test]
+fn unknown_field_names_file_table_plugin_field_and_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = recipe_with(&dir, "steps = 10", "stepz = 10");
+    let out = run(lmlab().args(["recipe", &file, "--dry-run"]));
+    assert_user_error(
+        &out,
+        &["bad.toml: [scheduler] (plugin `supervised`)", "field `stepz`", "unknown field", "did you mean `steps`"],
+    );
+}
+
+#[test]
+fn missing_field_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = recipe_with(&dir, "use = \"mse\"", "");
+    let out = run(lmlab().args(["recipe", &file, "--dry-run"]));
+    assert_user_error(&out, &["bad.toml: [objective]", "field `use`", "missing field", "mse"]);
+}
+
+#[test]
+fn mistyped_field_names_the_expected_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = recipe_with(&dir, "dim = 4", "dim = \"four\"");
+    let out = run(lmlab().args(["recipe", &file, "--dry-run"]));
+    assert_user_error(
+        &out,
+        &["bad.toml: [task] (plugin `linear-regression`)", "field `dim`", "invalid type: string \"four\"", "expected usize"],
+    );
+    let file = recipe_with(&dir, "seed = 1", "seed = \"one\"");
+    let out = run(lmlab().args(["recipe", &file, "--dry-run"]));
+    assert_user_error(&out, &["bad.toml: [top level]", "field `seed`", "expected a non-negative integer, found string"]);
+}
+
+#[test]
+fn bad_set_says_why() {
+    let out = run(lmlab().args(["recipe", "linear-regression", "--dry-run", "--set", "scheduler.steps=many"]));
+    assert_user_error(&out, &["bad --set `scheduler.steps=many`", "field `steps`", "`many` is not an integer"]);
+    let out = run(lmlab().args(["recipe", "linear-regression", "--dry-run", "--set", "schedulr.steps=3"]));
+    assert_user_error(&out, &["no [schedulr] table", "did you mean `scheduler`"]);
+    let out = run(lmlab().args(["recipe", "linear-regression", "--dry-run", "--set", "scheduler.steps"]));
+    assert_user_error(&out, &["expected `path=value`"]);
+    let out = run(lmlab().args(["recipe", "linear-regression", "--dry-run", "--set", "scheduler.optim.lrr=0.1"]));
+    assert_user_error(&out, &["unknown field `lrr` in `optim`", "did you mean `lr`"]);
+}
+
+#[test]
+fn unreadable_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    std::fs::create_dir(&missing).unwrap(); // a directory where a file should be
+    let out = run(lmlab().args(["recipe", missing.to_str().unwrap(), "--dry-run"]));
+    assert_user_error(&out, &["unknown recipe"]);
+    let file = recipe_file(&dir, "seed = [");
+    let out = run(lmlab().args(["recipe", file.to_str().unwrap(), "--dry-run"]));
+    assert_user_error(&out, &["bad.toml: not valid TOML"]);
+    let out = run(lmlab().args(["--plugin", "/nonexistent/libx.so", "plugins"]));
+    assert_user_error(&out, &["cannot read /nonexistent/libx.so"]);
+    let out = run(lmlab().args(["recipe", "linear-regression", "--resume", dir.path().to_str().unwrap()]));
+    assert_user_error(&out, &["cannot resume", "no config.toml"]);
+}
+
+#[test]
+fn a_good_recipe_resolves_with_defaults() {
+    let out = run(lmlab().args(["recipe", "linear-regression", "--dry-run", "--set", "scheduler.steps=7", "--seed", "5"]));
+    assert_eq!(out.0, 0, "{}", out.2);
+    let resolved: toml::Table = toml::from_str(&out.1).unwrap();
+    assert_eq!(resolved["seed"].as_integer(), Some(5));
+    assert_eq!(resolved["scheduler"]["steps"].as_integer(), Some(7));
+    // Defaults are filled in: the resolved config says everything the run used.
+    assert!(resolved["scheduler"]["optim"].get("beta2").is_some());
+    assert!(resolved["task"].get("tolerance").is_some());
+}

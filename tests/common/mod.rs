@@ -1,0 +1,50 @@
+//! Helpers shared by the integration tests: run the `lmlab` binary and read what it did.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A command for the `lmlab` binary, with the bundled recipes.
+pub fn lmlab() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lmlab"));
+    c.arg("--recipes-dir").arg(root().join("recipes"));
+    c.env_remove("LMLAB_PLUGINS").env("LMLAB_LOG", "warn");
+    c
+}
+
+/// Runs and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output { status, stdout, stderr } = cmd.output().expect("the lmlab binary runs");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// Asserts a user error: exit code 2, one message, no panic or backtrace.
+pub fn assert_user_error(out: &(i32, String, String), needles: &[&str]) {
+    let (code, _, err) = out;
+    assert_eq!(*code, 2, "exit code; stderr: {err}");
+    assert!(err.starts_with("error: "), "stderr: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "stderr: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
+
+/// The single run directory under `out/<recipe>/`.
+pub fn only_run_dir(out: &Path, recipe: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out.join(recipe))
+        .expect("run directory parent")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.pop().unwrap()
+}
