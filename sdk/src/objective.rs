@@ -35,7 +35,7 @@ pub struct LossOutput {
 ///     fn loss(&self, batch: &TensorMap) -> anyhow::Result<LossOutput> {
 ///         let diff = batch.float2("prediction")? - batch.float2("target")?;
 ///         let loss = diff.abs().mean();
-///         let value = loss.clone().into_scalar();
+///         let value = loss.clone().into_scalar::<f32>();
 ///         Ok(LossOutput { loss, metrics: vec![("mae".into(), value as f64)] })
 ///     }
 /// }
@@ -45,7 +45,7 @@ pub struct LossOutput {
 ///     .with("prediction", Tensor::<2>::from_floats([[1.0], [2.0]], &device))
 ///     .with("target", Tensor::<2>::from_floats([[0.0], [4.0]], &device));
 /// let out = Mae.loss(&batch).unwrap();
-/// assert_eq!(out.loss.into_scalar(), 1.5);
+/// assert_eq!(out.loss.into_scalar::<f32>(), 1.5);
 /// ```
 pub trait Objective: Send + Sync {
     /// The names of the tensors [`loss`](Self::loss) reads, for error messages and wiring.

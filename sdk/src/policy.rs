@@ -111,7 +111,7 @@ pub struct SequenceLogProbs {
 /// let out = policy.generate(&["x".into()], &SamplingParams { n: 2, ..Default::default() }).unwrap();
 /// assert_eq!(out[0].len(), 2);
 /// let scored = policy.log_probs(&["x".into()], &[out[0][0].text.clone()], 1.0).unwrap();
-/// assert!((scored.sum.into_scalar() - out[0][0].logprobs[0]).abs() < 1e-6);
+/// assert!((scored.sum.into_scalar::<f32>() - out[0][0].logprobs[0]).abs() < 1e-6);
 /// ```
 pub trait Policy: Send {
     /// `params.n` completions for each prompt, in prompt order.

@@ -1,0 +1,66 @@
+//! `cargo xtask plugin new demo` in a temporary copy of the workspace makes a crate that
+//! builds, registers its component with the runner, and passes its own test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Copies the files git knows (tracked, or new and not ignored) into `to`.
+fn copy_workspace(to: &Path) {
+    let root = workspace();
+    let out = Command::new("git")
+        .current_dir(&root)
+        .args(["ls-files", "-co", "--exclude-standard", "-z"])
+        .output()
+        .expect("git runs");
+    assert!(out.status.success());
+    for rel in out.stdout.split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let rel = Path::new(std::str::from_utf8(rel).unwrap());
+        let src = root.join(rel);
+        if !src.is_file() {
+            continue; // deleted in the work tree
+        }
+        let dst = to.join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&src, &dst).unwrap();
+    }
+}
+
+#[test]
+fn scaffolded_plugin_builds_registers_and_passes_its_test() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_workspace(tmp.path());
+    let xtask = env!("CARGO_BIN_EXE_xtask");
+    let out = Command::new(xtask)
+        .current_dir(tmp.path())
+        .args(["plugin", "new", "demo"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tmp.path().join("plugins/demo/src/lib.rs").is_file());
+    let manifest = std::fs::read_to_string(tmp.path().join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("lmlab-plugin-demo = { path = \"plugins/demo\" }"));
+
+    // Reuse this workspace's compiled dependencies.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(tmp.path())
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["test", "--quiet", "-p", "lmlab-plugin-demo"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "the scaffolded plugin's tests pass");
+
+    // A second scaffold of the same name is refused, as is a bad name.
+    let again = Command::new(xtask).current_dir(tmp.path()).args(["plugin", "new", "demo"]).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad = Command::new(xtask).current_dir(tmp.path()).args(["plugin", "new", "Bad_Name"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("lowercase"));
+}
