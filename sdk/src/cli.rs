@@ -50,6 +50,45 @@ pub enum Command {
     },
     /// List the registered components.
     Plugins,
+    /// Load a checkpoint (llama2.c `.bin`, ...) and print a completion.
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// The checkpoint; its format is detected from the file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The tokenizer (default: the one beside the model).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Raw prompt text (special tokens are parsed as tokens).
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Forward steps to run, prompt positions included, as llama2.c's `-n`: a prompt of `p`
+    /// tokens (BOS counted) gets up to `N − p + 1` new tokens. 0: the model's context length.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print token ids (prompt first, BOS included) instead of text.
+    #[arg(long)]
+    pub ids: bool,
+    /// Recompute the whole sequence at every step instead of using the KV cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// `cpu`, `tch:cpu`, `tch:cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -143,6 +182,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Recipe(args) => run_recipe(&recipes_dir, args),
+        Command::Generate(args) => generate(args),
     }
 }
 
@@ -251,4 +291,55 @@ fn components_resolved(recipe: &Recipe, components: &mut crate::Components) -> B
         .keys()
         .filter_map(|role| components.resolved(role).map(|t| (role.clone(), t.clone())))
         .collect()
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    let device = crate::device::parse_device(&args.device)?;
+    let loaded = crate::lm::load::load(&args.model, args.tokenizer.as_deref(), &device)?;
+    let prompt = loaded.tokenizer.encode(&args.prompt, true);
+    if prompt.is_empty() {
+        return Err(Error::Usage("the prompt is empty and the tokenizer has no BOS token: give --prompt".into()).into());
+    }
+    let limit = if args.max_tokens == 0 { loaded.model.config.max_seq_len } else { args.max_tokens };
+    let params = crate::SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        max_new_tokens: (limit + 1).saturating_sub(prompt.len()),
+        n: 1,
+        stop: Vec::new(),
+        seed: args.seed,
+    };
+    let stop_ids = loaded.stop_ids.clone();
+    let mut rng = crate::rng::rng(args.seed, 0);
+    let out = crate::lm::sample::generate(
+        &loaded.model,
+        std::slice::from_ref(&prompt),
+        &params,
+        None,
+        loaded.tokenizer.pad(),
+        !args.no_cache,
+        &mut rng,
+        &|_, toks: &[u32]| toks.last().is_some_and(|t| stop_ids.contains(t)),
+        &device,
+    );
+    let mut tokens = out.into_iter().next().map(|s| s.tokens).unwrap_or_default();
+    let mut stdout = std::io::stdout().lock();
+    if args.ids {
+        let all: Vec<String> = prompt.iter().chain(&tokens).map(u32::to_string).collect();
+        writeln!(stdout, "{}", all.join(" "))?;
+        return Ok(());
+    }
+    // A stop token ends the text; it is not part of it.
+    if tokens.last().is_some_and(|t| loaded.stop_ids.contains(t)) {
+        tokens.pop();
+    }
+    let text = loaded.tokenizer.decode(&tokens, prompt.last().copied());
+    stdout.write_all(text.as_bytes())?;
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        writeln!(stdout)?;
+    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ pub mod components;
 pub mod device;
 pub mod dynamic;
 pub mod error;
+pub mod lm;
 pub mod objective;
 pub mod policy;
 pub mod progress;

@@ -48,3 +48,18 @@ pub fn only_run_dir(out: &Path, recipe: &str) -> PathBuf {
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs.pop().unwrap()
 }
+
+/// The shared data folder (`LMLAB_DATA_DIR`, default `../shared/data` beside the project), or
+/// `None` with a printed reason when it is absent (a user's fresh clone): the caller skips.
+pub fn data_dir(needs: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("LMLAB_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/data"));
+    let wanted = dir.join(needs);
+    if wanted.exists() {
+        Some(dir)
+    } else {
+        println!("SKIPPED: {} is absent (set LMLAB_DATA_DIR to the shared data folder)", wanted.display());
+        None
+    }
+}

@@ -5,6 +5,7 @@
 //! cargo xtask recipes                 list the bundled recipes
 //! cargo xtask schema [--out DIR]      write JSON schemas (default: schemas/)
 //! cargo xtask plugins                 list registered components
+//! cargo xtask generate --model PATH [--prompt T] [--max-tokens N] [--temperature T] [--ids]
 //! cargo xtask plugin new NAME         scaffold plugins/NAME (builds, registers, tested)
 //! cargo xtask test                    the test suite: nextest, then doctests
 //! ```
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | plugin new NAME | test>";
+const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | plugin new NAME | test>";
 
 fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,7 +40,7 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     match cmd.as_str() {
-        "recipe" | "recipes" | "plugins" => runner(&root, &args),
+        "recipe" | "recipes" | "plugins" | "generate" => runner(&root, &args),
         "schema" => {
             let mut a = args.clone();
             if !a.iter().any(|x| x == "--out") {

@@ -1,0 +1,602 @@
+//! The Llama-architecture causal transformer (RMSNorm, rotary embeddings on interleaved pairs,
+//! SwiGLU MLP, grouped-query attention, tied or untied embeddings), with left-padded batches,
+//! a KV cache for incremental decoding, per-token log-probs and an optional scalar value head.
+//!
+//! Weights are stored `[in, out]` so a linear layer is `x · W`; checkpoint loaders hand
+//! [`LlamaWeights`] in the checkpoint's own `[out, in]` layout to [`Llama::from_weights`].
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::components::regression::normal;
+use crate::rng::Rng;
+
+/// Architecture hyper-parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    /// Model width.
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    /// SwiGLU hidden width.
+    pub hidden_dim: usize,
+    /// Longest sequence (prompt + generation).
+    pub max_seq_len: usize,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f32,
+    #[serde(default = "default_eps")]
+    pub norm_eps: f32,
+    /// Share the embedding matrix with the output layer.
+    #[serde(default = "default_true")]
+    pub tie_embeddings: bool,
+    /// Add a scalar head on the final hidden state (reward models, PPO critics).
+    #[serde(default)]
+    pub value_head: bool,
+}
+
+fn default_theta() -> f32 {
+    10_000.0
+}
+fn default_eps() -> f32 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+
+impl LlamaConfig {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.dim / self.n_heads
+    }
+
+    /// Checks the shapes fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("dim", self.dim),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("hidden_dim", self.hidden_dim),
+            ("max_seq_len", self.max_seq_len),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if self.dim % self.n_heads != 0 {
+            return Err(format!("dim {} is not a multiple of n_heads {}", self.dim, self.n_heads));
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(format!("n_heads {} is not a multiple of n_kv_heads {}", self.n_heads, self.n_kv_heads));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!("the head width {} must be even for rotary embeddings", self.head_dim()));
+        }
+        Ok(())
+    }
+
+    /// Trainable parameters (value head included when present).
+    pub fn num_params(&self) -> usize {
+        let (d, h, kv) = (self.dim, self.hidden_dim, self.n_kv_heads * self.head_dim());
+        let layer = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * h;
+        let head = if self.tie_embeddings { 0 } else { d * self.vocab_size };
+        self.vocab_size * d + self.n_layers * layer + d + head + if self.value_head { d + 1 } else { 0 }
+    }
+}
+
+/// One layer's weights in checkpoint layout: matrices `[out, in]`, row-major.
+#[derive(Clone, Debug, Default)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: Vec<f32>,
+    pub wk: Vec<f32>,
+    pub wv: Vec<f32>,
+    pub wo: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    /// Gate projection (`w1`).
+    pub w1: Vec<f32>,
+    /// Down projection (`w2`).
+    pub w2: Vec<f32>,
+    /// Up projection (`w3`).
+    pub w3: Vec<f32>,
+}
+
+/// All weights in checkpoint layout.
+#[derive(Clone, Debug, Default)]
+pub struct LlamaWeights {
+    /// `[vocab, dim]`.
+    pub embed: Vec<f32>,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Vec<f32>,
+    /// `[vocab, dim]`, absent when tied.
+    pub lm_head: Option<Vec<f32>>,
+}
+
+/// RMSNorm: `x / sqrt(mean(x²) + eps) · w`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    #[module(skip)]
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let normed = x * (ms + self.eps as f64).sqrt().recip();
+        normed * self.weight.val().unsqueeze()
+    }
+}
+
+/// One transformer block.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub attn_norm: RmsNorm,
+    pub wq: Param<Tensor<2>>,
+    pub wk: Param<Tensor<2>>,
+    pub wv: Param<Tensor<2>>,
+    pub wo: Param<Tensor<2>>,
+    pub ffn_norm: RmsNorm,
+    pub w1: Param<Tensor<2>>,
+    pub w2: Param<Tensor<2>>,
+    pub w3: Param<Tensor<2>>,
+}
+
+/// The transformer.
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// `[vocab, dim]`.
+    pub embed: Param<Tensor<2>>,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// `[dim, vocab]`, absent when tied to `embed`.
+    pub lm_head: Option<Param<Tensor<2>>>,
+    /// `[dim, 1]` and `[1]`: the scalar value head.
+    pub value_w: Option<Param<Tensor<2>>>,
+    pub value_b: Option<Param<Tensor<1>>>,
+    #[module(skip)]
+    pub config: LlamaConfig,
+}
+
+/// Keys and values of the positions seen so far, per layer, plus each row's left padding.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Positions cached (padding included).
+    pub len: usize,
+    /// Left-padding length of each batch row.
+    pub pad: Vec<usize>,
+}
+
+impl KvCache {
+    /// An empty cache for rows with the given left padding.
+    pub fn new(n_layers: usize, pad: Vec<usize>) -> Self {
+        Self { layers: vec![None; n_layers], len: 0, pad }
+    }
+}
+
+fn param2(data: Vec<f32>, shape: [usize; 2], device: &Device) -> Param<Tensor<2>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), device))
+}
+
+fn param1(data: Vec<f32>, device: &Device) -> Param<Tensor<1>> {
+    let n = data.len();
+    Param::from_tensor(Tensor::from_data(TensorData::new(data, [n]), device))
+}
+
+/// `[out, in]` row-major to `[in, out]` row-major.
+pub fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    let mut t = vec![0.0; w.len()];
+    for o in 0..out {
+        for i in 0..inp {
+            t[i * out + o] = w[o * inp + i];
+        }
+    }
+    t
+}
+
+impl Llama {
+    /// A freshly initialised model: weights `N(0, 0.02²)` (output projections scaled by
+    /// `1/√(2·n_layers)`), norms at 1, drawn from `rng`.
+    pub fn init(config: LlamaConfig, rng: &mut Rng, device: &Device) -> Result<Self, String> {
+        config.validate()?;
+        let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
+        let kv = config.n_kv_heads * config.head_dim();
+        let mut draw = |n: usize, std: f32| -> Vec<f32> { (0..n).map(|_| std * normal(rng)).collect() };
+        let proj = 0.02 / (2.0 * config.n_layers as f32).sqrt();
+        let layers = (0..config.n_layers)
+            .map(|_| LayerWeights {
+                attn_norm: vec![1.0; d],
+                wq: draw(d * d, 0.02),
+                wk: draw(kv * d, 0.02),
+                wv: draw(kv * d, 0.02),
+                wo: draw(d * d, proj),
+                ffn_norm: vec![1.0; d],
+                w1: draw(h * d, 0.02),
+                w2: draw(d * h, proj),
+                w3: draw(h * d, 0.02),
+            })
+            .collect();
+        let weights = LlamaWeights {
+            embed: draw(v * d, 0.02),
+            layers,
+            final_norm: vec![1.0; d],
+            lm_head: (!config.tie_embeddings).then(|| draw(v * d, 0.02)),
+        };
+        let mut model = Self::from_weights(config, weights, device)?;
+        if model.config.value_head {
+            model.value_w = Some(param2(draw(d, 0.02), [d, 1], device));
+            model.value_b = Some(param1(vec![0.0], device));
+        }
+        Ok(model)
+    }
+
+    /// A model from checkpoint-layout weights (no value head); checks every size.
+    pub fn from_weights(config: LlamaConfig, w: LlamaWeights, device: &Device) -> Result<Self, String> {
+        config.validate()?;
+        let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
+        let kv = config.n_kv_heads * config.head_dim();
+        let check = |name: &str, got: usize, want: usize| {
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{name} has {got} values, expected {want}"))
+            }
+        };
+        check("embedding", w.embed.len(), v * d)?;
+        check("final norm", w.final_norm.len(), d)?;
+        if w.layers.len() != config.n_layers {
+            return Err(format!("{} layers, expected {}", w.layers.len(), config.n_layers));
+        }
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for (i, l) in w.layers.into_iter().enumerate() {
+            check(&format!("layer {i} attention norm"), l.attn_norm.len(), d)?;
+            check(&format!("layer {i} wq"), l.wq.len(), d * d)?;
+            check(&format!("layer {i} wk"), l.wk.len(), kv * d)?;
+            check(&format!("layer {i} wv"), l.wv.len(), kv * d)?;
+            check(&format!("layer {i} wo"), l.wo.len(), d * d)?;
+            check(&format!("layer {i} ffn norm"), l.ffn_norm.len(), d)?;
+            check(&format!("layer {i} w1"), l.w1.len(), h * d)?;
+            check(&format!("layer {i} w2"), l.w2.len(), d * h)?;
+            check(&format!("layer {i} w3"), l.w3.len(), h * d)?;
+            layers.push(Block {
+                attn_norm: RmsNorm { weight: param1(l.attn_norm, device), eps: config.norm_eps },
+                wq: param2(transpose(&l.wq, d, d), [d, d], device),
+                wk: param2(transpose(&l.wk, kv, d), [d, kv], device),
+                wv: param2(transpose(&l.wv, kv, d), [d, kv], device),
+                wo: param2(transpose(&l.wo, d, d), [d, d], device),
+                ffn_norm: RmsNorm { weight: param1(l.ffn_norm, device), eps: config.norm_eps },
+                w1: param2(transpose(&l.w1, h, d), [d, h], device),
+                w2: param2(transpose(&l.w2, d, h), [h, d], device),
+                w3: param2(transpose(&l.w3, h, d), [d, h], device),
+            });
+        }
+        let lm_head = match (config.tie_embeddings, w.lm_head) {
+            (true, _) => None,
+            (false, Some(head)) => {
+                check("output layer", head.len(), v * d)?;
+                Some(param2(transpose(&head, v, d), [d, v], device))
+            }
+            (false, None) => return Err("untied embeddings need an output layer".into()),
+        };
+        Ok(Self {
+            embed: param2(w.embed, [v, d], device),
+            layers,
+            norm: RmsNorm { weight: param1(w.final_norm, device), eps: config.norm_eps },
+            lm_head,
+            value_w: None,
+            value_b: None,
+            config,
+        })
+    }
+
+    /// Back to checkpoint layout (for writing checkpoints).
+    pub fn to_weights(&self) -> LlamaWeights {
+        let c = &self.config;
+        let (d, h, v) = (c.dim, c.hidden_dim, c.vocab_size);
+        let kv = c.n_kv_heads * c.head_dim();
+        let vec1 = |p: &Param<Tensor<1>>| p.val().into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+        let vec2 = |p: &Param<Tensor<2>>| p.val().into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+        LlamaWeights {
+            embed: vec2(&self.embed),
+            layers: self
+                .layers
+                .iter()
+                .map(|b| LayerWeights {
+                    attn_norm: vec1(&b.attn_norm.weight),
+                    wq: transpose(&vec2(&b.wq), d, d),
+                    wk: transpose(&vec2(&b.wk), d, kv),
+                    wv: transpose(&vec2(&b.wv), d, kv),
+                    wo: transpose(&vec2(&b.wo), d, d),
+                    ffn_norm: vec1(&b.ffn_norm.weight),
+                    w1: transpose(&vec2(&b.w1), d, h),
+                    w2: transpose(&vec2(&b.w2), h, d),
+                    w3: transpose(&vec2(&b.w3), d, h),
+                })
+                .collect(),
+            final_norm: vec1(&self.norm.weight),
+            lm_head: self.lm_head.as_ref().map(|p| transpose(&vec2(p), d, v)),
+        }
+    }
+
+    /// Rotary tables `[B, 1, T, D/2, 1]` (cos, sin) for rows whose absolute indices run from
+    /// `start` to `start + t`, position = index − pad (llama2.c's f32 arithmetic).
+    fn rope(&self, pad: &[usize], start: usize, t: usize, device: &Device) -> (Tensor<5>, Tensor<5>) {
+        let hd = self.config.head_dim();
+        let half = hd / 2;
+        let b = pad.len();
+        let mut cos = Vec::with_capacity(b * t * half);
+        let mut sin = Vec::with_capacity(b * t * half);
+        for &p in pad {
+            for i in start..start + t {
+                let pos = i.saturating_sub(p) as f32;
+                for j in 0..half {
+                    let freq = 1.0f32 / self.config.rope_theta.powf((2 * j) as f32 / hd as f32);
+                    let val = pos * freq;
+                    cos.push(val.cos());
+                    sin.push(val.sin());
+                }
+            }
+        }
+        let shape = [b, 1, t, half, 1];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+
+    fn apply_rope(x: Tensor<4>, cos: &Tensor<5>, sin: &Tensor<5>) -> Tensor<4> {
+        let [b, h, t, d] = x.dims();
+        let pairs = x.reshape([b, h, t, d / 2, 2]);
+        let x0 = pairs.clone().narrow(4, 0, 1);
+        let x1 = pairs.narrow(4, 1, 1);
+        let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
+        let r1 = x0 * sin.clone() + x1 * cos.clone();
+        Tensor::cat(vec![r0, r1], 4).reshape([b, h, t, d])
+    }
+
+    /// Final hidden states `[B, T, dim]` for `tokens` `[B, T]`. Row `b` has `pad[b]` left
+    /// padding positions (in the whole sequence, cache included). With a cache, `tokens`
+    /// continue the cached positions and the cache is extended.
+    pub fn forward_hidden(&self, tokens: Tensor<2, Int>, pad: &[usize], mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let device = tokens.device();
+        let [b, t] = tokens.dims();
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim());
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        let total = start + t;
+        let (cos, sin) = self.rope(pad, start, t, &device);
+        // Mask (true = hidden): keys that are padding or in the future. A padding query keeps
+        // its own key so its softmax is defined (its output is never used).
+        let no_pad = pad.iter().all(|&p| p == 0);
+        let mask = if no_pad && start == 0 {
+            None
+        } else if no_pad && t == 1 {
+            None
+        } else {
+            let mut m = Vec::with_capacity(b * t * total);
+            for &p in pad {
+                for qi in start..total {
+                    for kj in 0..total {
+                        let hidden = kj > qi || (kj < p && kj != qi);
+                        m.push(hidden);
+                    }
+                }
+            }
+            let m = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, t, total]), &device);
+            Some(m.expand([b, nh, t, total]))
+        };
+        let causal_only = mask.is_none() && start == 0;
+
+        let mut x = self.embed.val().select(0, tokens.reshape([b * t])).reshape([b, t, c.dim]);
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(x.clone());
+            let q = h.clone().matmul(layer.wq.val().unsqueeze()).reshape([b, t, nh, hd]).swap_dims(1, 2);
+            let k = h.clone().matmul(layer.wk.val().unsqueeze()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+            let v = h.matmul(layer.wv.val().unsqueeze()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+            let q = Self::apply_rope(q, &cos, &sin);
+            let k = Self::apply_rope(k, &cos, &sin);
+            let (k, v) = match cache.as_deref_mut() {
+                Some(cache) => {
+                    let (k, v) = match cache.layers[li].take() {
+                        Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                        None => (k, v),
+                    };
+                    cache.layers[li] = Some((k.clone(), v.clone()));
+                    (k, v)
+                }
+                None => (k, v),
+            };
+            let (k, v) = if nkv == nh {
+                (k, v)
+            } else {
+                let rep = nh / nkv;
+                let grow = |x: Tensor<4>| {
+                    let [b, _, tk, _] = x.dims();
+                    x.unsqueeze_dim::<5>(2).expand([b, nkv, rep, tk, hd]).reshape([b, nh, tk, hd])
+                };
+                (grow(k), grow(v))
+            };
+            let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal_only && t > 1 };
+            let o = attention(q, k, v, mask.clone(), None, options);
+            let o = o.swap_dims(1, 2).reshape([b, t, c.dim]);
+            x = x + o.matmul(layer.wo.val().unsqueeze());
+            let h = layer.ffn_norm.forward(x.clone());
+            let gate = silu(h.clone().matmul(layer.w1.val().unsqueeze()));
+            let up = h.matmul(layer.w3.val().unsqueeze());
+            x = x + (gate * up).matmul(layer.w2.val().unsqueeze());
+        }
+        if let Some(cache) = cache {
+            cache.len = total;
+        }
+        self.norm.forward(x)
+    }
+
+    /// Logits `[B, T, vocab]` from hidden states.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let w = match &self.lm_head {
+            Some(head) => head.val(),
+            None => self.embed.val().transpose(),
+        };
+        hidden.matmul(w.unsqueeze())
+    }
+
+    /// Logits `[B, T, vocab]` for `tokens` (see [`forward_hidden`](Self::forward_hidden)).
+    pub fn forward(&self, tokens: Tensor<2, Int>, pad: &[usize], cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.logits(self.forward_hidden(tokens, pad, cache))
+    }
+
+    /// The value head on hidden states: `[B, T]`. `None` without a value head.
+    pub fn values(&self, hidden: Tensor<3>) -> Option<Tensor<2>> {
+        let (w, b) = (self.value_w.as_ref()?, self.value_b.as_ref()?);
+        let [bs, t, _] = hidden.dims();
+        Some((hidden.matmul(w.val().unsqueeze()) + b.val().unsqueeze()).reshape([bs, t]))
+    }
+
+    /// `log p(tokens[:, i+1] | tokens[:, ..=i])` with logits divided by `temperature`:
+    /// `[B, T−1]`.
+    pub fn token_logprobs(&self, tokens: Tensor<2, Int>, pad: &[usize], temperature: f32) -> Tensor<2> {
+        let [b, t] = tokens.dims();
+        let logits = self.forward(tokens.clone().narrow(1, 0, t - 1), pad, None);
+        let logits = if temperature > 0.0 && temperature != 1.0 { logits / temperature as f64 } else { logits };
+        let lp = log_softmax(logits, 2);
+        let targets = tokens.narrow(1, 1, t - 1).reshape([b, t - 1, 1]);
+        lp.gather(2, targets).reshape([b, t - 1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::rng;
+    use proptest::prelude::*;
+
+    fn tiny(seed: u64, n_kv: usize) -> Llama {
+        let config = LlamaConfig {
+            vocab_size: 23,
+            dim: 16,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: n_kv,
+            hidden_dim: 24,
+            max_seq_len: 64,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            tie_embeddings: seed % 2 == 0,
+            value_head: true,
+        };
+        // Larger weights than the default init, so the test sees real attention patterns.
+        let mut model = Llama::init(config, &mut rng(seed, 0), &Device::flex()).unwrap();
+        model = model.map_params_scaled(10.0);
+        model
+    }
+
+    impl Llama {
+        fn map_params_scaled(self, s: f32) -> Self {
+            let w = self.to_weights();
+            let scale = |v: Vec<f32>| v.into_iter().map(|x| x * s).collect::<Vec<_>>();
+            let w = LlamaWeights {
+                embed: scale(w.embed),
+                layers: w
+                    .layers
+                    .into_iter()
+                    .map(|l| LayerWeights { wq: scale(l.wq), wk: scale(l.wk), w1: scale(l.w1), ..l })
+                    .collect(),
+                ..w
+            };
+            let mut scaled = Llama::from_weights(self.config.clone(), w, &Device::flex()).unwrap();
+            scaled.value_w = self.value_w;
+            scaled.value_b = self.value_b;
+            scaled
+        }
+    }
+
+    fn ids(v: &[u32], rows: usize) -> Tensor<2, Int> {
+        let data: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+        Tensor::from_data(TensorData::new(data, [rows, v.len() / rows]), &Device::flex())
+    }
+
+    fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+        #[test]
+        fn kv_cache_decoding_equals_recomputation(
+            seed in 0u64..1000, kv in prop::sample::select(vec![1usize, 2, 4]),
+            tokens in prop::collection::vec(0u32..23, 2..20), split in 1usize..19,
+        ) {
+            let model = tiny(seed, kv);
+            let t = tokens.len();
+            let split = split.min(t - 1);
+            let full = to_vec(model.forward(ids(&tokens, 1), &[0], None));
+            let mut cache = KvCache::new(model.config.n_layers, vec![0]);
+            let mut inc = to_vec(model.forward(ids(&tokens[..split], 1), &[0], Some(&mut cache)));
+            for i in split..t {
+                inc.extend(to_vec(model.forward(ids(&tokens[i..i + 1], 1), &[0], Some(&mut cache))));
+            }
+            prop_assert_eq!(full.len(), inc.len());
+            let worst = full.iter().zip(&inc).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            prop_assert!(worst <= 1e-4, "max |Δlogit| = {}", worst);
+        }
+
+        #[test]
+        fn logprobs_and_values_are_invariant_to_left_padding(
+            seed in 0u64..1000, kv in prop::sample::select(vec![1usize, 2, 4]),
+            a in prop::collection::vec(0u32..23, 2..12), pad in 1usize..6, filler in 0u32..23,
+        ) {
+            let model = tiny(seed, kv);
+            let alone = to_vec(model.token_logprobs(ids(&a, 1), &[0], 0.7));
+            let mut padded = vec![filler; pad];
+            padded.extend(&a);
+            // A second row without padding, so the batch really is mixed.
+            let mut other = a.clone();
+            other.extend(std::iter::repeat_n(3, pad));
+            let mut both = padded.clone();
+            both.extend(&other);
+            let batch = to_vec(model.token_logprobs(ids(&both, 2), &[pad, 0], 0.7));
+            let width = a.len() + pad - 1;
+            let row0 = &batch[pad..width];
+            let worst = alone.iter().zip(row0).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            prop_assert!(worst <= 1e-4, "max |Δlogp| = {}", worst);
+            let v_alone = to_vec(model.values(model.forward_hidden(ids(&a, 1), &[0], None)).unwrap());
+            let v_pad = to_vec(model.values(model.forward_hidden(ids(&padded, 1), &[pad], None)).unwrap());
+            let worst = v_alone.iter().zip(&v_pad[pad..]).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            prop_assert!(worst <= 1e-4, "max |Δvalue| = {}", worst);
+        }
+    }
+
+    #[test]
+    fn weights_round_trip_through_checkpoint_layout() {
+        let m = tiny(3, 2);
+        let again = Llama::from_weights(m.config.clone(), m.to_weights(), &Device::flex()).unwrap();
+        let t = ids(&[1, 5, 7, 2], 1);
+        assert_eq!(to_vec(m.forward(t.clone(), &[0], None)), to_vec(again.forward(t, &[0], None)));
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let m = tiny(1, 2);
+        let mut w = m.to_weights();
+        w.layers[1].wk.pop();
+        let e = Llama::from_weights(m.config.clone(), w, &Device::flex()).unwrap_err();
+        assert!(e.contains("layer 1 wk"), "{e}");
+        let mut c = m.config.clone();
+        c.n_kv_heads = 3;
+        assert!(c.validate().is_err());
+    }
+}

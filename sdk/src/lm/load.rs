@@ -1,0 +1,128 @@
+//! Loading any supported checkpoint: the format is detected from the file, and the tokenizer
+//! found beside it unless one is named.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use crate::error::Error;
+use crate::lm::llama::Llama;
+use crate::lm::llama2c::{self, Llama2cTokenizer};
+use crate::lm::tokenizer::Tokenizer;
+
+/// The checkpoint formats lmlab reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// llama2.c `.bin` (with `tok*.bin`).
+    Llama2c,
+    /// GGUF (magic `GGUF`).
+    Gguf,
+    /// Hugging Face `model.safetensors` + `config.json` + `tokenizer.json`.
+    Safetensors,
+}
+
+/// Detects the format of `path` from its contents.
+pub fn detect(path: &Path) -> Result<Format, Error> {
+    if path.is_dir() {
+        return Ok(Format::Safetensors);
+    }
+    let mut head = [0u8; 8];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io("read", path, e))?;
+        f.read(&mut head).map_err(|e| Error::io("read", path, e))?
+    };
+    if n >= 4 && &head[..4] == b"GGUF" {
+        return Ok(Format::Gguf);
+    }
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        return Ok(Format::Safetensors);
+    }
+    if n < 8 {
+        return Err(Error::Usage(format!("{}: too short to be a checkpoint", path.display())));
+    }
+    Ok(Format::Llama2c)
+}
+
+/// A loaded model with its tokenizer and the token ids that end a generation.
+pub struct Loaded {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    /// Generation stops on any of these.
+    pub stop_ids: Vec<u32>,
+    pub format: Format,
+}
+
+fn llama2c_tokenizer_beside(model: &Path, vocab: usize) -> Option<PathBuf> {
+    let dir = model.parent()?;
+    let named = dir.join(format!("tok{vocab}.bin"));
+    if named.is_file() {
+        return Some(named);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("tok") && n.ends_with(".bin"))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+/// Loads the checkpoint at `path` onto `device`.
+pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Loaded, Error> {
+    match detect(path)? {
+        Format::Llama2c => {
+            let (config, weights) = llama2c::load_checkpoint(path)?;
+            let vocab = config.vocab_size;
+            let tok_path = match tokenizer {
+                Some(p) => p.to_path_buf(),
+                None => llama2c_tokenizer_beside(path, vocab).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{}: no llama2.c tokenizer (tok{vocab}.bin) beside it; name one with --tokenizer",
+                        path.display()
+                    ))
+                })?,
+            };
+            let tok = Llama2cTokenizer::load(&tok_path, vocab)?;
+            let model = Llama::from_weights(config, weights, device)
+                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            Ok(Loaded {
+                model,
+                tokenizer: Tokenizer::Llama2c(tok),
+                // The BOS token delimits stories in llama2.c models.
+                stop_ids: vec![llama2c::BOS, llama2c::EOS],
+                format: Format::Llama2c,
+            })
+        }
+        Format::Safetensors => {
+            let (config, weights) = crate::lm::hf::load(path)?;
+            let (config_path, _) = crate::lm::hf::files(path)?;
+            let hf: crate::lm::hf::HfConfig = serde_json::from_str(
+                &std::fs::read_to_string(&config_path).map_err(|e| Error::io("read", &config_path, e))?,
+            )
+            .map_err(|e| Error::Usage(format!("{}: {e}", config_path.display())))?;
+            let eos = match &hf.eos_token_id {
+                Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| n as u32),
+                Some(serde_json::Value::Array(a)) => a.first().and_then(|n| n.as_u64()).map(|n| n as u32),
+                _ => None,
+            }
+            .unwrap_or(2);
+            let tok_path = tokenizer
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| config_path.with_file_name("tokenizer.json"));
+            let tok = Tokenizer::from_hf_file(&tok_path, hf.bos_token_id, eos)?;
+            let model = Llama::from_weights(config, weights, device)
+                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            Ok(Loaded { model, tokenizer: tok, stop_ids: vec![eos], format: Format::Safetensors })
+        }
+        Format::Gguf => Err(Error::Usage(format!(
+            "{}: GGUF checkpoints are not readable by this build yet (llama2.c `.bin` and Hugging Face safetensors are)",
+            path.display()
+        ))),
+    }
+}

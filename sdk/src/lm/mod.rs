@@ -1,0 +1,12 @@
+//! Language-model core: the Llama-architecture transformer, its checkpoint formats, tokenizers
+//! and sampling. Every LM method builds on these.
+
+pub mod llama;
+pub mod hf;
+pub mod llama2c;
+pub mod load;
+pub mod sample;
+pub mod tokenizer;
+
+pub use llama::{KvCache, Llama, LlamaConfig, LlamaWeights, LayerWeights};
+pub use tokenizer::Tokenizer;
