@@ -21,6 +21,7 @@ pub mod dynamic;
 pub mod error;
 pub mod lm;
 pub mod objective;
+pub mod plot;
 pub mod policy;
 pub mod progress;
 pub mod recipe;
@@ -32,6 +33,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod schema;
 pub mod task;
+pub mod tasks;
 pub mod tensor_map;
 pub mod train;
 pub mod verifier;
@@ -46,6 +48,13 @@ pub use scheduler::{RunContext, Scheduler};
 pub use task::{Split, Task};
 pub use tensor_map::TensorMap;
 pub use verifier::Verifier;
+
+/// The shared data folder: `LMLAB_DATA_DIR`, default `../shared/data`.
+pub fn data_dir() -> std::path::PathBuf {
+    std::env::var_os("LMLAB_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("../shared/data"))
+}
 
 // Re-exported so plugins use the exact versions the SDK was built with.
 pub use anyhow;

@@ -6,6 +6,8 @@
 //! - scheduler `supervised`: minibatch training of an MLP regressor (linear when it has no
 //!   hidden layers) through any objective, with evaluation, checkpoints and resume.
 
+pub mod lm_sft;
 pub mod mse;
 pub mod regression;
+pub mod sft;
 pub mod supervised;

@@ -5,6 +5,7 @@ pub mod llama;
 pub mod hf;
 pub mod llama2c;
 pub mod load;
+pub mod policy;
 pub mod sample;
 pub mod tokenizer;
 
