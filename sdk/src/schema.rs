@@ -60,7 +60,8 @@ pub fn component_schema(f: &ComponentFactory) -> Value {
 /// component table.
 pub fn recipe_schema() -> Value {
     let mut defs = Map::new();
-    let mut choices = Vec::new();
+    let mut by_kind: std::collections::BTreeMap<&str, Vec<Value>> = Default::default();
+    let mut any_role = Vec::new();
     for f in registry::factories() {
         let mut schema = component_schema(f);
         let prefix = format!("{}.{}.", f.kind, f.name);
@@ -75,21 +76,25 @@ pub fn recipe_schema() -> Value {
         rename_refs(&mut schema, &prefix);
         let key = format!("{}.{}", f.kind, f.name);
         defs.insert(key.clone(), schema);
-        choices.push(json!({ "$ref": format!("#/$defs/{key}") }));
+        let reference = json!({ "$ref": format!("#/$defs/{key}") });
+        by_kind.entry(f.kind.as_str()).or_default().push(reference.clone());
+        // A table whose name is not a kind must say `kind = "..."`.
+        any_role.push(json!({ "allOf": [reference, { "required": ["kind"] }] }));
     }
-    defs.insert("component".into(), json!({ "oneOf": choices }));
     let mut props = Map::new();
     for (name, ty, doc) in RECIPE_FIELDS {
-        props.insert(
-            (*name).into(),
-            json!({ "type": ty, "description": doc }),
-        );
+        props.insert((*name).into(), json!({ "type": ty, "description": doc }));
     }
+    for (kind, choices) in by_kind {
+        defs.insert(format!("kind.{kind}"), json!({ "oneOf": choices }));
+        props.insert(kind.into(), json!({ "$ref": format!("#/$defs/kind.{kind}") }));
+    }
+    defs.insert("component".into(), json!({ "oneOf": any_role }));
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://lmlab.invalid/schemas/recipe.schema.json",
         "title": "lmlab recipe",
-        "description": "A recipe: top-level settings, and one table per component (`use` names the registered plugin).",
+        "description": "A recipe: top-level settings, and one table per component (`use` names the registered plugin; a table not named after a kind says `kind`).",
         "type": "object",
         "properties": Value::Object(props),
         "additionalProperties": { "$ref": "#/$defs/component" },
