@@ -331,40 +331,51 @@ impl Llama {
         }
     }
 
-    /// Rotary tables `[B, 1, T, D/2, 1]` (cos, sin) for rows whose absolute indices run from
-    /// `start` to `start + t`, position = index − pad (llama2.c's f32 arithmetic).
-    fn rope(&self, pad: &[usize], start: usize, t: usize, device: &Device) -> (Tensor<5>, Tensor<5>) {
+    /// Rotary tables `[B, 1, T, D]` (cos and sin, each value repeated for the two members of
+    /// its pair) for rows whose absolute indices run from `start` to `start + t`, position =
+    /// index − pad (llama2.c's f32 arithmetic).
+    fn rope(&self, pad: &[usize], start: usize, t: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
         let hd = self.config.head_dim();
-        let half = hd / 2;
         let b = pad.len();
-        let mut cos = Vec::with_capacity(b * t * half);
-        let mut sin = Vec::with_capacity(b * t * half);
+        let freqs: Vec<f32> = (0..hd / 2)
+            .map(|j| 1.0f32 / self.config.rope_theta.powf((2 * j) as f32 / hd as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(b * t * hd);
+        let mut sin = Vec::with_capacity(b * t * hd);
         for &p in pad {
             for i in start..start + t {
                 let pos = i.saturating_sub(p) as f32;
-                for j in 0..half {
-                    let freq = 1.0f32 / self.config.rope_theta.powf((2 * j) as f32 / hd as f32);
-                    let val = pos * freq;
-                    cos.push(val.cos());
-                    sin.push(val.sin());
+                for &f in &freqs {
+                    let val = pos * f;
+                    let (s, c) = (val.sin(), val.cos());
+                    cos.extend([c, c]);
+                    sin.extend([s, s]);
                 }
             }
         }
-        let shape = [b, 1, t, half, 1];
+        let shape = [b, 1, t, hd];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
         )
     }
 
-    fn apply_rope(x: Tensor<4>, cos: &Tensor<5>, sin: &Tensor<5>) -> Tensor<4> {
+    /// `[D, D]` with `x · P = (−x₁, x₀, −x₃, x₂, …)`: the pair rotation by 90°.
+    fn rope_swap(&self, device: &Device) -> Tensor<2> {
+        let hd = self.config.head_dim();
+        let mut p = vec![0.0f32; hd * hd];
+        for j in 0..hd / 2 {
+            p[(2 * j + 1) * hd + 2 * j] = -1.0; // out[2j] = −x[2j+1]
+            p[(2 * j) * hd + 2 * j + 1] = 1.0; // out[2j+1] = x[2j]
+        }
+        Tensor::from_data(TensorData::new(p, [hd, hd]), device)
+    }
+
+    /// Rotates interleaved pairs: `x·cos + (x·P)·sin`.
+    fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>, swap: &Tensor<2>) -> Tensor<4> {
         let [b, h, t, d] = x.dims();
-        let pairs = x.reshape([b, h, t, d / 2, 2]);
-        let x0 = pairs.clone().narrow(4, 0, 1);
-        let x1 = pairs.narrow(4, 1, 1);
-        let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
-        let r1 = x0 * sin.clone() + x1 * cos.clone();
-        Tensor::cat(vec![r0, r1], 4).reshape([b, h, t, d])
+        let swapped = x.clone().reshape([b * h * t, d]).matmul(swap.clone()).reshape([b, h, t, d]);
+        x * cos.clone() + swapped * sin.clone()
     }
 
     /// Final hidden states `[B, T, dim]` for `tokens` `[B, T]`. Row `b` has `pad[b]` left
@@ -378,6 +389,7 @@ impl Llama {
         let start = cache.as_ref().map_or(0, |c| c.len);
         let total = start + t;
         let (cos, sin) = self.rope(pad, start, t, &device);
+        let swap = self.rope_swap(&device);
         // Mask (true = hidden): keys that are padding or in the future. A padding query keeps
         // its own key so its softmax is defined (its output is never used).
         let no_pad = pad.iter().all(|&p| p == 0);
@@ -400,14 +412,17 @@ impl Llama {
         };
         let causal_only = mask.is_none() && start == 0;
 
-        let mut x = self.embed.val().select(0, tokens.reshape([b * t])).reshape([b, t, c.dim]);
+        // Activations stay `[B·T, dim]` so every projection is one 2-D matrix product (one
+        // large GEMM that the backend parallelises), reshaped only around attention.
+        let n = b * t;
+        let mut x = self.embed.val().select(0, tokens.reshape([n]));
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(x.clone());
-            let q = h.clone().matmul(layer.wq.val().unsqueeze()).reshape([b, t, nh, hd]).swap_dims(1, 2);
-            let k = h.clone().matmul(layer.wk.val().unsqueeze()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
-            let v = h.matmul(layer.wv.val().unsqueeze()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
-            let q = Self::apply_rope(q, &cos, &sin);
-            let k = Self::apply_rope(k, &cos, &sin);
+            let q = h.clone().matmul(layer.wq.val()).reshape([b, t, nh, hd]).swap_dims(1, 2);
+            let k = h.clone().matmul(layer.wk.val()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+            let v = h.matmul(layer.wv.val()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+            let q = Self::apply_rope(q, &cos, &sin, &swap);
+            let k = Self::apply_rope(k, &cos, &sin, &swap);
             let (k, v) = match cache.as_deref_mut() {
                 Some(cache) => {
                     let (k, v) = match cache.layers[li].take() {
@@ -431,17 +446,17 @@ impl Llama {
             };
             let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal_only && t > 1 };
             let o = attention(q, k, v, mask.clone(), None, options);
-            let o = o.swap_dims(1, 2).reshape([b, t, c.dim]);
-            x = x + o.matmul(layer.wo.val().unsqueeze());
+            let o = o.swap_dims(1, 2).reshape([n, c.dim]);
+            x = x + o.matmul(layer.wo.val());
             let h = layer.ffn_norm.forward(x.clone());
-            let gate = silu(h.clone().matmul(layer.w1.val().unsqueeze()));
-            let up = h.matmul(layer.w3.val().unsqueeze());
-            x = x + (gate * up).matmul(layer.w2.val().unsqueeze());
+            let gate = silu(h.clone().matmul(layer.w1.val()));
+            let up = h.matmul(layer.w3.val());
+            x = x + (gate * up).matmul(layer.w2.val());
         }
         if let Some(cache) = cache {
             cache.len = total;
         }
-        self.norm.forward(x)
+        self.norm.forward(x).reshape([b, t, c.dim])
     }
 
     /// Logits `[B, T, vocab]` from hidden states.
@@ -450,7 +465,8 @@ impl Llama {
             Some(head) => head.val(),
             None => self.embed.val().transpose(),
         };
-        hidden.matmul(w.unsqueeze())
+        let [b, t, d] = hidden.dims();
+        hidden.reshape([b * t, d]).matmul(w).reshape([b, t, self.config.vocab_size])
     }
 
     /// Logits `[B, T, vocab]` for `tokens` (see [`forward_hidden`](Self::forward_hidden)).
@@ -462,7 +478,8 @@ impl Llama {
     pub fn values(&self, hidden: Tensor<3>) -> Option<Tensor<2>> {
         let (w, b) = (self.value_w.as_ref()?, self.value_b.as_ref()?);
         let [bs, t, _] = hidden.dims();
-        Some((hidden.matmul(w.val().unsqueeze()) + b.val().unsqueeze()).reshape([bs, t]))
+        let d = self.config.dim;
+        Some((hidden.reshape([bs * t, d]).matmul(w.val()) + b.val().unsqueeze()).reshape([bs, t]))
     }
 
     /// `log p(tokens[:, i+1] | tokens[:, ..=i])` with logits divided by `temperature`:
