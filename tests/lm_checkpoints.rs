@@ -108,3 +108,64 @@ fn gpt2_tokenizer_ids_match() {
     assert_eq!(tok.encode("Hello world", false), vec![15496, 995]);
     assert_eq!(tok.decode(&[15496, 995], None), "Hello world");
 }
+
+/// The SmolLM2 GGUF that `cargo xtask fetch smollm2` puts in the cache, if it is there.
+fn smollm2() -> Option<std::path::PathBuf> {
+    let cache = std::env::var_os("LMLAB_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| std::path::PathBuf::from(d).join("lmlab")))
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/lmlab"));
+    let path = cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.is_file() {
+        Some(path)
+    } else {
+        println!("SKIPPED: {} is absent (run `cargo xtask fetch smollm2`)", path.display());
+        None
+    }
+}
+
+#[test]
+fn smollm2_gguf_chat_answer_is_sensible() {
+    let Some(model) = smollm2() else { return };
+    let (code, out, err) = run(lmlab()
+        .args(["generate", "--temperature", "0", "--max-tokens", "80", "--chat", "What is the capital of France?", "--model"])
+        .arg(&model));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Paris"), "answer: {out}");
+}
+
+#[test]
+fn smollm2_gguf_tokenizer_matches_its_token_list() {
+    let Some(model) = smollm2() else { return };
+    let g = lmlab::lm::gguf::load(&model).unwrap();
+    let tokens = g.tokens().unwrap();
+    let tok = g.tokenizer().unwrap();
+    let lmlab::lm::Tokenizer::Hf { inner, .. } = &tok else { panic!("a tokenizers BPE") };
+    for text in ["Hello world", "The year 2024 had 366 days.", "naïve café — déjà vu", "  two  spaces\nand a newline"] {
+        let ids = tok.encode(text, false);
+        assert!(!ids.is_empty());
+        for &id in &ids {
+            assert_eq!(inner.id_to_token(id).as_deref(), Some(tokens[id as usize].as_str()), "{text}");
+        }
+        assert_eq!(tok.decode(&ids, None), text);
+    }
+    // Special tokens in the text are parsed as single tokens.
+    let ids = tok.encode("<|im_start|>user\nHi<|im_end|>", false);
+    assert_eq!(ids[0], tokens.iter().position(|t| t == "<|im_start|>").unwrap() as u32);
+    assert_eq!(*ids.last().unwrap(), tokens.iter().position(|t| t == "<|im_end|>").unwrap() as u32);
+    // Digits are split one by one (SmolLM's pre-tokenizer).
+    assert_eq!(tok.encode("2024", false).len(), 4);
+}
+
+#[test]
+fn truncated_gguf_is_refused() {
+    let Some(model) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&model).unwrap();
+    for (name, cut) in [("head.gguf", 64usize), ("half.gguf", bytes.len() / 2)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let out = run(lmlab().args(["generate", "--max-tokens", "5", "--model"]).arg(&path));
+        assert_user_error(&out, &[name, "GGUF"]);
+    }
+}

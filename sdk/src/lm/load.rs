@@ -51,6 +51,30 @@ pub struct Loaded {
     /// Generation stops on any of these.
     pub stop_ids: Vec<u32>,
     pub format: Format,
+    /// The model's chat template (Jinja), when the checkpoint carries one.
+    pub chat_template: Option<String>,
+}
+
+impl Loaded {
+    /// `message` as a user turn in the model's chat template, ready for the assistant's
+    /// answer (`add_generation_prompt`).
+    pub fn chat_prompt(&self, message: &str) -> Result<String, Error> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::Usage("this checkpoint has no chat template; use --prompt".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", template)
+            .map_err(|e| Error::Usage(format!("the chat template does not parse: {e}")))?;
+        let t = env.get_template("chat").map_err(|e| Error::Usage(e.to_string()))?;
+        t.render(minijinja::context! {
+            messages => vec![minijinja::context! { role => "user", content => message }],
+            add_generation_prompt => true,
+            bos_token => "",
+            eos_token => "",
+        })
+        .map_err(|e| Error::Usage(format!("rendering the chat template: {e}")))
+    }
 }
 
 fn llama2c_tokenizer_beside(model: &Path, vocab: usize) -> Option<PathBuf> {
@@ -97,6 +121,7 @@ pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Lo
                 // The BOS token delimits stories in llama2.c models.
                 stop_ids: vec![llama2c::BOS, llama2c::EOS],
                 format: Format::Llama2c,
+                chat_template: None,
             })
         }
         Format::Safetensors => {
@@ -118,11 +143,39 @@ pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Lo
             let tok = Tokenizer::from_hf_file(&tok_path, hf.bos_token_id, eos)?;
             let model = Llama::from_weights(config, weights, device)
                 .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
-            Ok(Loaded { model, tokenizer: tok, stop_ids: vec![eos], format: Format::Safetensors })
+            let chat_template = std::fs::read_to_string(config_path.with_file_name("tokenizer_config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["chat_template"].as_str().map(str::to_string));
+            Ok(Loaded { model, tokenizer: tok, stop_ids: vec![eos], format: Format::Safetensors, chat_template })
         }
-        Format::Gguf => Err(Error::Usage(format!(
-            "{}: GGUF checkpoints are not readable by this build yet (llama2.c `.bin` and Hugging Face safetensors are)",
-            path.display()
-        ))),
+        Format::Gguf => {
+            let g = crate::lm::gguf::load(path)?;
+            let bad = |e: String| Error::Usage(format!("{}: not a usable GGUF checkpoint: {e}", path.display()));
+            let config = g.config().map_err(bad)?;
+            let weights = g.weights(&config).map_err(bad)?;
+            let tok = match tokenizer {
+                Some(p) => Tokenizer::from_hf_file(p, None, 2)?,
+                None => g.tokenizer().map_err(bad)?,
+            };
+            let model = Llama::from_weights(config, weights, device).map_err(bad)?;
+            let eos = tok.eos();
+            let mut stop_ids = vec![eos];
+            // Chat models end a turn with <|im_end|> / <|eot_id|> as well.
+            if let Ok(tokens) = g.tokens() {
+                for special in ["<|im_end|>", "<|eot_id|>", "<|end|>"] {
+                    if let Some(i) = tokens.iter().position(|t| t == special) {
+                        stop_ids.push(i as u32);
+                    }
+                }
+            }
+            Ok(Loaded {
+                model,
+                tokenizer: tok,
+                stop_ids,
+                format: Format::Gguf,
+                chat_template: g.chat_template().map(str::to_string),
+            })
+        }
     }
 }

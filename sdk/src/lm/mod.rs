@@ -2,6 +2,7 @@
 //! and sampling. Every LM method builds on these.
 
 pub mod llama;
+pub mod gguf;
 pub mod hf;
 pub mod llama2c;
 pub mod load;

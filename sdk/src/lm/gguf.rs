@@ -1,0 +1,409 @@
+//! GGUF checkpoints (llama.cpp's format), Llama architecture: metadata, tensors in F32, F16,
+//! BF16, Q8_0 and Q4_1 (dequantized on load), the tokenizer rebuilt from the metadata as a
+//! `tokenizers` byte-level BPE, and the chat template.
+//!
+//! Layout (version 2 and 3, little-endian): magic `GGUF`, u32 version, u64 tensor count, u64
+//! metadata count; metadata entries (string key, u32 type, value); tensor infos (name, u32
+//! dimension count, u64 dimensions innermost first, u32 ggml type, u64 offset); then the data,
+//! aligned to `general.alignment` (32 by default). llama.cpp's q/k projections already use
+//! interleaved rotary pairs, as this crate does.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::Error;
+use crate::lm::llama::{LayerWeights, LlamaConfig, LlamaWeights};
+use crate::lm::tokenizer::Tokenizer;
+
+/// A metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Value::UInt(v) => Some(*v),
+            Value::Int(v) if *v >= 0 => Some(*v as u64),
+            _ => None,
+        }
+    }
+    fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Float(v) => Some(*v),
+            Value::UInt(v) => Some(*v as f64),
+            Value::Int(v) => Some(*v as f64),
+            _ => None,
+        }
+    }
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// One tensor's description.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub dims: Vec<u64>,
+    pub ggml_type: u32,
+    pub offset: u64,
+}
+
+/// A parsed GGUF file (data kept as bytes).
+pub struct Gguf {
+    pub version: u32,
+    pub metadata: HashMap<String, Value>,
+    pub tensors: HashMap<String, TensorInfo>,
+    data: Vec<u8>,
+    data_start: usize,
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        let end = self.pos.checked_add(n).ok_or("size overflow")?;
+        let s = self.b.get(self.pos..end).ok_or_else(|| format!("truncated at byte {}", self.pos))?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn string(&mut self) -> Result<String, String> {
+        let n = self.u64()?;
+        if n > (1 << 30) {
+            return Err(format!("a string of {n} bytes"));
+        }
+        Ok(String::from_utf8_lossy(self.take(n as usize)?).into_owned())
+    }
+    fn value(&mut self, ty: u32, depth: usize) -> Result<Value, String> {
+        Ok(match ty {
+            0 => Value::UInt(self.take(1)?[0] as u64),
+            1 => Value::Int(self.take(1)?[0] as i8 as i64),
+            2 => Value::UInt(u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as u64),
+            3 => Value::Int(i16::from_le_bytes(self.take(2)?.try_into().expect("2")) as i64),
+            4 => Value::UInt(self.u32()? as u64),
+            5 => Value::Int(self.u32()? as i32 as i64),
+            6 => Value::Float(f32::from_le_bytes(self.take(4)?.try_into().expect("4")) as f64),
+            7 => Value::Bool(self.take(1)?[0] != 0),
+            8 => Value::Str(self.string()?),
+            9 => {
+                if depth > 2 {
+                    return Err("arrays nested too deep".into());
+                }
+                let et = self.u32()?;
+                let n = self.u64()?;
+                if n > (self.b.len() as u64) {
+                    return Err(format!("an array of {n} elements in a {}-byte file", self.b.len()));
+                }
+                let mut v = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    v.push(self.value(et, depth + 1)?);
+                }
+                Value::Array(v)
+            }
+            10 => Value::UInt(self.u64()?),
+            11 => Value::Int(self.u64()? as i64),
+            12 => Value::Float(f64::from_le_bytes(self.take(8)?.try_into().expect("8"))),
+            other => return Err(format!("unknown metadata type {other}")),
+        })
+    }
+}
+
+const F32: u32 = 0;
+const F16: u32 = 1;
+const Q4_1: u32 = 3;
+const Q8_0: u32 = 8;
+const BF16: u32 = 30;
+
+fn f16(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// Dequantizes `n` values of ggml type `ty` from `bytes`.
+pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
+    let need = |per_block: usize, block_bytes: usize| -> Result<usize, String> {
+        if n % per_block != 0 {
+            return Err(format!("{n} values are not whole blocks of {per_block}"));
+        }
+        let size = n / per_block * block_bytes;
+        if bytes.len() < size {
+            return Err(format!("needs {size} bytes, has {}", bytes.len()));
+        }
+        Ok(size)
+    };
+    Ok(match ty {
+        F32 => {
+            let s = need(1, 4)?;
+            bytes[..s].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        F16 => {
+            let s = need(1, 2)?;
+            bytes[..s].chunks_exact(2).map(f16).collect()
+        }
+        BF16 => {
+            let s = need(1, 2)?;
+            bytes[..s].chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        Q8_0 => {
+            // 32 values: f16 scale d, 32 × i8 q; x = d·q.
+            let s = need(32, 34)?;
+            let mut out = Vec::with_capacity(n);
+            for block in bytes[..s].chunks_exact(34) {
+                let d = f16(&block[..2]);
+                out.extend(block[2..].iter().map(|&q| d * (q as i8) as f32));
+            }
+            out
+        }
+        Q4_1 => {
+            // 32 values: f16 scale d, f16 minimum m, 16 bytes of nibbles; low nibbles are
+            // values 0..16, high nibbles 16..32; x = d·q + m.
+            let s = need(32, 20)?;
+            let mut out = Vec::with_capacity(n);
+            for block in bytes[..s].chunks_exact(20) {
+                let (d, m) = (f16(&block[..2]), f16(&block[2..4]));
+                let qs = &block[4..];
+                out.extend(qs.iter().map(|&q| d * (q & 0x0f) as f32 + m));
+                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+            }
+            out
+        }
+        other => return Err(format!("ggml tensor type {other} is not supported (F32, F16, BF16, Q8_0, Q4_1 are)")),
+    })
+}
+
+impl Gguf {
+    /// Parses GGUF bytes.
+    pub fn parse(data: Vec<u8>) -> Result<Self, String> {
+        let mut r = Reader { b: &data, pos: 0 };
+        if r.take(4)? != b"GGUF" {
+            return Err("no GGUF magic".into());
+        }
+        let version = r.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(format!("GGUF version {version} (2 and 3 are read)"));
+        }
+        let n_tensors = r.u64()?;
+        let n_meta = r.u64()?;
+        if n_tensors > 1 << 20 || n_meta > 1 << 20 {
+            return Err("implausible tensor or metadata count".into());
+        }
+        let mut metadata = HashMap::new();
+        for _ in 0..n_meta {
+            let key = r.string()?;
+            let ty = r.u32()?;
+            let v = r.value(ty, 0).map_err(|e| format!("metadata `{key}`: {e}"))?;
+            metadata.insert(key, v);
+        }
+        let mut tensors = HashMap::new();
+        for _ in 0..n_tensors {
+            let name = r.string()?;
+            let nd = r.u32()?;
+            if nd > 4 {
+                return Err(format!("tensor `{name}` has {nd} dimensions"));
+            }
+            let dims = (0..nd).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+            let ggml_type = r.u32()?;
+            let offset = r.u64()?;
+            tensors.insert(name, TensorInfo { dims, ggml_type, offset });
+        }
+        let align = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32).max(1) as usize;
+        let data_start = r.pos.div_ceil(align) * align;
+        if data_start > data.len() {
+            return Err("truncated before the tensor data".into());
+        }
+        Ok(Self { version, metadata, tensors, data, data_start })
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<u64, String> {
+        self.metadata.get(key).and_then(Value::as_u64).ok_or_else(|| format!("metadata `{key}` is missing"))
+    }
+
+    /// A tensor as f32 values, checking its dimensions (innermost first).
+    pub fn tensor(&self, name: &str, dims: &[u64]) -> Result<Vec<f32>, String> {
+        let info = self.tensors.get(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
+        if info.dims != dims {
+            return Err(format!("tensor `{name}` has dimensions {:?}, expected {dims:?}", info.dims));
+        }
+        let n: u64 = dims.iter().product();
+        let start = self.data_start.checked_add(info.offset as usize).ok_or("offset overflow")?;
+        let bytes = self.data.get(start..).ok_or_else(|| format!("tensor `{name}` starts past the end of the file"))?;
+        dequantize(info.ggml_type, bytes, n as usize).map_err(|e| format!("tensor `{name}`: {e}"))
+    }
+
+    /// The Llama configuration from the metadata.
+    pub fn config(&self) -> Result<LlamaConfig, String> {
+        let arch = self.metadata.get("general.architecture").and_then(Value::as_str).unwrap_or("");
+        if arch != "llama" {
+            return Err(format!("architecture `{arch}` is not `llama`"));
+        }
+        let heads = self.meta_u64("llama.attention.head_count")? as usize;
+        let vocab = match self.metadata.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(t)) => t.len(),
+            _ => self.meta_u64("llama.vocab_size")? as usize,
+        };
+        let c = LlamaConfig {
+            vocab_size: vocab,
+            dim: self.meta_u64("llama.embedding_length")? as usize,
+            n_layers: self.meta_u64("llama.block_count")? as usize,
+            n_heads: heads,
+            n_kv_heads: self.metadata.get("llama.attention.head_count_kv").and_then(Value::as_u64).map_or(heads, |v| v as usize),
+            hidden_dim: self.meta_u64("llama.feed_forward_length")? as usize,
+            max_seq_len: self.meta_u64("llama.context_length")? as usize,
+            rope_theta: self.metadata.get("llama.rope.freq_base").and_then(Value::as_f64).unwrap_or(10_000.0) as f32,
+            norm_eps: self.metadata.get("llama.attention.layer_norm_rms_epsilon").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
+            tie_embeddings: !self.tensors.contains_key("output.weight"),
+            value_head: false,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Every weight, dequantized, in checkpoint layout.
+    pub fn weights(&self, c: &LlamaConfig) -> Result<LlamaWeights, String> {
+        let (d, h, v) = (c.dim as u64, c.hidden_dim as u64, c.vocab_size as u64);
+        let kv = (c.n_kv_heads * c.head_dim()) as u64;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let t = |n: &str, dims: &[u64]| self.tensor(&format!("blk.{i}.{n}.weight"), dims);
+            layers.push(LayerWeights {
+                attn_norm: t("attn_norm", &[d])?,
+                wq: t("attn_q", &[d, d])?,
+                wk: t("attn_k", &[d, kv])?,
+                wv: t("attn_v", &[d, kv])?,
+                wo: t("attn_output", &[d, d])?,
+                ffn_norm: t("ffn_norm", &[d])?,
+                w1: t("ffn_gate", &[d, h])?,
+                w2: t("ffn_down", &[h, d])?,
+                w3: t("ffn_up", &[d, h])?,
+            });
+        }
+        Ok(LlamaWeights {
+            embed: self.tensor("token_embd.weight", &[d, v])?,
+            layers,
+            final_norm: self.tensor("output_norm.weight", &[d])?,
+            lm_head: if c.tie_embeddings { None } else { Some(self.tensor("output.weight", &[d, v])?) },
+        })
+    }
+
+    /// The token list.
+    pub fn tokens(&self) -> Result<Vec<String>, String> {
+        match self.metadata.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| "a token is not a string".to_string())).collect(),
+            _ => Err("metadata `tokenizer.ggml.tokens` is missing".into()),
+        }
+    }
+
+    /// The tokenizer, rebuilt as a `tokenizers` byte-level BPE (GGUF tokenizer model `gpt2`):
+    /// the vocabulary and merges from the metadata, control tokens as special tokens.
+    pub fn tokenizer(&self) -> Result<Tokenizer, String> {
+        let model = self.metadata.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
+        if model != "gpt2" {
+            return Err(format!("tokenizer model `{model}` is not supported (byte-level BPE `gpt2` is)"));
+        }
+        let tokens = self.tokens()?;
+        let merges: Vec<String> = match self.metadata.get("tokenizer.ggml.merges") {
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            _ => return Err("metadata `tokenizer.ggml.merges` is missing".into()),
+        };
+        let types: Vec<u64> = match self.metadata.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::Value::from(i))).collect();
+        let added: Vec<serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
+            .map(|(i, t)| {
+                serde_json::json!({ "id": i, "content": t, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": types[i] == 3 })
+            })
+            .collect();
+        // SmolLM-style pre-tokenization splits digits; plain GPT-2 does not.
+        let pre = self.metadata.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+        let byte_level = serde_json::json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true });
+        let pre_tokenizer = if pre == "smollm" {
+            serde_json::json!({ "type": "Sequence", "pretokenizers": [ { "type": "Digits", "individual_digits": true }, byte_level ] })
+        } else {
+            byte_level
+        };
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": added, "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": { "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true },
+            "model": { "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges },
+        });
+        let inner: tokenizers::Tokenizer = json.to_string().parse().map_err(|e| format!("rebuilding the tokenizer: {e}"))?;
+        let bos = self.metadata.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64).map(|v| v as u32);
+        let add_bos = self.metadata.get("tokenizer.ggml.add_bos_token").is_none_or(|v| *v == Value::Bool(true));
+        let eos = self.metadata.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64).unwrap_or(2) as u32;
+        Ok(Tokenizer::Hf { inner: Box::new(inner), bos: if add_bos { bos } else { None }, eos })
+    }
+
+    /// The chat template (Jinja), if the file has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.metadata.get("tokenizer.chat_template").and_then(Value::as_str)
+    }
+}
+
+/// Reads a GGUF file.
+pub fn load(path: &Path) -> Result<Gguf, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    Gguf::parse(bytes).map_err(|e| Error::Usage(format!("{}: not a valid GGUF file: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4_1_and_q8_0_blocks_dequantize_by_definition() {
+        let mut q41 = Vec::new();
+        q41.extend(half::f16::from_f32(0.5).to_le_bytes());
+        q41.extend(half::f16::from_f32(-1.0).to_le_bytes());
+        q41.extend((0..16u8).map(|i| i | ((15 - i) << 4)));
+        let x = dequantize(Q4_1, &q41, 32).unwrap();
+        assert_eq!(x[0], -1.0);
+        assert_eq!(x[3], 0.5);
+        assert_eq!(x[16], 0.5 * 15.0 - 1.0);
+        let mut q80 = Vec::new();
+        q80.extend(half::f16::from_f32(0.25).to_le_bytes());
+        q80.extend((0..32).map(|i: i8| (i - 16) as u8));
+        let y = dequantize(Q8_0, &q80, 32).unwrap();
+        assert_eq!(y[0], -4.0);
+        assert_eq!(y[31], 3.75);
+        assert!(dequantize(Q4_1, &q41[..10], 32).is_err());
+        assert!(dequantize(12, &q41, 32).is_err());
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(Gguf::parse(b"GGUF".to_vec()).is_err());
+        assert!(Gguf::parse(b"nope".to_vec()).is_err());
+        let mut v = b"GGUF".to_vec();
+        v.extend(3u32.to_le_bytes());
+        v.extend(u64::MAX.to_le_bytes());
+        v.extend(0u64.to_le_bytes());
+        assert!(Gguf::parse(v).is_err());
+    }
+}
