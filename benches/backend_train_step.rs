@@ -9,7 +9,9 @@ use std::hint::black_box;
 use burn::module::Module;
 use burn::nn::attention::generate_autoregressive_mask;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
+use burn::nn::transformer::{
+    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
+};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -48,7 +50,9 @@ impl TinyLm {
         let targets = tokens.slice([0..BATCH, 1..SEQ]);
         let x = self.embed.forward(inputs);
         let mask = generate_autoregressive_mask(BATCH, SEQ - 1, &device);
-        let h = self.blocks.forward(TransformerEncoderInput::new(x).mask_attn(mask));
+        let h = self
+            .blocks
+            .forward(TransformerEncoderInput::new(x).mask_attn(mask));
         let logits = self.head.forward(h).reshape([BATCH * (SEQ - 1), VOCAB]);
         CrossEntropyLossConfig::new()
             .init(&device)
@@ -60,7 +64,9 @@ fn train_step(c: &mut Criterion, name: &str, device: Device) {
     let device = device.autodiff();
     let mut model = TinyLm::new(&device);
     let mut optim: ModuleOptimizer = AdamWConfig::new().init();
-    let ids: Vec<i64> = (0..BATCH * SEQ).map(|i| ((i * 7919) % VOCAB) as i64).collect();
+    let ids: Vec<i64> = (0..BATCH * SEQ)
+        .map(|i| ((i * 7919) % VOCAB) as i64)
+        .collect();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [BATCH, SEQ]), &device);
     c.bench_function(&format!("train_step/{name}"), |b| {
         b.iter(|| {

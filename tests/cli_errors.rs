@@ -8,7 +8,10 @@ use std::io::Write;
 
 fn recipe_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("bad.toml");
-    std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     path
 }
 
@@ -33,7 +36,13 @@ fn recipe_with(dir: &tempfile::TempDir, from: &str, to: &str) -> String {
 #[test]
 fn unknown_recipe_suggests_the_closest() {
     let out = run(lmlab().args(["recipe", "linear-regresion", "--dry-run"]));
-    assert_user_error(&out, &["unknown recipe `linear-regresion`", "did you mean `linear-regression`"]);
+    assert_user_error(
+        &out,
+        &[
+            "unknown recipe `linear-regresion`",
+            "did you mean `linear-regression`",
+        ],
+    );
 }
 
 #[test]
@@ -43,7 +52,12 @@ fn unknown_plugin_names_file_table_and_suggestion() {
     let out = run(lmlab().args(["recipe", &file, "--dry-run"]));
     assert_user_error(
         &out,
-        &["bad.toml: [scheduler]", "unknown scheduler plugin `supervize`", "did you mean `supervised`", "registered scheduler plugins: "],
+        &[
+            "bad.toml: [scheduler]",
+            "unknown scheduler plugin `supervize`",
+            "did you mean `supervised`",
+            "registered scheduler plugins: ",
+        ],
     );
 }
 
@@ -54,7 +68,12 @@ fn unknown_field_names_file_table_plugin_field_and_suggestion() {
     let out = run(lmlab().args(["recipe", &file, "--dry-run"]));
     assert_user_error(
         &out,
-        &["bad.toml: [scheduler] (plugin `supervised`)", "field `stepz`", "unknown field", "did you mean `steps`"],
+        &[
+            "bad.toml: [scheduler] (plugin `supervised`)",
+            "field `stepz`",
+            "unknown field",
+            "did you mean `steps`",
+        ],
     );
 }
 
@@ -63,7 +82,15 @@ fn missing_field_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let file = recipe_with(&dir, "use = \"mse\"", "");
     let out = run(lmlab().args(["recipe", &file, "--dry-run"]));
-    assert_user_error(&out, &["bad.toml: [objective]", "field `use`", "missing field", "mse"]);
+    assert_user_error(
+        &out,
+        &[
+            "bad.toml: [objective]",
+            "field `use`",
+            "missing field",
+            "mse",
+        ],
+    );
 }
 
 #[test]
@@ -73,23 +100,69 @@ fn mistyped_field_names_the_expected_type() {
     let out = run(lmlab().args(["recipe", &file, "--dry-run"]));
     assert_user_error(
         &out,
-        &["bad.toml: [task] (plugin `linear-regression`)", "field `dim`", "invalid type: string \"four\"", "expected usize"],
+        &[
+            "bad.toml: [task] (plugin `linear-regression`)",
+            "field `dim`",
+            "invalid type: string \"four\"",
+            "expected usize",
+        ],
     );
     let file = recipe_with(&dir, "seed = 1", "seed = \"one\"");
     let out = run(lmlab().args(["recipe", &file, "--dry-run"]));
-    assert_user_error(&out, &["bad.toml: [top level]", "field `seed`", "expected a non-negative integer, found string"]);
+    assert_user_error(
+        &out,
+        &[
+            "bad.toml: [top level]",
+            "field `seed`",
+            "expected a non-negative integer, found string",
+        ],
+    );
 }
 
 #[test]
 fn bad_set_says_why() {
-    let out = run(lmlab().args(["recipe", "linear-regression", "--dry-run", "--set", "scheduler.steps=many"]));
-    assert_user_error(&out, &["bad --set `scheduler.steps=many`", "field `steps`", "`many` is not an integer"]);
-    let out = run(lmlab().args(["recipe", "linear-regression", "--dry-run", "--set", "schedulr.steps=3"]));
+    let out = run(lmlab().args([
+        "recipe",
+        "linear-regression",
+        "--dry-run",
+        "--set",
+        "scheduler.steps=many",
+    ]));
+    assert_user_error(
+        &out,
+        &[
+            "bad --set `scheduler.steps=many`",
+            "field `steps`",
+            "`many` is not an integer",
+        ],
+    );
+    let out = run(lmlab().args([
+        "recipe",
+        "linear-regression",
+        "--dry-run",
+        "--set",
+        "schedulr.steps=3",
+    ]));
     assert_user_error(&out, &["no [schedulr] table", "did you mean `scheduler`"]);
-    let out = run(lmlab().args(["recipe", "linear-regression", "--dry-run", "--set", "scheduler.steps"]));
+    let out = run(lmlab().args([
+        "recipe",
+        "linear-regression",
+        "--dry-run",
+        "--set",
+        "scheduler.steps",
+    ]));
     assert_user_error(&out, &["expected `path=value`"]);
-    let out = run(lmlab().args(["recipe", "linear-regression", "--dry-run", "--set", "scheduler.optim.lrr=0.1"]));
-    assert_user_error(&out, &["unknown field `lrr` in `optim`", "did you mean `lr`"]);
+    let out = run(lmlab().args([
+        "recipe",
+        "linear-regression",
+        "--dry-run",
+        "--set",
+        "scheduler.optim.lrr=0.1",
+    ]));
+    assert_user_error(
+        &out,
+        &["unknown field `lrr` in `optim`", "did you mean `lr`"],
+    );
 }
 
 #[test]
@@ -104,13 +177,26 @@ fn unreadable_files_are_named() {
     assert_user_error(&out, &["bad.toml: not valid TOML"]);
     let out = run(lmlab().args(["--plugin", "/nonexistent/libx.so", "plugins"]));
     assert_user_error(&out, &["cannot read /nonexistent/libx.so"]);
-    let out = run(lmlab().args(["recipe", "linear-regression", "--resume", dir.path().to_str().unwrap()]));
+    let out = run(lmlab().args([
+        "recipe",
+        "linear-regression",
+        "--resume",
+        dir.path().to_str().unwrap(),
+    ]));
     assert_user_error(&out, &["cannot resume", "no config.toml"]);
 }
 
 #[test]
 fn a_good_recipe_resolves_with_defaults() {
-    let out = run(lmlab().args(["recipe", "linear-regression", "--dry-run", "--set", "scheduler.steps=7", "--seed", "5"]));
+    let out = run(lmlab().args([
+        "recipe",
+        "linear-regression",
+        "--dry-run",
+        "--set",
+        "scheduler.steps=7",
+        "--seed",
+        "5",
+    ]));
     assert_eq!(out.0, 0, "{}", out.2);
     let resolved: toml::Table = toml::from_str(&out.1).unwrap();
     assert_eq!(resolved["seed"].as_integer(), Some(5));

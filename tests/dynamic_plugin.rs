@@ -36,7 +36,11 @@ fn loads_the_example_plugin_and_trains_with_its_task() {
     let lib = example_plugin();
     let (code, out, err) = run(lmlab().arg("--plugin").arg(&lib).arg("plugins"));
     assert_eq!(code, 0, "{err}");
-    assert!(out.lines().any(|l| l.starts_with("task") && l.contains("sum-regression")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("task") && l.contains("sum-regression")),
+        "{out}"
+    );
 
     // Without the plugin the recipe names an unknown task...
     let fixture = root().join("tests/fixtures/dynamic-sum.toml");
@@ -59,7 +63,10 @@ fn loads_the_example_plugin_and_trains_with_its_task() {
         .map(|m| m["mse"].as_f64().unwrap())
         .collect();
     assert!(tests.len() >= 2);
-    assert!(tests[tests.len() - 1] < 0.01 * tests[0], "test MSE fell: {tests:?}");
+    assert!(
+        tests[tests.len() - 1] < 0.01 * tests[0],
+        "test MSE fell: {tests:?}"
+    );
 }
 
 /// Compiles a C shared library (a plugin "built by another toolchain").
@@ -92,7 +99,12 @@ fn refuses_a_library_with_another_abi_stamp_without_calling_it() {
     let out = run(lmlab().arg("--plugin").arg(&lib).arg("plugins"));
     assert_user_error(
         &out,
-        &["libstale.so", "ABI stamp mismatch", "lmlab-sdk 0.0.1 built by rustc 1.80.0", "rebuild the plugin"],
+        &[
+            "libstale.so",
+            "ABI stamp mismatch",
+            "lmlab-sdk 0.0.1 built by rustc 1.80.0",
+            "rebuild the plugin",
+        ],
     );
 }
 
@@ -101,14 +113,21 @@ fn refuses_a_library_without_the_lmlab_symbols() {
     let dir = tempfile::tempdir().unwrap();
     let lib = c_library(&dir, "other", "int answer(void) { return 42; }\n");
     let out = run(lmlab().arg("--plugin").arg(&lib).arg("plugins"));
-    assert_user_error(&out, &["libother.so", "does not export `lmlab_plugin_abi_stamp`", "not an lmlab plugin"]);
+    assert_user_error(
+        &out,
+        &[
+            "libother.so",
+            "does not export `lmlab_plugin_abi_stamp`",
+            "not an lmlab plugin",
+        ],
+    );
 }
 
 #[test]
 fn refuses_a_file_that_is_not_a_library() {
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("libfake.so");
-    std::fs::write(&fake, "this is a text file, not ELF\n").unwrap();
-    let out = run(lmlab().arg("--plugin").arg(&fake).arg("plugins"));
-    assert_user_error(&out, &["libfake.so", "not a loadable shared library"]);
+    let not_elf = dir.path().join("libtext.so");
+    std::fs::write(&not_elf, "this is a text file, not ELF\n").unwrap();
+    let out = run(lmlab().arg("--plugin").arg(&not_elf).arg("plugins"));
+    assert_user_error(&out, &["libtext.so", "not a loadable shared library"]);
 }

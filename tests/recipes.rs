@@ -31,8 +31,12 @@ fn committed_schemas_are_current() {
     assert!(written.contains(&"recipe.schema.json".to_string()));
     for name in &written {
         let fresh = std::fs::read_to_string(out.path().join(name)).unwrap();
-        let committed = std::fs::read_to_string(root().join("schemas").join(name)).unwrap_or_default();
-        assert!(fresh == committed, "schemas/{name} is stale: run `cargo xtask schema`");
+        let committed =
+            std::fs::read_to_string(root().join("schemas").join(name)).unwrap_or_default();
+        assert!(
+            fresh == committed,
+            "schemas/{name} is stale: run `cargo xtask schema`"
+        );
     }
 }
 
@@ -52,7 +56,10 @@ fn every_recipe_validates_against_the_schema() {
         );
         let toml: toml::Value = toml::from_str(&text).unwrap();
         let json = serde_json::to_value(&toml).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&json).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
         assert!(errors.is_empty(), "{}: {errors:#?}", file.display());
         let recipe = lmlab::recipe::load(&file).unwrap();
         for key in ["paper", "claim", "time"] {
@@ -65,7 +72,8 @@ fn every_recipe_validates_against_the_schema() {
         }
     }
     // The schema rejects what the runner rejects.
-    let bad: toml::Value = toml::from_str("[scheduler]\nuse = \"supervised\"\nstepz = 3\n").unwrap();
+    let bad: toml::Value =
+        toml::from_str("[scheduler]\nuse = \"supervised\"\nstepz = 3\n").unwrap();
     assert!(!validator.is_valid(&serde_json::to_value(&bad).unwrap()));
 }
 
@@ -75,7 +83,10 @@ fn every_recipe_is_listed_and_builds() {
     assert_eq!(code, 0, "{err}");
     for file in recipe_files() {
         let name = file.file_stem().unwrap().to_string_lossy().into_owned();
-        assert!(out.lines().any(|l| l.starts_with(&name)), "{name} listed in {out}");
+        assert!(
+            out.lines().any(|l| l.starts_with(&name)),
+            "{name} listed in {out}"
+        );
         let (code, _, err) = run(lmlab().args(["recipe", &name, "--dry-run"]));
         assert_eq!(code, 0, "{name}: {err}");
         let (code, _, err) = run(lmlab().args(["recipe", &name, "--dry-run", "--smoke"]));

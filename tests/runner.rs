@@ -16,12 +16,19 @@ fn metrics(dir: &Path) -> String {
 #[test]
 fn a_run_writes_config_metrics_summary_and_checkpoints() {
     let out = tempfile::tempdir().unwrap();
-    let (code, stdout, err) = run(lmlab().args(["recipe", "linear-regression", "--smoke", "--quiet", "--out"]).arg(out.path()));
+    let (code, stdout, err) = run(lmlab()
+        .args(["recipe", "linear-regression", "--smoke", "--quiet", "--out"])
+        .arg(out.path()));
     assert_eq!(code, 0, "{err}");
     let dir = only_run_dir(out.path(), "linear-regression");
     assert!(stdout.contains(&dir.display().to_string()));
-    let config: toml::Table = toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).unwrap()).unwrap();
-    assert_eq!(config["scheduler"]["steps"].as_integer(), Some(60), "smoke overrides applied");
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(
+        config["scheduler"]["steps"].as_integer(),
+        Some(60),
+        "smoke overrides applied"
+    );
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(summary.contains("least-squares optimum"), "{summary}");
     assert!(dir.join("checkpoints/LATEST").is_file());
@@ -38,9 +45,13 @@ fn a_run_writes_config_metrics_summary_and_checkpoints() {
 #[test]
 fn the_full_recipe_reaches_the_least_squares_optimum() {
     let out = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(lmlab().args(["recipe", "linear-regression", "--quiet", "--out"]).arg(out.path()));
+    let (code, _, err) = run(lmlab()
+        .args(["recipe", "linear-regression", "--quiet", "--out"])
+        .arg(out.path()));
     assert_eq!(code, 0, "{err}");
-    let summary = std::fs::read_to_string(only_run_dir(out.path(), "linear-regression").join("summary.md")).unwrap();
+    let summary =
+        std::fs::read_to_string(only_run_dir(out.path(), "linear-regression").join("summary.md"))
+            .unwrap();
     assert!(summary.contains("**holds**"), "{summary}");
 }
 
@@ -49,7 +60,15 @@ fn same_seed_same_metrics_other_seed_other_metrics() {
     let out = tempfile::tempdir().unwrap();
     for (sub, seed) in [("a", "1"), ("b", "1"), ("c", "2")] {
         let (code, _, err) = run(lmlab()
-            .args(["recipe", "linear-regression", "--smoke", "--quiet", "--seed", seed, "--out"])
+            .args([
+                "recipe",
+                "linear-regression",
+                "--smoke",
+                "--quiet",
+                "--seed",
+                seed,
+                "--out",
+            ])
             .arg(out.path().join(sub)));
         assert_eq!(code, 0, "{err}");
     }
@@ -60,12 +79,18 @@ fn same_seed_same_metrics_other_seed_other_metrics() {
 
 /// A long enough run to be killed in the middle: a wider MLP and more steps.
 const LONG: &[&str] = &[
-    "--set", "scheduler.steps=1500",
-    "--set", "scheduler.hidden=[128, 128]",
-    "--set", "scheduler.batch_size=128",
-    "--set", "scheduler.checkpoint_every=100",
-    "--set", "scheduler.eval_every=100",
-    "--set", "scheduler.optim.lr=0.003",
+    "--set",
+    "scheduler.steps=1500",
+    "--set",
+    "scheduler.hidden=[128, 128]",
+    "--set",
+    "scheduler.batch_size=128",
+    "--set",
+    "scheduler.checkpoint_every=100",
+    "--set",
+    "scheduler.eval_every=100",
+    "--set",
+    "scheduler.optim.lr=0.003",
 ];
 
 #[test]
@@ -99,7 +124,10 @@ fn a_killed_run_resumes_to_the_same_metrics() {
         {
             break e.path();
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint appeared");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(2));
     };
     // SAFETY: sending a signal to our own child process.
@@ -110,9 +138,18 @@ fn a_killed_run_resumes_to_the_same_metrics() {
         status.code().is_none() && latest.trim() != "step-00001500",
         "the run was killed before its end (status {status:?}, latest {latest})"
     );
-    let (code, _, err) = run(lmlab().args(["recipe", "linear-regression", "--quiet", "--resume"]).arg(&dir));
+    let (code, _, err) = run(lmlab()
+        .args(["recipe", "linear-regression", "--quiet", "--resume"])
+        .arg(&dir));
     assert_eq!(code, 0, "{err}");
-    assert_eq!(metrics(&dir), full, "the resumed run's metrics equal the uninterrupted run's");
+    assert_eq!(
+        metrics(&dir),
+        full,
+        "the resumed run's metrics equal the uninterrupted run's"
+    );
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
-    assert!(summary.contains("Resumed from the checkpoint at step"), "{summary}");
+    assert!(
+        summary.contains("Resumed from the checkpoint at step"),
+        "{summary}"
+    );
 }

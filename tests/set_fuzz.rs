@@ -4,15 +4,30 @@ use lmlab::recipe;
 use proptest::prelude::*;
 
 fn base() -> recipe::Recipe {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/linear-regression.toml");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/linear-regression.toml");
     recipe::load(&path).expect("the bundled recipe parses")
 }
 
 fn path_strategy() -> impl Strategy<Value = String> {
     let known = prop::sample::select(vec![
-        "seed", "device", "description", "smoke", "task", "task.dim", "task.noise", "task.use", "task.kind",
-        "objective.use", "scheduler.steps", "scheduler.optim.lr", "scheduler.optim", "scheduler.hidden",
-        "scheduler.optim.schedule", "scheduler.optim.grad_clip_norm", "scheduler.batch_size",
+        "seed",
+        "device",
+        "description",
+        "smoke",
+        "task",
+        "task.dim",
+        "task.noise",
+        "task.use",
+        "task.kind",
+        "objective.use",
+        "scheduler.steps",
+        "scheduler.optim.lr",
+        "scheduler.optim",
+        "scheduler.hidden",
+        "scheduler.optim.schedule",
+        "scheduler.optim.grad_clip_norm",
+        "scheduler.batch_size",
     ])
     .prop_map(String::from);
     prop_oneof![known, "[a-z_.]{0,24}", "\\PC{0,16}"]

@@ -10,22 +10,38 @@ use std::time::{Duration, Instant};
 use common::{lmlab, only_run_dir, run};
 
 const TINY: &[&str] = &[
-    "--set", "task.n_train=400",
-    "--set", "task.n_test=12",
-    "--set", "scheduler.model.dim=32",
-    "--set", "scheduler.model.n_layers=2",
-    "--set", "scheduler.model.n_heads=2",
-    "--set", "scheduler.model.n_kv_heads=1",
-    "--set", "scheduler.model.hidden_dim=64",
-    "--set", "scheduler.batch_size=8",
-    "--set", "scheduler.steps=60",
-    "--set", "scheduler.log_every=5",
-    "--set", "scheduler.eval_every=20",
-    "--set", "scheduler.eval_problems=6",
-    "--set", "scheduler.checkpoint_every=20",
-    "--set", "scheduler.max_new_tokens=24",
-    "--set", "scheduler.optim.warmup_steps=5",
-    "--set", "scheduler.optim.lr=0.01",
+    "--set",
+    "task.n_train=400",
+    "--set",
+    "task.n_test=12",
+    "--set",
+    "scheduler.model.dim=32",
+    "--set",
+    "scheduler.model.n_layers=2",
+    "--set",
+    "scheduler.model.n_heads=2",
+    "--set",
+    "scheduler.model.n_kv_heads=1",
+    "--set",
+    "scheduler.model.hidden_dim=64",
+    "--set",
+    "scheduler.batch_size=8",
+    "--set",
+    "scheduler.steps=60",
+    "--set",
+    "scheduler.log_every=5",
+    "--set",
+    "scheduler.eval_every=20",
+    "--set",
+    "scheduler.eval_problems=6",
+    "--set",
+    "scheduler.checkpoint_every=20",
+    "--set",
+    "scheduler.max_new_tokens=24",
+    "--set",
+    "scheduler.optim.warmup_steps=5",
+    "--set",
+    "scheduler.optim.lr=0.01",
 ];
 
 fn metrics(dir: &Path) -> String {
@@ -36,7 +52,11 @@ fn metrics(dir: &Path) -> String {
 fn sft_runs_are_reproducible_and_resume_exactly_after_sigkill() {
     let out = tempfile::tempdir().unwrap();
     for sub in ["a", "b"] {
-        let (code, _, err) = run(lmlab().args(["recipe", "sft-arith", "--quiet"]).args(TINY).arg("--out").arg(out.path().join(sub)));
+        let (code, _, err) = run(lmlab()
+            .args(["recipe", "sft-arith", "--quiet"])
+            .args(TINY)
+            .arg("--out")
+            .arg(out.path().join(sub)));
         assert_eq!(code, 0, "{err}");
     }
     let a = only_run_dir(&out.path().join("a"), "sft-arith");
@@ -46,7 +66,10 @@ fn sft_runs_are_reproducible_and_resume_exactly_after_sigkill() {
     assert!(summary.contains("greedy pass@1 (held out)"), "{summary}");
     for plot in ["loss.svg", "pass_at_1.svg"] {
         let svg = std::fs::read_to_string(a.join("plots").join(plot)).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{plot}");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("polyline"),
+            "{plot}"
+        );
     }
     // The loss fell.
     let losses: Vec<f64> = metrics(&a)
@@ -74,15 +97,27 @@ fn sft_runs_are_reproducible_and_resume_exactly_after_sigkill() {
         {
             break e.path();
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(5));
     };
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let status = child.wait().unwrap();
     let latest = std::fs::read_to_string(dir.join("checkpoints/LATEST")).unwrap();
-    assert!(status.code().is_none() && latest.trim() != "step-00000060", "killed mid-run ({latest})");
-    let (code, _, err) = run(lmlab().args(["recipe", "sft-arith", "--quiet", "--resume"]).arg(&dir));
+    assert!(
+        status.code().is_none() && latest.trim() != "step-00000060",
+        "killed mid-run ({latest})"
+    );
+    let (code, _, err) = run(lmlab()
+        .args(["recipe", "sft-arith", "--quiet", "--resume"])
+        .arg(&dir));
     assert_eq!(code, 0, "{err}");
-    assert_eq!(metrics(&dir), metrics(&a), "resumed metrics equal the uninterrupted run's");
+    assert_eq!(
+        metrics(&dir),
+        metrics(&a),
+        "resumed metrics equal the uninterrupted run's"
+    );
 }

@@ -24,7 +24,11 @@ use crate::scheduler::{RunContext, Scheduler};
 use crate::schema;
 
 #[derive(Parser, Debug)]
-#[command(name = "lmlab", version, about = "Run lmlab recipes: post-training and reasoning methods, reproduced")]
+#[command(
+    name = "lmlab",
+    version,
+    about = "Run lmlab recipes: post-training and reasoning methods, reproduced"
+)]
 pub struct Cli {
     /// Load a dynamic plugin library (repeatable; also `LMLAB_PLUGINS`, colon-separated).
     #[arg(long = "plugin", global = true, value_name = "PATH")]
@@ -127,7 +131,11 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let quiet = matches!(&cli.command, Command::Recipe(a) if a.quiet);
@@ -199,7 +207,11 @@ fn list_recipes(dir: &Path) -> anyhow::Result<()> {
             Ok(r) => println!(
                 "{name:<22} {:<40} {}",
                 r.header.paper,
-                if r.description.is_empty() { &r.header.claim } else { &r.description }
+                if r.description.is_empty() {
+                    &r.header.claim
+                } else {
+                    &r.description
+                }
             ),
             Err(e) => println!("{name:<22} (invalid: {e})"),
         }
@@ -216,8 +228,15 @@ pub fn write_schemas(out: &Path) -> anyhow::Result<()> {
         write_atomic(&path, text.as_bytes())?;
     }
     let path = out.join("recipe.schema.json");
-    write_atomic(&path, (serde_json::to_string_pretty(&schema::recipe_schema())? + "\n").as_bytes())?;
-    println!("wrote {} schemas to {}", registry::factories().len() + 1, out.display());
+    write_atomic(
+        &path,
+        (serde_json::to_string_pretty(&schema::recipe_schema())? + "\n").as_bytes(),
+    )?;
+    println!(
+        "wrote {} schemas to {}",
+        registry::factories().len() + 1,
+        out.display()
+    );
     Ok(())
 }
 
@@ -235,11 +254,13 @@ fn run_recipe(recipes_dir: &Path, args: RecipeArgs) -> anyhow::Result<()> {
             if !args.set.is_empty() || args.seed.is_some() || args.smoke {
                 return Err(Error::Resume {
                     path: dir.clone(),
-                    reason: "a resumed run keeps its configuration: drop --set, --seed and --smoke".into(),
+                    reason: "a resumed run keeps its configuration: drop --set, --seed and --smoke"
+                        .into(),
                 }
                 .into());
             }
-            let text = std::fs::read_to_string(&config).map_err(|e| Error::io("read", &config, e))?;
+            let text =
+                std::fs::read_to_string(&config).map_err(|e| Error::io("read", &config, e))?;
             let r = recipe::parse(&text, &args.name, &config.display().to_string())?;
             (r, Some(dir.clone()))
         }
@@ -288,7 +309,10 @@ fn run_recipe(recipes_dir: &Path, args: RecipeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn components_resolved(recipe: &Recipe, components: &mut crate::Components) -> BTreeMap<String, toml::Table> {
+fn components_resolved(
+    recipe: &Recipe,
+    components: &mut crate::Components,
+) -> BTreeMap<String, toml::Table> {
     recipe
         .components
         .keys()
@@ -307,9 +331,16 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let prompt = loaded.tokenizer.encode(&text, true);
     if prompt.is_empty() {
-        return Err(Error::Usage("the prompt is empty and the tokenizer has no BOS token: give --prompt".into()).into());
+        return Err(Error::Usage(
+            "the prompt is empty and the tokenizer has no BOS token: give --prompt".into(),
+        )
+        .into());
     }
-    let limit = if args.max_tokens == 0 { loaded.model.config.max_seq_len } else { args.max_tokens };
+    let limit = if args.max_tokens == 0 {
+        loaded.model.config.max_seq_len
+    } else {
+        args.max_tokens
+    };
     let params = crate::SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,

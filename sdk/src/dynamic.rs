@@ -16,8 +16,8 @@
 //! [`register_component!`](crate::register_component).
 
 use std::ffi::{CStr, CString, c_char};
-use std::sync::OnceLock;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::error::Error;
 use crate::registry::{self, ComponentFactory, Kind};
@@ -110,21 +110,22 @@ pub fn load_plugin(path: &Path) -> Result<Vec<(Kind, &'static str)>, Error> {
     let stamp = {
         // SAFETY: the symbol is declared as `extern "C" fn() -> *const c_char` by
         // `export_plugin!`; a C ABI function is callable whatever compiled it.
-        let stamp_fn = unsafe {
-            library.get::<extern "C" fn() -> *const c_char>(STAMP_SYMBOL.as_bytes())
-        }
-        .map_err(|_| {
-            refuse(format!(
-                "it does not export `{STAMP_SYMBOL}`, so it is not an lmlab plugin \
+        let stamp_fn =
+            unsafe { library.get::<extern "C" fn() -> *const c_char>(STAMP_SYMBOL.as_bytes()) }
+                .map_err(|_| {
+                    refuse(format!(
+                        "it does not export `{STAMP_SYMBOL}`, so it is not an lmlab plugin \
                  (a plugin crate ends with `lmlab_sdk::export_plugin!();`)"
-            ))
-        })?;
+                    ))
+                })?;
         let ptr = stamp_fn();
         if ptr.is_null() {
             return Err(refuse("its ABI stamp is a null pointer".into()));
         }
         // SAFETY: non-null pointer to a NUL-terminated string, per the stamp contract.
-        unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(ptr) }
+            .to_string_lossy()
+            .into_owned()
     };
     if stamp != abi_stamp() {
         return Err(refuse(format!(
@@ -139,10 +140,9 @@ pub fn load_plugin(path: &Path) -> Result<Vec<(Kind, &'static str)>, Error> {
     {
         // SAFETY: the stamp matched, so the library was built from this SDK version by this
         // compiler, and `lmlab_plugin_register` has the signature `export_plugin!` gives it.
-        let register = unsafe {
-            library.get::<fn(&mut PluginRegistrar)>(REGISTER_SYMBOL.as_bytes())
-        }
-        .map_err(|_| refuse(format!("it does not export `{REGISTER_SYMBOL}`")))?;
+        let register =
+            unsafe { library.get::<fn(&mut PluginRegistrar)>(REGISTER_SYMBOL.as_bytes()) }
+                .map_err(|_| refuse(format!("it does not export `{REGISTER_SYMBOL}`")))?;
         register(&mut registrar);
     }
     if registrar.factories.is_empty() {

@@ -20,8 +20,17 @@ const COLORS: [RGBColor; 6] = [
 ];
 
 /// Draws `series` as lines into the SVG file `path`.
-pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> anyhow::Result<()> {
-    let pts = series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
+pub fn line_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> anyhow::Result<()> {
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         x0 = x0.min(x);
@@ -54,7 +63,10 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series:
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(|e| anyhow::anyhow!("{e:?}"))?
             .label(s.name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));

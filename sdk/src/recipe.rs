@@ -183,9 +183,8 @@ impl Recipe {
 
     fn set_top_level(&mut self, key: &str, value: toml::Value) -> Result<(), Error> {
         let top = "top level";
-        let expect = |what: &str, got: &toml::Value| {
-            format!("expected {what}, found {}", got.type_str())
-        };
+        let expect =
+            |what: &str, got: &toml::Value| format!("expected {what}, found {}", got.type_str());
         match (key, value) {
             ("description", toml::Value::String(s)) => self.description = s,
             ("seed", toml::Value::Integer(i)) if i >= 0 => self.seed = i as u64,
@@ -280,8 +279,10 @@ impl Recipe {
             }
         };
         let factory = registry::find(kind, &plugin).ok_or_else(|| {
-            let registered: Vec<String> =
-                registry::names(kind).into_iter().map(String::from).collect();
+            let registered: Vec<String> = registry::names(kind)
+                .into_iter()
+                .map(String::from)
+                .collect();
             Error::UnknownPlugin {
                 file: self.file.clone(),
                 table: role.to_string(),
@@ -343,7 +344,9 @@ impl Recipe {
                     return Err(format!(
                         "unknown top-level field `{}`{}; use `table.field=value` for a component",
                         parts[0],
-                        hint.first().map(|h| format!(" (did you mean `{h}`?)")).unwrap_or_default()
+                        hint.first()
+                            .map(|h| format!(" (did you mean `{h}`?)"))
+                            .unwrap_or_default()
                     ));
                 }
             };
@@ -355,7 +358,9 @@ impl Recipe {
             let hint = closest(role, roles.iter().copied());
             format!(
                 "the recipe has no [{role}] table{}; tables: {}",
-                hint.first().map(|h| format!(" (did you mean `{h}`?)")).unwrap_or_default(),
+                hint.first()
+                    .map(|h| format!(" (did you mean `{h}`?)"))
+                    .unwrap_or_default(),
                 roles.join(", ")
             )
         })?;
@@ -367,8 +372,13 @@ impl Recipe {
         let schema = schema::component_schema(factory);
         let ty = schema::field_type(&schema, &parts[1..])
             .map_err(|e| format!("[{role}] (plugin `{}`): {e}", spec.plugin))?;
-        schema::parse_typed(text, ty)
-            .map_err(|e| format!("[{role}] (plugin `{}`) field `{}`: {e}", spec.plugin, parts[1..].join(".")))
+        schema::parse_typed(text, ty).map_err(|e| {
+            format!(
+                "[{role}] (plugin `{}`) field `{}`: {e}",
+                spec.plugin,
+                parts[1..].join(".")
+            )
+        })
     }
 
     /// Sets a typed value at a dotted path, re-validating the table it lands in.
@@ -378,13 +388,17 @@ impl Recipe {
             return self.set_top_level(parts[0], value);
         }
         let role = parts[0];
-        let spec = self.components.get(role).cloned().ok_or_else(|| {
-            self.field_error(role, None, "no such table in the recipe".into())
-        })?;
+        let spec =
+            self.components.get(role).cloned().ok_or_else(|| {
+                self.field_error(role, None, "no such table in the recipe".into())
+            })?;
         // Rebuild the table with the change and re-run the same checks as the file.
         let mut table = spec.config.clone();
         table.insert("use".into(), toml::Value::String(spec.plugin.clone()));
-        table.insert("kind".into(), toml::Value::String(spec.kind.as_str().into()));
+        table.insert(
+            "kind".into(),
+            toml::Value::String(spec.kind.as_str().into()),
+        );
         let mut node = &mut table;
         for key in &parts[1..parts.len() - 1] {
             let entry = node
@@ -425,7 +439,11 @@ impl Recipe {
         let mut built: BTreeMap<String, Built> = BTreeMap::new();
         for (role, spec) in &self.components {
             let factory = registry::find(spec.kind, &spec.plugin).ok_or_else(|| {
-                self.field_error(role, Some("use"), format!("plugin `{}` is not registered", spec.plugin))
+                self.field_error(
+                    role,
+                    Some("use"),
+                    format!("plugin `{}` is not registered", spec.plugin),
+                )
             })?;
             let ctx = BuildContext {
                 device,
@@ -511,7 +529,10 @@ steps = 100
     fn set_is_typed_by_schema() {
         let mut r = parse(RECIPE, "t", "t.toml").unwrap();
         r.apply_set("scheduler.steps=7").unwrap();
-        assert_eq!(r.components["scheduler"].config["steps"], toml::Value::Integer(7));
+        assert_eq!(
+            r.components["scheduler"].config["steps"],
+            toml::Value::Integer(7)
+        );
         let e = r.apply_set("scheduler.steps=abc").unwrap_err().to_string();
         assert!(e.contains("is not an integer"), "{e}");
         let e = r.apply_set("scheduler.stepz=1").unwrap_err().to_string();
@@ -519,7 +540,10 @@ steps = 100
         r.apply_set("seed=11").unwrap();
         assert_eq!(r.seed, 11);
         r.apply_smoke().unwrap();
-        assert_eq!(r.components["scheduler"].config["steps"], toml::Value::Integer(5));
+        assert_eq!(
+            r.components["scheduler"].config["steps"],
+            toml::Value::Integer(5)
+        );
     }
 
     #[test]

@@ -145,7 +145,13 @@ static DYNAMIC: Mutex<Vec<&'static ComponentFactory>> = Mutex::new(Vec::new());
 /// Every registered factory (static and dynamically loaded), sorted by kind then name.
 pub fn factories() -> Vec<&'static ComponentFactory> {
     let mut all: Vec<&'static ComponentFactory> = inventory::iter::<ComponentFactory>().collect();
-    all.extend(DYNAMIC.lock().unwrap_or_else(|e| e.into_inner()).iter().copied());
+    all.extend(
+        DYNAMIC
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied(),
+    );
     all.sort_by(|a, b| (a.kind, a.name).cmp(&(b.kind, b.name)));
     all
 }

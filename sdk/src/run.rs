@@ -100,7 +100,10 @@ impl RunDir {
         let records = read_metrics(&path)?;
         let mut kept = String::new();
         for r in records {
-            if r.get("step").and_then(|s| s.as_u64()).is_none_or(|s| s <= step) {
+            if r.get("step")
+                .and_then(|s| s.as_u64())
+                .is_none_or(|s| s <= step)
+            {
                 kept.push_str(&serde_json::to_string(&r).expect("JSON values serialise"));
                 kept.push('\n');
             }
@@ -200,7 +203,10 @@ mod tests {
     fn timestamps_are_utc_calendar_dates() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_677_246);
         assert_eq!(utc_timestamp(t), "2026-11-26T07-14-06Z");
-        assert_eq!(utc_timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00-00-00Z");
+        assert_eq!(
+            utc_timestamp(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00-00-00Z"
+        );
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(utc_timestamp(leap), "2000-02-29T00-00-00Z");
     }
@@ -210,10 +216,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut run = RunDir::create(dir.path(), "r", "seed = 1\n").unwrap();
         for step in 1..=5u64 {
-            run.log(&serde_json::json!({ "step": step, "loss": step as f64 })).unwrap();
+            run.log(&serde_json::json!({ "step": step, "loss": step as f64 }))
+                .unwrap();
         }
         run.truncate_metrics_after(3).unwrap();
-        run.log(&serde_json::json!({ "step": 4, "loss": 0.5 })).unwrap();
+        run.log(&serde_json::json!({ "step": 4, "loss": 0.5 }))
+            .unwrap();
         let path = run.path().join(METRICS_FILE);
         std::fs::OpenOptions::new()
             .append(true)

@@ -8,8 +8,16 @@ use crate::registry::{self, ComponentFactory};
 
 /// The top-level recipe fields that are not component tables.
 pub const RECIPE_FIELDS: &[(&str, &str, &str)] = &[
-    ("description", "string", "What the recipe runs, in one line."),
-    ("seed", "integer", "The run's seed (every random stream derives from it)."),
+    (
+        "description",
+        "string",
+        "What the recipe runs, in one line.",
+    ),
+    (
+        "seed",
+        "integer",
+        "The run's seed (every random stream derives from it).",
+    ),
     (
         "device",
         "string",
@@ -77,7 +85,10 @@ pub fn recipe_schema() -> Value {
         let key = format!("{}.{}", f.kind, f.name);
         defs.insert(key.clone(), schema);
         let reference = json!({ "$ref": format!("#/$defs/{key}") });
-        by_kind.entry(f.kind.as_str()).or_default().push(reference.clone());
+        by_kind
+            .entry(f.kind.as_str())
+            .or_default()
+            .push(reference.clone());
         // A table whose name is not a kind must say `kind = "..."`.
         any_role.push(json!({ "allOf": [reference, { "required": ["kind"] }] }));
     }
@@ -87,7 +98,10 @@ pub fn recipe_schema() -> Value {
     }
     for (kind, choices) in by_kind {
         defs.insert(format!("kind.{kind}"), json!({ "oneOf": choices }));
-        props.insert(kind.into(), json!({ "$ref": format!("#/$defs/kind.{kind}") }));
+        props.insert(
+            kind.into(),
+            json!({ "$ref": format!("#/$defs/kind.{kind}") }),
+        );
     }
     defs.insert("component".into(), json!({ "oneOf": any_role }));
     json!({
@@ -273,7 +287,10 @@ pub fn parse_typed(text: &str, ty: FieldType) -> Result<toml::Value, String> {
         FieldType::Number => {
             let t = text.trim().replace('_', "");
             // Reject what Rust parses but TOML and JSON do not have.
-            if t.is_empty() || t.to_ascii_lowercase().contains("inf") || t.to_ascii_lowercase().contains("nan") {
+            if t.is_empty()
+                || t.to_ascii_lowercase().contains("inf")
+                || t.to_ascii_lowercase().contains("nan")
+            {
                 return Err(bad());
             }
             t.parse::<f64>().map(toml::Value::Float).map_err(|_| bad())
@@ -324,9 +341,15 @@ mod tests {
 
     #[test]
     fn typed_values() {
-        assert_eq!(parse_typed("12", FieldType::Integer), Ok(toml::Value::Integer(12)));
+        assert_eq!(
+            parse_typed("12", FieldType::Integer),
+            Ok(toml::Value::Integer(12))
+        );
         assert!(parse_typed("1.5", FieldType::Integer).is_err());
-        assert_eq!(parse_typed("123", FieldType::String), Ok(toml::Value::String("123".into())));
+        assert_eq!(
+            parse_typed("123", FieldType::String),
+            Ok(toml::Value::String("123".into()))
+        );
         assert!(parse_typed("inf", FieldType::Number).is_err());
         assert_eq!(
             parse_typed("[1, 2]", FieldType::Toml),

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Tensor};
 use schemars::JsonSchema;
@@ -159,7 +159,10 @@ impl<M: Module> Trainer<M> {
         write_atomic(&tmp.join("model.bpk"), &model)?;
         write_atomic(&tmp.join("optim.bpk"), &optim)?;
         let meta = serde_json::json!({ "step": self.step, "total_steps": self.total_steps, "state": state });
-        write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        write_atomic(
+            &tmp.join("state.json"),
+            serde_json::to_string_pretty(&meta)?.as_bytes(),
+        )?;
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir)?;
         }
@@ -194,11 +197,10 @@ impl<M: Module> Trainer<M> {
             .with_context(|| format!("reading {}", ckpt.join("model.bpk").display()))?;
         let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(model))
             .map_err(|e| anyhow::anyhow!("{}: not a model checkpoint: {e:?}", ckpt.display()))?;
-        self.model = self
-            .model
-            .clone()
-            .try_load_record(record)
-            .map_err(|e| anyhow::anyhow!("{}: does not fit this model: {e:?}", ckpt.display()))?;
+        self.model =
+            self.model.clone().try_load_record(record).map_err(|e| {
+                anyhow::anyhow!("{}: does not fit this model: {e:?}", ckpt.display())
+            })?;
         let optim = fs::read(ckpt.join("optim.bpk"))?;
         let fresh = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
         self.optim = fresh
@@ -222,7 +224,11 @@ pub fn latest_checkpoint(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
         Ok(name) => {
             let p = dir.join(name.trim());
             if !p.is_dir() {
-                bail!("{} names {}, which does not exist", latest.display(), p.display());
+                bail!(
+                    "{} names {}, which does not exist",
+                    latest.display(),
+                    p.display()
+                );
             }
             Ok(Some(p))
         }
@@ -259,7 +265,11 @@ mod tests {
 
     #[test]
     fn cosine_midpoint_is_half_way() {
-        let cfg = OptimConfig { lr: 1.0, schedule: LrSchedule::Cosine, ..Default::default() };
+        let cfg = OptimConfig {
+            lr: 1.0,
+            schedule: LrSchedule::Cosine,
+            ..Default::default()
+        };
         assert!((learning_rate(&cfg, 50, 100) - 0.5).abs() < 1e-12);
         assert_eq!(learning_rate(&cfg, 0, 100), 1.0);
     }

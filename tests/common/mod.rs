@@ -19,7 +19,11 @@ pub fn lmlab() -> Command {
 
 /// Runs and returns (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output { status, stdout, stderr } = cmd.output().expect("the lmlab binary runs");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("the lmlab binary runs");
     (
         status.code().unwrap_or(-1),
         String::from_utf8_lossy(&stdout).into_owned(),
@@ -32,7 +36,10 @@ pub fn assert_user_error(out: &(i32, String, String), needles: &[&str]) {
     let (code, _, err) = out;
     assert_eq!(*code, 2, "exit code; stderr: {err}");
     assert!(err.starts_with("error: "), "stderr: {err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "stderr: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "stderr: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
     }
@@ -59,7 +66,10 @@ pub fn data_dir(needs: &str) -> Option<PathBuf> {
     if wanted.exists() {
         Some(dir)
     } else {
-        println!("SKIPPED: {} is absent (set LMLAB_DATA_DIR to the shared data folder)", wanted.display());
+        println!(
+            "SKIPPED: {} is absent (set LMLAB_DATA_DIR to the shared data folder)",
+            wanted.display()
+        );
         None
     }
 }

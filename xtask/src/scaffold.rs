@@ -114,7 +114,9 @@ pub fn new_plugin(root: &Path, name: &str) -> anyhow::Result<()> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
-        bail!("plugin names are lowercase letters, digits and `-`, starting with a letter (got `{name}`)");
+        bail!(
+            "plugin names are lowercase letters, digits and `-`, starting with a letter (got `{name}`)"
+        );
     }
     let dir = root.join("plugins").join(name);
     if dir.exists() {
@@ -140,11 +142,7 @@ pub fn new_plugin(root: &Path, name: &str) -> anyhow::Result<()> {
     let lib = root.join("src/lib.rs");
     let text = std::fs::read_to_string(&lib).context("reading src/lib.rs")?;
     let ident = crate_name.replace('-', "_");
-    let text = text.replacen(
-        USE_MARKER,
-        &format!("{USE_MARKER}\npub use {ident};"),
-        1,
-    );
+    let text = text.replacen(USE_MARKER, &format!("{USE_MARKER}\npub use {ident};"), 1);
     if !text.contains(&ident) {
         bail!("{} lacks the line `{USE_MARKER}`", lib.display());
     }

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Copies the files git knows (tracked, or new and not ignored) into `to`.
@@ -39,7 +42,11 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
         .args(["plugin", "new", "demo"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(tmp.path().join("plugins/demo/src/lib.rs").is_file());
     let manifest = std::fs::read_to_string(tmp.path().join("Cargo.toml")).unwrap();
     assert!(manifest.contains("lmlab-plugin-demo = { path = \"plugins/demo\" }"));
@@ -58,9 +65,17 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
     assert!(status.success(), "the scaffolded plugin's tests pass");
 
     // A second scaffold of the same name is refused, as is a bad name.
-    let again = Command::new(xtask).current_dir(tmp.path()).args(["plugin", "new", "demo"]).output().unwrap();
+    let again = Command::new(xtask)
+        .current_dir(tmp.path())
+        .args(["plugin", "new", "demo"])
+        .output()
+        .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
-    let bad = Command::new(xtask).current_dir(tmp.path()).args(["plugin", "new", "Bad_Name"]).output().unwrap();
+    let bad = Command::new(xtask)
+        .current_dir(tmp.path())
+        .args(["plugin", "new", "Bad_Name"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("lowercase"));
 }

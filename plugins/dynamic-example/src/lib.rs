@@ -47,7 +47,10 @@ impl Task for SumRegression {
         Ok((0..self.config.n)
             .map(|_| {
                 let x: Vec<f32> = (0..self.config.dim).map(|_| normal(&mut r)).collect();
-                RegressionExample { y: x.iter().sum(), x }
+                RegressionExample {
+                    y: x.iter().sum(),
+                    x,
+                }
             })
             .collect())
     }

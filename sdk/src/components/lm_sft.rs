@@ -33,7 +33,14 @@ pub struct ModelSize {
 
 impl Default for ModelSize {
     fn default() -> Self {
-        Self { dim: 128, n_layers: 4, n_heads: 4, n_kv_heads: 2, hidden_dim: 352, max_seq_len: 160 }
+        Self {
+            dim: 128,
+            n_layers: 4,
+            n_heads: 4,
+            n_kv_heads: 2,
+            hidden_dim: 352,
+            max_seq_len: 160,
+        }
     }
 }
 
@@ -96,16 +103,31 @@ pub struct SftTrainer {
 const WHO: &str = "scheduler `sft`";
 
 /// Greedy pass@1 of `policy` on `problems`.
-pub fn pass_at_1(policy: &mut LmPolicy, task: &TextTask, problems: &[TextProblem], batch: usize, max_new_tokens: usize) -> anyhow::Result<f64> {
+pub fn pass_at_1(
+    policy: &mut LmPolicy,
+    task: &TextTask,
+    problems: &[TextProblem],
+    batch: usize,
+    max_new_tokens: usize,
+) -> anyhow::Result<f64> {
     if problems.is_empty() {
         return Ok(0.0);
     }
-    let params = SamplingParams { temperature: 0.0, max_new_tokens, n: 1, ..Default::default() };
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens,
+        n: 1,
+        ..Default::default()
+    };
     let mut correct = 0usize;
     for chunk in problems.chunks(batch.max(1)) {
         let prompts: Vec<String> = chunk.iter().map(prompt_text).collect();
         let out = policy.generate(&prompts, &params)?;
-        correct += chunk.iter().zip(&out).filter(|(p, c)| task.check(p, &c[0].text)).count();
+        correct += chunk
+            .iter()
+            .zip(&out)
+            .filter(|(p, c)| task.check(p, &c[0].text))
+            .count();
     }
     Ok(correct as f64 / problems.len() as f64)
 }
@@ -117,10 +139,22 @@ impl Scheduler for SftTrainer {
         let objective: Box<dyn Objective> = parts.take("objective", WHO)?;
         let train = task.problems(Split::Train)?;
         let test = task.problems(Split::Test)?;
-        anyhow::ensure!(!train.is_empty() && !test.is_empty(), "{WHO}: the task has an empty train or test split");
+        anyhow::ensure!(
+            !train.is_empty() && !test.is_empty(),
+            "{WHO}: the task has an empty train or test split"
+        );
 
         // A character vocabulary over everything the task can show the model.
-        let mut chars: Vec<char> = train.iter().chain(&test).flat_map(|p| prompt_text(p).chars().chain(p.solution.chars()).collect::<Vec<_>>()).collect();
+        let mut chars: Vec<char> = train
+            .iter()
+            .chain(&test)
+            .flat_map(|p| {
+                prompt_text(p)
+                    .chars()
+                    .chain(p.solution.chars())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         chars.sort_unstable();
         chars.dedup();
         let tokenizer = Tokenizer::Char(CharTokenizer::new(&chars.iter().collect::<String>()));
@@ -140,7 +174,8 @@ impl Scheduler for SftTrainer {
         };
         let params = config.num_params();
         let device = ctx.device.clone().autodiff();
-        let model = Llama::init(config, &mut rng(ctx.seed, 1), &device).map_err(|e| anyhow::anyhow!("{WHO}: model: {e}"))?;
+        let model = Llama::init(config, &mut rng(ctx.seed, 1), &device)
+            .map_err(|e| anyhow::anyhow!("{WHO}: model: {e}"))?;
         let mut trainer = Trainer::new(model, cfg.optim.clone(), cfg.steps);
         let mut data_rng = rng(ctx.seed, 2);
         let ckpt_dir = ctx.run.checkpoints_dir();
@@ -163,11 +198,19 @@ impl Scheduler for SftTrainer {
             (prompt, response)
         };
         let encoded: Vec<(Vec<u32>, Vec<u32>)> = train.iter().map(encode).collect();
-        let too_long = train.iter().zip(&encoded).filter(|(p, e)| e.1.len() <= tokenizer.encode(&p.solution, false).len()).count();
+        let too_long = train
+            .iter()
+            .zip(&encoded)
+            .filter(|(p, e)| e.1.len() <= tokenizer.encode(&p.solution, false).len())
+            .count();
         if too_long > 0 {
             tracing::warn!(too_long, "training sequences truncated to max_seq_len");
         }
-        let eval_subset: Vec<TextProblem> = test.iter().take(cfg.eval_problems.max(1)).cloned().collect();
+        let eval_subset: Vec<TextProblem> = test
+            .iter()
+            .take(cfg.eval_problems.max(1))
+            .cloned()
+            .collect();
         let mut curve: Vec<(f64, f64)> = Vec::new();
         let mut losses: Vec<(f64, f64)> = Vec::new();
         for r in crate::run::read_metrics(&ctx.run.path().join(crate::run::METRICS_FILE))? {
@@ -180,8 +223,18 @@ impl Scheduler for SftTrainer {
         }
         let base_device = ctx.device.clone();
         let evaluate = |model: &Llama, problems: &[TextProblem]| -> anyhow::Result<f64> {
-            let mut policy = LmPolicy { model: model.valid(), tokenizer: tokenizer.clone(), device: base_device.clone() };
-            pass_at_1(&mut policy, task.as_ref(), problems, cfg.eval_batch_size, cfg.max_new_tokens)
+            let mut policy = LmPolicy {
+                model: model.valid(),
+                tokenizer: tokenizer.clone(),
+                device: base_device.clone(),
+            };
+            pass_at_1(
+                &mut policy,
+                task.as_ref(),
+                problems,
+                cfg.eval_batch_size,
+                cfg.max_new_tokens,
+            )
         };
         let pb = ctx.progress(cfg.steps, "sft");
         pb.set_position(trainer.step);
@@ -190,18 +243,28 @@ impl Scheduler for SftTrainer {
             let batch: Vec<(Vec<u32>, Vec<u32>)> = (0..cfg.batch_size.max(1))
                 .map(|_| encoded[data_rng.random_range(0..encoded.len())].clone())
                 .collect();
-            let helper = LmPolicy { model: trainer.model.clone(), tokenizer: tokenizer.clone(), device: device.clone() };
+            let helper = LmPolicy {
+                model: trainer.model.clone(),
+                tokenizer: tokenizer.clone(),
+                device: device.clone(),
+            };
             let (ids, mask) = helper.batch(&batch, &device);
             let pad = vec![0; batch.len()];
             let lp = trainer.model.token_logprobs(ids, &pad, 1.0);
             let out = objective.loss(&TensorMap::new().with("logprobs", lp).with("mask", mask))?;
             let loss = out.loss.clone().into_scalar::<f32>() as f64;
-            anyhow::ensure!(loss.is_finite(), "{WHO}: the loss became {loss} at step {}", trainer.step + 1);
+            anyhow::ensure!(
+                loss.is_finite(),
+                "{WHO}: the loss became {loss} at step {}",
+                trainer.step + 1
+            );
             let lr = trainer.step(out.loss);
             let step = trainer.step;
             pb.set_position(step);
             if step % cfg.log_every.max(1) == 0 {
-                ctx.log(serde_json::json!({ "step": step, "split": "train", "loss": loss, "lr": lr }))?;
+                ctx.log(
+                    serde_json::json!({ "step": step, "split": "train", "loss": loss, "lr": lr }),
+                )?;
                 losses.push((step as f64, loss));
             }
             let last = step == cfg.steps;
@@ -222,20 +285,60 @@ impl Scheduler for SftTrainer {
         ctx.log(serde_json::json!({ "step": trainer.step, "split": "test", "problems": test.len(), "pass@1": final_acc }))?;
         curve.push((trainer.step as f64, final_acc));
 
-        line_plot(&ctx.run.plots_dir().join("loss.svg"), "SFT training loss", "step", "NLL per response token", &[Series { name: "train", points: losses }])?;
-        line_plot(&ctx.run.plots_dir().join("pass_at_1.svg"), "Greedy pass@1 on held-out problems", "step", "pass@1", &[Series { name: "test", points: curve }])?;
+        line_plot(
+            &ctx.run.plots_dir().join("loss.svg"),
+            "SFT training loss",
+            "step",
+            "NLL per response token",
+            &[Series {
+                name: "train",
+                points: losses,
+            }],
+        )?;
+        line_plot(
+            &ctx.run.plots_dir().join("pass_at_1.svg"),
+            "Greedy pass@1 on held-out problems",
+            "step",
+            "pass@1",
+            &[Series {
+                name: "test",
+                points: curve,
+            }],
+        )?;
 
         let mut s = String::new();
-        writeln!(s, "# {} — supervised training of a transformer on reasoning problems\n", ctx.recipe)?;
+        writeln!(
+            s,
+            "# {} — supervised training of a transformer on reasoning problems\n",
+            ctx.recipe
+        )?;
         writeln!(s, "| quantity | value |\n|---|---|")?;
         writeln!(s, "| parameters | {params} |")?;
-        writeln!(s, "| model | dim {}, {} layers, {} heads ({} KV), SwiGLU {}, context {} |", m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.hidden_dim, m.max_seq_len)?;
-        writeln!(s, "| vocabulary | {} characters + 4 specials |", chars.len())?;
+        writeln!(
+            s,
+            "| model | dim {}, {} layers, {} heads ({} KV), SwiGLU {}, context {} |",
+            m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.hidden_dim, m.max_seq_len
+        )?;
+        writeln!(
+            s,
+            "| vocabulary | {} characters + 4 specials |",
+            chars.len()
+        )?;
         writeln!(s, "| training problems | {} |", train.len())?;
         writeln!(s, "| steps × batch | {} × {} |", cfg.steps, cfg.batch_size)?;
-        writeln!(s, "| training time | {train_secs:.0} s{} |", resumed_from.map(|r| format!(" (resumed at step {r})")).unwrap_or_default())?;
+        writeln!(
+            s,
+            "| training time | {train_secs:.0} s{} |",
+            resumed_from
+                .map(|r| format!(" (resumed at step {r})"))
+                .unwrap_or_default()
+        )?;
         writeln!(s, "| held-out test problems | {} |", test.len())?;
-        writeln!(s, "| **greedy pass@1 (held out)** | **{:.1}%** |", 100.0 * final_acc)?;
+        writeln!(
+            s,
+            "| **greedy pass@1 (held out)** | **{:.1}%** |",
+            100.0 * final_acc
+        )?;
         writeln!(s, "| total wall time | {:.0} s |", ctx.elapsed_secs())?;
         writeln!(s, "\nPlots: `plots/loss.svg`, `plots/pass_at_1.svg`.")?;
         ctx.run.write_summary(&s)?;

@@ -118,7 +118,8 @@ impl Task for LinearRegression {
         Ok((0..n)
             .map(|_| {
                 let x: Vec<f32> = (0..self.config.dim).map(|_| normal(&mut r)).collect();
-                let clean: f32 = x.iter().zip(&self.weights).map(|(a, b)| a * b).sum::<f32>() + self.bias;
+                let clean: f32 =
+                    x.iter().zip(&self.weights).map(|(a, b)| a * b).sum::<f32>() + self.bias;
                 RegressionExample {
                     y: clean + self.config.noise * normal(&mut r),
                     x,
@@ -195,7 +196,12 @@ mod tests {
 
     #[test]
     fn least_squares_recovers_noiseless_weights() {
-        let cfg = LinearRegressionConfig { dim: 5, noise: 0.0, n_train: 64, ..Default::default() };
+        let cfg = LinearRegressionConfig {
+            dim: 5,
+            noise: 0.0,
+            n_train: 64,
+            ..Default::default()
+        };
         let task = LinearRegression::new(cfg, 3).unwrap();
         let (w, b) = least_squares(&task.problems(Split::Train).unwrap()).unwrap();
         let (tw, tb) = task.truth();
@@ -208,8 +214,14 @@ mod tests {
     #[test]
     fn splits_are_deterministic_and_distinct() {
         let t = LinearRegression::new(LinearRegressionConfig::default(), 1).unwrap();
-        assert_eq!(t.problems(Split::Test).unwrap(), t.problems(Split::Test).unwrap());
-        assert_ne!(t.problems(Split::Test).unwrap()[0], t.problems(Split::Train).unwrap()[0]);
+        assert_eq!(
+            t.problems(Split::Test).unwrap(),
+            t.problems(Split::Test).unwrap()
+        );
+        assert_ne!(
+            t.problems(Split::Test).unwrap()[0],
+            t.problems(Split::Train).unwrap()[0]
+        );
         let p = &t.problems(Split::Test).unwrap()[0];
         assert!(t.check(p, &(p.y + 0.2)));
         assert!(!t.check(p, &(p.y + 0.3)));
@@ -217,7 +229,10 @@ mod tests {
 
     #[test]
     fn empty_dimension_is_a_config_error() {
-        let cfg = LinearRegressionConfig { dim: 0, ..Default::default() };
+        let cfg = LinearRegressionConfig {
+            dim: 0,
+            ..Default::default()
+        };
         let e = LinearRegression::new(cfg, 0).err().unwrap();
         assert_eq!(e.field.as_deref(), Some("dim"));
     }

@@ -23,7 +23,12 @@ impl Objective for Sft {
     fn loss(&self, batch: &TensorMap) -> anyhow::Result<LossOutput> {
         let lp = batch.float2("logprobs")?;
         let mask = batch.float2("mask")?;
-        anyhow::ensure!(lp.dims() == mask.dims(), "logprobs {:?} and mask {:?} differ in shape", lp.dims(), mask.dims());
+        anyhow::ensure!(
+            lp.dims() == mask.dims(),
+            "logprobs {:?} and mask {:?} differ in shape",
+            lp.dims(),
+            mask.dims()
+        );
         let count = mask.clone().sum();
         let n = count.clone().into_scalar::<f32>();
         anyhow::ensure!(n > 0.0, "the mask selects no token");
@@ -31,7 +36,10 @@ impl Objective for Sft {
         let selected = lp.mask_fill(mask.clone().equal_elem(0.0), 0.0);
         let loss = -(selected.sum() / count);
         let value = loss.clone().into_scalar::<f32>() as f64;
-        Ok(LossOutput { loss, metrics: vec![("nll".into(), value), ("tokens".into(), n as f64)] })
+        Ok(LossOutput {
+            loss,
+            metrics: vec![("nll".into(), value), ("tokens".into(), n as f64)],
+        })
     }
 }
 
@@ -75,7 +83,11 @@ mod tests {
 
     #[test]
     fn an_empty_mask_is_an_error() {
-        let r = Sft.loss(&TensorMap::new().with("logprobs", t2(vec![-1.0; 4], 2, 2)).with("mask", t2(vec![0.0; 4], 2, 2)));
+        let r = Sft.loss(
+            &TensorMap::new()
+                .with("logprobs", t2(vec![-1.0; 4], 2, 2))
+                .with("mask", t2(vec![0.0; 4], 2, 2)),
+        );
         assert!(r.is_err());
     }
 }

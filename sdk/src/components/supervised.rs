@@ -67,7 +67,10 @@ impl Dense {
         let k = 1.0 / (d_in as f32).sqrt();
         let w: Vec<f32> = (0..d_in * d_out).map(|_| r.random_range(-k..k)).collect();
         Self {
-            weight: Param::from_tensor(Tensor::from_data(TensorData::new(w, [d_in, d_out]), device)),
+            weight: Param::from_tensor(Tensor::from_data(
+                TensorData::new(w, [d_in, d_out]),
+                device,
+            )),
             bias: Param::from_tensor(Tensor::zeros([d_out], device)),
         }
     }
@@ -85,9 +88,15 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn init(d_in: usize, hidden: &[usize], d_out: usize, r: &mut Rng, device: &Device) -> Self {
-        let dims: Vec<usize> = std::iter::once(d_in).chain(hidden.iter().copied()).chain([d_out]).collect();
+        let dims: Vec<usize> = std::iter::once(d_in)
+            .chain(hidden.iter().copied())
+            .chain([d_out])
+            .collect();
         Self {
-            layers: dims.windows(2).map(|w| Dense::init(w[0], w[1], r, device)).collect(),
+            layers: dims
+                .windows(2)
+                .map(|w| Dense::init(w[0], w[1], r, device))
+                .collect(),
         }
     }
 
@@ -124,14 +133,32 @@ struct Eval {
     accuracy: f64,
 }
 
-fn evaluate(model: &Mlp, task: &RegressionTask, examples: &[RegressionExample], device: &Device) -> anyhow::Result<Eval> {
+fn evaluate(
+    model: &Mlp,
+    task: &RegressionTask,
+    examples: &[RegressionExample],
+    device: &Device,
+) -> anyhow::Result<Eval> {
     let model = model.valid();
     let refs: Vec<&RegressionExample> = examples.iter().collect();
     let (x, _) = tensors(&refs, device);
-    let pred: Vec<f32> = model.forward(x).into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let pred: Vec<f32> = model
+        .forward(x)
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let n = examples.len() as f64;
-    let mse = examples.iter().zip(&pred).map(|(e, p)| ((e.y - p) as f64).powi(2)).sum::<f64>() / n;
-    let correct = examples.iter().zip(&pred).filter(|(e, p)| task.check(e, p)).count();
+    let mse = examples
+        .iter()
+        .zip(&pred)
+        .map(|(e, p)| ((e.y - p) as f64).powi(2))
+        .sum::<f64>()
+        / n;
+    let correct = examples
+        .iter()
+        .zip(&pred)
+        .filter(|(e, p)| task.check(e, p))
+        .count();
     Ok(Eval {
         mse,
         accuracy: correct as f64 / n,
@@ -147,7 +174,10 @@ impl Scheduler for Supervised {
         let objective: Box<dyn Objective> = parts.take("objective", WHO)?;
         let train = task.problems(Split::Train)?;
         let test = task.problems(Split::Test)?;
-        anyhow::ensure!(!train.is_empty() && !test.is_empty(), "{WHO}: the task has an empty train or test split");
+        anyhow::ensure!(
+            !train.is_empty() && !test.is_empty(),
+            "{WHO}: the task has an empty train or test split"
+        );
         let dim = train[0].x.len();
         anyhow::ensure!(
             train.iter().chain(&test).all(|e| e.x.len() == dim),
@@ -188,12 +218,17 @@ impl Scheduler for Supervised {
                 .with("target", y);
             let out = objective.loss(&inputs)?;
             let loss = out.loss.clone().into_scalar::<f32>() as f64;
-            anyhow::ensure!(loss.is_finite(), "{WHO}: the loss became {loss} at step {}", trainer.step + 1);
+            anyhow::ensure!(
+                loss.is_finite(),
+                "{WHO}: the loss became {loss} at step {}",
+                trainer.step + 1
+            );
             let lr = trainer.step(out.loss);
             let step = trainer.step;
             pb.set_position(step);
             if step % cfg.log_every.max(1) == 0 {
-                let mut rec = serde_json::json!({ "step": step, "split": "train", "loss": loss, "lr": lr });
+                let mut rec =
+                    serde_json::json!({ "step": step, "split": "train", "loss": loss, "lr": lr });
                 for (k, v) in &out.metrics {
                     rec[k] = (*v).into();
                 }
@@ -218,20 +253,35 @@ impl Scheduler for Supervised {
         // The yardsticks: the closed-form least-squares fit, and predicting the mean.
         let ols = least_squares(&train).map(|(w, b)| linear_mse(&w, b, &test));
         let mean = train.iter().map(|e| e.y as f64).sum::<f64>() / train.len() as f64;
-        let mean_mse = test.iter().map(|e| (e.y as f64 - mean).powi(2)).sum::<f64>() / test.len() as f64;
+        let mean_mse = test
+            .iter()
+            .map(|e| (e.y as f64 - mean).powi(2))
+            .sum::<f64>()
+            / test.len() as f64;
         let mut s = String::new();
         writeln!(s, "# {} — supervised regression\n", ctx.recipe)?;
-        writeln!(s, "Model: MLP {dim} → {:?} → 1 ({params} parameters), {} steps of batch {}, seed {}.", cfg.hidden, cfg.steps, cfg.batch_size, ctx.seed)?;
+        writeln!(
+            s,
+            "Model: MLP {dim} → {:?} → 1 ({params} parameters), {} steps of batch {}, seed {}.",
+            cfg.hidden, cfg.steps, cfg.batch_size, ctx.seed
+        )?;
         if let Some(step) = resumed_from {
             writeln!(s, "Resumed from the checkpoint at step {step}.")?;
         }
         writeln!(s, "\n| quantity | test MSE |\n|---|---|")?;
         writeln!(s, "| trained model | {:.5} |", last.mse)?;
         if let Some(o) = ols {
-            writeln!(s, "| least-squares optimum (closed form, same train set) | {o:.5} |")?;
+            writeln!(
+                s,
+                "| least-squares optimum (closed form, same train set) | {o:.5} |"
+            )?;
         }
         writeln!(s, "| predict the train mean | {mean_mse:.5} |")?;
-        writeln!(s, "\nTest accuracy (prediction within the task's tolerance): {:.1}%.", 100.0 * last.accuracy)?;
+        writeln!(
+            s,
+            "\nTest accuracy (prediction within the task's tolerance): {:.1}%.",
+            100.0 * last.accuracy
+        )?;
         if let Some(o) = ols {
             let holds = last.mse <= 1.1 * o;
             writeln!(

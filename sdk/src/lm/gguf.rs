@@ -75,7 +75,10 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         let end = self.pos.checked_add(n).ok_or("size overflow")?;
-        let s = self.b.get(self.pos..end).ok_or_else(|| format!("truncated at byte {}", self.pos))?;
+        let s = self
+            .b
+            .get(self.pos..end)
+            .ok_or_else(|| format!("truncated at byte {}", self.pos))?;
         self.pos = end;
         Ok(s)
     }
@@ -110,7 +113,10 @@ impl Reader<'_> {
                 let et = self.u32()?;
                 let n = self.u64()?;
                 if n > (self.b.len() as u64) {
-                    return Err(format!("an array of {n} elements in a {}-byte file", self.b.len()));
+                    return Err(format!(
+                        "an array of {n} elements in a {}-byte file",
+                        self.b.len()
+                    ));
                 }
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -151,7 +157,10 @@ pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
     Ok(match ty {
         F32 => {
             let s = need(1, 4)?;
-            bytes[..s].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            bytes[..s]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
         }
         F16 => {
             let s = need(1, 2)?;
@@ -159,7 +168,10 @@ pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
         }
         BF16 => {
             let s = need(1, 2)?;
-            bytes[..s].chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            bytes[..s]
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect()
         }
         Q8_0 => {
             // 32 values: f16 scale d, 32 × i8 q; x = d·q.
@@ -184,7 +196,11 @@ pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
             }
             out
         }
-        other => return Err(format!("ggml tensor type {other} is not supported (F32, F16, BF16, Q8_0, Q4_1 are)")),
+        other => {
+            return Err(format!(
+                "ggml tensor type {other} is not supported (F32, F16, BF16, Q8_0, Q4_1 are)"
+            ));
+        }
     })
 }
 
@@ -208,7 +224,9 @@ impl Gguf {
         for _ in 0..n_meta {
             let key = r.string()?;
             let ty = r.u32()?;
-            let v = r.value(ty, 0).map_err(|e| format!("metadata `{key}`: {e}"))?;
+            let v = r
+                .value(ty, 0)
+                .map_err(|e| format!("metadata `{key}`: {e}"))?;
             metadata.insert(key, v);
         }
         let mut tensors = HashMap::new();
@@ -221,35 +239,71 @@ impl Gguf {
             let dims = (0..nd).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
             let ggml_type = r.u32()?;
             let offset = r.u64()?;
-            tensors.insert(name, TensorInfo { dims, ggml_type, offset });
+            tensors.insert(
+                name,
+                TensorInfo {
+                    dims,
+                    ggml_type,
+                    offset,
+                },
+            );
         }
-        let align = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32).max(1) as usize;
+        let align = metadata
+            .get("general.alignment")
+            .and_then(Value::as_u64)
+            .unwrap_or(32)
+            .max(1) as usize;
         let data_start = r.pos.div_ceil(align) * align;
         if data_start > data.len() {
             return Err("truncated before the tensor data".into());
         }
-        Ok(Self { version, metadata, tensors, data, data_start })
+        Ok(Self {
+            version,
+            metadata,
+            tensors,
+            data,
+            data_start,
+        })
     }
 
     fn meta_u64(&self, key: &str) -> Result<u64, String> {
-        self.metadata.get(key).and_then(Value::as_u64).ok_or_else(|| format!("metadata `{key}` is missing"))
+        self.metadata
+            .get(key)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("metadata `{key}` is missing"))
     }
 
     /// A tensor as f32 values, checking its dimensions (innermost first).
     pub fn tensor(&self, name: &str, dims: &[u64]) -> Result<Vec<f32>, String> {
-        let info = self.tensors.get(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| format!("tensor `{name}` is missing"))?;
         if info.dims != dims {
-            return Err(format!("tensor `{name}` has dimensions {:?}, expected {dims:?}", info.dims));
+            return Err(format!(
+                "tensor `{name}` has dimensions {:?}, expected {dims:?}",
+                info.dims
+            ));
         }
         let n: u64 = dims.iter().product();
-        let start = self.data_start.checked_add(info.offset as usize).ok_or("offset overflow")?;
-        let bytes = self.data.get(start..).ok_or_else(|| format!("tensor `{name}` starts past the end of the file"))?;
+        let start = self
+            .data_start
+            .checked_add(info.offset as usize)
+            .ok_or("offset overflow")?;
+        let bytes = self
+            .data
+            .get(start..)
+            .ok_or_else(|| format!("tensor `{name}` starts past the end of the file"))?;
         dequantize(info.ggml_type, bytes, n as usize).map_err(|e| format!("tensor `{name}`: {e}"))
     }
 
     /// The Llama configuration from the metadata.
     pub fn config(&self) -> Result<LlamaConfig, String> {
-        let arch = self.metadata.get("general.architecture").and_then(Value::as_str).unwrap_or("");
+        let arch = self
+            .metadata
+            .get("general.architecture")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if arch != "llama" {
             return Err(format!("architecture `{arch}` is not `llama`"));
         }
@@ -263,11 +317,23 @@ impl Gguf {
             dim: self.meta_u64("llama.embedding_length")? as usize,
             n_layers: self.meta_u64("llama.block_count")? as usize,
             n_heads: heads,
-            n_kv_heads: self.metadata.get("llama.attention.head_count_kv").and_then(Value::as_u64).map_or(heads, |v| v as usize),
+            n_kv_heads: self
+                .metadata
+                .get("llama.attention.head_count_kv")
+                .and_then(Value::as_u64)
+                .map_or(heads, |v| v as usize),
             hidden_dim: self.meta_u64("llama.feed_forward_length")? as usize,
             max_seq_len: self.meta_u64("llama.context_length")? as usize,
-            rope_theta: self.metadata.get("llama.rope.freq_base").and_then(Value::as_f64).unwrap_or(10_000.0) as f32,
-            norm_eps: self.metadata.get("llama.attention.layer_norm_rms_epsilon").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
+            rope_theta: self
+                .metadata
+                .get("llama.rope.freq_base")
+                .and_then(Value::as_f64)
+                .unwrap_or(10_000.0) as f32,
+            norm_eps: self
+                .metadata
+                .get("llama.attention.layer_norm_rms_epsilon")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-5) as f32,
             tie_embeddings: !self.tensors.contains_key("output.weight"),
             value_head: false,
         };
@@ -298,14 +364,25 @@ impl Gguf {
             embed: self.tensor("token_embd.weight", &[d, v])?,
             layers,
             final_norm: self.tensor("output_norm.weight", &[d])?,
-            lm_head: if c.tie_embeddings { None } else { Some(self.tensor("output.weight", &[d, v])?) },
+            lm_head: if c.tie_embeddings {
+                None
+            } else {
+                Some(self.tensor("output.weight", &[d, v])?)
+            },
         })
     }
 
     /// The token list.
     pub fn tokens(&self) -> Result<Vec<String>, String> {
         match self.metadata.get("tokenizer.ggml.tokens") {
-            Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| "a token is not a string".to_string())).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| "a token is not a string".to_string())
+                })
+                .collect(),
             _ => Err("metadata `tokenizer.ggml.tokens` is missing".into()),
         }
     }
@@ -313,21 +390,33 @@ impl Gguf {
     /// The tokenizer, rebuilt as a `tokenizers` byte-level BPE (GGUF tokenizer model `gpt2`):
     /// the vocabulary and merges from the metadata, control tokens as special tokens.
     pub fn tokenizer(&self) -> Result<Tokenizer, String> {
-        let model = self.metadata.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
+        let model = self
+            .metadata
+            .get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if model != "gpt2" {
-            return Err(format!("tokenizer model `{model}` is not supported (byte-level BPE `gpt2` is)"));
+            return Err(format!(
+                "tokenizer model `{model}` is not supported (byte-level BPE `gpt2` is)"
+            ));
         }
         let tokens = self.tokens()?;
         let merges: Vec<String> = match self.metadata.get("tokenizer.ggml.merges") {
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
             _ => return Err("metadata `tokenizer.ggml.merges` is missing".into()),
         };
         let types: Vec<u64> = match self.metadata.get("tokenizer.ggml.token_type") {
             Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
-        let vocab: serde_json::Map<String, serde_json::Value> =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::Value::from(i))).collect();
+        let vocab: serde_json::Map<String, serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), serde_json::Value::from(i)))
+            .collect();
         let added: Vec<serde_json::Value> = tokens
             .iter()
             .enumerate()
@@ -338,7 +427,11 @@ impl Gguf {
             })
             .collect();
         // SmolLM-style pre-tokenization splits digits; plain GPT-2 does not.
-        let pre = self.metadata.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+        let pre = self
+            .metadata
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         let byte_level = serde_json::json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true });
         let pre_tokenizer = if pre == "smollm" {
             serde_json::json!({ "type": "Sequence", "pretokenizers": [ { "type": "Digits", "individual_digits": true }, byte_level ] })
@@ -353,23 +446,44 @@ impl Gguf {
                 "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                 "vocab": vocab, "merges": merges },
         });
-        let inner: tokenizers::Tokenizer = json.to_string().parse().map_err(|e| format!("rebuilding the tokenizer: {e}"))?;
-        let bos = self.metadata.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64).map(|v| v as u32);
-        let add_bos = self.metadata.get("tokenizer.ggml.add_bos_token").is_none_or(|v| *v == Value::Bool(true));
-        let eos = self.metadata.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64).unwrap_or(2) as u32;
-        Ok(Tokenizer::Hf { inner: Box::new(inner), bos: if add_bos { bos } else { None }, eos })
+        let inner: tokenizers::Tokenizer = json
+            .to_string()
+            .parse()
+            .map_err(|e| format!("rebuilding the tokenizer: {e}"))?;
+        let bos = self
+            .metadata
+            .get("tokenizer.ggml.bos_token_id")
+            .and_then(Value::as_u64)
+            .map(|v| v as u32);
+        let add_bos = self
+            .metadata
+            .get("tokenizer.ggml.add_bos_token")
+            .is_none_or(|v| *v == Value::Bool(true));
+        let eos = self
+            .metadata
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(Value::as_u64)
+            .unwrap_or(2) as u32;
+        Ok(Tokenizer::Hf {
+            inner: Box::new(inner),
+            bos: if add_bos { bos } else { None },
+            eos,
+        })
     }
 
     /// The chat template (Jinja), if the file has one.
     pub fn chat_template(&self) -> Option<&str> {
-        self.metadata.get("tokenizer.chat_template").and_then(Value::as_str)
+        self.metadata
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
     }
 }
 
 /// Reads a GGUF file.
 pub fn load(path: &Path) -> Result<Gguf, Error> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-    Gguf::parse(bytes).map_err(|e| Error::Usage(format!("{}: not a valid GGUF file: {e}", path.display())))
+    Gguf::parse(bytes)
+        .map_err(|e| Error::Usage(format!("{}: not a valid GGUF file: {e}", path.display())))
 }
 
 #[cfg(test)]

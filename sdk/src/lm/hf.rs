@@ -114,37 +114,72 @@ pub fn permute_rope_rows(w: &[f32], n_heads: usize, cols: usize, inverse: bool) 
 fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
     let d = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        other => return Err(format!("tensor dtype {other:?} is not supported (F32, F16, BF16 are)")),
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(format!(
+                "tensor dtype {other:?} is not supported (F32, F16, BF16 are)"
+            ));
+        }
     })
 }
 
 /// The `config.json` and safetensors files of a checkpoint given as a directory or as the
 /// `.safetensors` file.
 pub fn files(path: &Path) -> Result<(PathBuf, PathBuf), Error> {
-    let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
-    let weights = if path.is_dir() { dir.join("model.safetensors") } else { path.to_path_buf() };
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let weights = if path.is_dir() {
+        dir.join("model.safetensors")
+    } else {
+        path.to_path_buf()
+    };
     Ok((dir.join("config.json"), weights))
 }
 
 /// Reads a Hugging Face Llama checkpoint.
 pub fn load(path: &Path) -> Result<(LlamaConfig, LlamaWeights), Error> {
     let (config_path, weights_path) = files(path)?;
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io("read", &config_path, e))?;
-    let hf: HfConfig = serde_json::from_str(&text)
-        .map_err(|e| Error::Usage(format!("{}: not a Llama config.json: {e}", config_path.display())))?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| Error::io("read", &config_path, e))?;
+    let hf: HfConfig = serde_json::from_str(&text).map_err(|e| {
+        Error::Usage(format!(
+            "{}: not a Llama config.json: {e}",
+            config_path.display()
+        ))
+    })?;
     if let Some(t) = &hf.model_type
         && t != "llama"
     {
-        return Err(Error::Usage(format!("{}: model_type `{t}` is not `llama`", config_path.display())));
+        return Err(Error::Usage(format!(
+            "{}: model_type `{t}` is not `llama`",
+            config_path.display()
+        )));
     }
     let config = hf.to_llama();
-    config.validate().map_err(|e| Error::Usage(format!("{}: {e}", config_path.display())))?;
+    config
+        .validate()
+        .map_err(|e| Error::Usage(format!("{}: {e}", config_path.display())))?;
     let bytes = std::fs::read(&weights_path).map_err(|e| Error::io("read", &weights_path, e))?;
-    let weights = parse_weights(&bytes, &config)
-        .map_err(|e| Error::Usage(format!("{}: not a valid safetensors checkpoint: {e}", weights_path.display())))?;
+    let weights = parse_weights(&bytes, &config).map_err(|e| {
+        Error::Usage(format!(
+            "{}: not a valid safetensors checkpoint: {e}",
+            weights_path.display()
+        ))
+    })?;
     Ok((config, weights))
 }
 
@@ -152,9 +187,14 @@ pub fn load(path: &Path) -> Result<(LlamaConfig, LlamaWeights), Error> {
 pub fn parse_weights(bytes: &[u8], config: &LlamaConfig) -> Result<LlamaWeights, String> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
-        let view = st.tensor(name).map_err(|_| format!("missing tensor `{name}`"))?;
+        let view = st
+            .tensor(name)
+            .map_err(|_| format!("missing tensor `{name}`"))?;
         if view.shape() != shape {
-            return Err(format!("tensor `{name}` has shape {:?}, expected {shape:?}", view.shape()));
+            return Err(format!(
+                "tensor `{name}` has shape {:?}, expected {shape:?}",
+                view.shape()
+            ));
         }
         to_f32(&view)
     };
@@ -165,8 +205,18 @@ pub fn parse_weights(bytes: &[u8], config: &LlamaConfig) -> Result<LlamaWeights,
         let p = format!("model.layers.{i}");
         layers.push(LayerWeights {
             attn_norm: get(&format!("{p}.input_layernorm.weight"), &[d])?,
-            wq: permute_rope_rows(&get(&format!("{p}.self_attn.q_proj.weight"), &[d, d])?, config.n_heads, d, true),
-            wk: permute_rope_rows(&get(&format!("{p}.self_attn.k_proj.weight"), &[kv, d])?, config.n_kv_heads, d, true),
+            wq: permute_rope_rows(
+                &get(&format!("{p}.self_attn.q_proj.weight"), &[d, d])?,
+                config.n_heads,
+                d,
+                true,
+            ),
+            wk: permute_rope_rows(
+                &get(&format!("{p}.self_attn.k_proj.weight"), &[kv, d])?,
+                config.n_kv_heads,
+                d,
+                true,
+            ),
             wv: get(&format!("{p}.self_attn.v_proj.weight"), &[kv, d])?,
             wo: get(&format!("{p}.self_attn.o_proj.weight"), &[d, d])?,
             ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
@@ -175,7 +225,11 @@ pub fn parse_weights(bytes: &[u8], config: &LlamaConfig) -> Result<LlamaWeights,
             w3: get(&format!("{p}.mlp.up_proj.weight"), &[h, d])?,
         });
     }
-    let lm_head = if config.tie_embeddings { None } else { Some(get("lm_head.weight", &[v, d])?) };
+    let lm_head = if config.tie_embeddings {
+        None
+    } else {
+        Some(get("lm_head.weight", &[v, d])?)
+    };
     Ok(LlamaWeights {
         embed: get("model.embed_tokens.weight", &[v, d])?,
         layers,
@@ -199,30 +253,55 @@ pub fn save(model: &Llama, dir: &Path, bos: u32, eos: u32) -> Result<(), Error> 
     }
     for (i, l) in w.layers.into_iter().enumerate() {
         let p = format!("model.layers.{i}");
-        tensors.insert(format!("{p}.input_layernorm.weight"), (l.attn_norm, vec![d]));
-        tensors.insert(format!("{p}.self_attn.q_proj.weight"), (permute_rope_rows(&l.wq, c.n_heads, d, false), vec![d, d]));
-        tensors.insert(format!("{p}.self_attn.k_proj.weight"), (permute_rope_rows(&l.wk, c.n_kv_heads, d, false), vec![kv, d]));
+        tensors.insert(
+            format!("{p}.input_layernorm.weight"),
+            (l.attn_norm, vec![d]),
+        );
+        tensors.insert(
+            format!("{p}.self_attn.q_proj.weight"),
+            (permute_rope_rows(&l.wq, c.n_heads, d, false), vec![d, d]),
+        );
+        tensors.insert(
+            format!("{p}.self_attn.k_proj.weight"),
+            (
+                permute_rope_rows(&l.wk, c.n_kv_heads, d, false),
+                vec![kv, d],
+            ),
+        );
         tensors.insert(format!("{p}.self_attn.v_proj.weight"), (l.wv, vec![kv, d]));
         tensors.insert(format!("{p}.self_attn.o_proj.weight"), (l.wo, vec![d, d]));
-        tensors.insert(format!("{p}.post_attention_layernorm.weight"), (l.ffn_norm, vec![d]));
+        tensors.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            (l.ffn_norm, vec![d]),
+        );
         tensors.insert(format!("{p}.mlp.gate_proj.weight"), (l.w1, vec![h, d]));
         tensors.insert(format!("{p}.mlp.down_proj.weight"), (l.w2, vec![d, h]));
         tensors.insert(format!("{p}.mlp.up_proj.weight"), (l.w3, vec![h, d]));
     }
     let raw: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .into_iter()
-        .map(|(name, (data, shape))| (name, data.iter().flat_map(|x| x.to_le_bytes()).collect(), shape))
+        .map(|(name, (data, shape))| {
+            (
+                name,
+                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                shape,
+            )
+        })
         .collect();
     let views: Vec<(String, TensorView<'_>)> = raw
         .iter()
         .map(|(name, bytes, shape)| {
-            (name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes).expect("sizes match"))
+            (
+                name.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), bytes).expect("sizes match"),
+            )
         })
         .collect();
     let bytes = safetensors::serialize(views, None)
         .map_err(|e| Error::Usage(format!("serialising safetensors: {e}")))?;
     crate::run::write_atomic(&dir.join("model.safetensors"), &bytes)?;
-    let config = serde_json::to_string_pretty(&HfConfig::from_llama(c, bos, eos)).expect("serialises");
+    let config =
+        serde_json::to_string_pretty(&HfConfig::from_llama(c, bos, eos)).expect("serialises");
     crate::run::write_atomic(&dir.join("config.json"), config.as_bytes())?;
     Ok(())
 }

@@ -76,13 +76,22 @@ impl LlamaConfig {
             }
         }
         if self.dim % self.n_heads != 0 {
-            return Err(format!("dim {} is not a multiple of n_heads {}", self.dim, self.n_heads));
+            return Err(format!(
+                "dim {} is not a multiple of n_heads {}",
+                self.dim, self.n_heads
+            ));
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return Err(format!("n_heads {} is not a multiple of n_kv_heads {}", self.n_heads, self.n_kv_heads));
+            return Err(format!(
+                "n_heads {} is not a multiple of n_kv_heads {}",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if self.head_dim() % 2 != 0 {
-            return Err(format!("the head width {} must be even for rotary embeddings", self.head_dim()));
+            return Err(format!(
+                "the head width {} must be even for rotary embeddings",
+                self.head_dim()
+            ));
         }
         Ok(())
     }
@@ -91,8 +100,16 @@ impl LlamaConfig {
     pub fn num_params(&self) -> usize {
         let (d, h, kv) = (self.dim, self.hidden_dim, self.n_kv_heads * self.head_dim());
         let layer = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * h;
-        let head = if self.tie_embeddings { 0 } else { d * self.vocab_size };
-        self.vocab_size * d + self.n_layers * layer + d + head + if self.value_head { d + 1 } else { 0 }
+        let head = if self.tie_embeddings {
+            0
+        } else {
+            d * self.vocab_size
+        };
+        self.vocab_size * d
+            + self.n_layers * layer
+            + d
+            + head
+            + if self.value_head { d + 1 } else { 0 }
     }
 }
 
@@ -183,7 +200,11 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for rows with the given left padding.
     pub fn new(n_layers: usize, pad: Vec<usize>) -> Self {
-        Self { layers: vec![None; n_layers], len: 0, pad }
+        Self {
+            layers: vec![None; n_layers],
+            len: 0,
+            pad,
+        }
     }
 }
 
@@ -214,7 +235,8 @@ impl Llama {
         config.validate()?;
         let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
         let kv = config.n_kv_heads * config.head_dim();
-        let mut draw = |n: usize, std: f32| -> Vec<f32> { (0..n).map(|_| std * normal(rng)).collect() };
+        let mut draw =
+            |n: usize, std: f32| -> Vec<f32> { (0..n).map(|_| std * normal(rng)).collect() };
         let proj = 0.02 / (2.0 * config.n_layers as f32).sqrt();
         let layers = (0..config.n_layers)
             .map(|_| LayerWeights {
@@ -244,7 +266,11 @@ impl Llama {
     }
 
     /// A model from checkpoint-layout weights (no value head); checks every size.
-    pub fn from_weights(config: LlamaConfig, w: LlamaWeights, device: &Device) -> Result<Self, String> {
+    pub fn from_weights(
+        config: LlamaConfig,
+        w: LlamaWeights,
+        device: &Device,
+    ) -> Result<Self, String> {
         config.validate()?;
         let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
         let kv = config.n_kv_heads * config.head_dim();
@@ -258,7 +284,11 @@ impl Llama {
         check("embedding", w.embed.len(), v * d)?;
         check("final norm", w.final_norm.len(), d)?;
         if w.layers.len() != config.n_layers {
-            return Err(format!("{} layers, expected {}", w.layers.len(), config.n_layers));
+            return Err(format!(
+                "{} layers, expected {}",
+                w.layers.len(),
+                config.n_layers
+            ));
         }
         let mut layers = Vec::with_capacity(config.n_layers);
         for (i, l) in w.layers.into_iter().enumerate() {
@@ -272,12 +302,18 @@ impl Llama {
             check(&format!("layer {i} w2"), l.w2.len(), d * h)?;
             check(&format!("layer {i} w3"), l.w3.len(), h * d)?;
             layers.push(Block {
-                attn_norm: RmsNorm { weight: param1(l.attn_norm, device), eps: config.norm_eps },
+                attn_norm: RmsNorm {
+                    weight: param1(l.attn_norm, device),
+                    eps: config.norm_eps,
+                },
                 wq: param2(transpose(&l.wq, d, d), [d, d], device),
                 wk: param2(transpose(&l.wk, kv, d), [d, kv], device),
                 wv: param2(transpose(&l.wv, kv, d), [d, kv], device),
                 wo: param2(transpose(&l.wo, d, d), [d, d], device),
-                ffn_norm: RmsNorm { weight: param1(l.ffn_norm, device), eps: config.norm_eps },
+                ffn_norm: RmsNorm {
+                    weight: param1(l.ffn_norm, device),
+                    eps: config.norm_eps,
+                },
                 w1: param2(transpose(&l.w1, h, d), [d, h], device),
                 w2: param2(transpose(&l.w2, d, h), [h, d], device),
                 w3: param2(transpose(&l.w3, h, d), [d, h], device),
@@ -294,7 +330,10 @@ impl Llama {
         Ok(Self {
             embed: param2(w.embed, [v, d], device),
             layers,
-            norm: RmsNorm { weight: param1(w.final_norm, device), eps: config.norm_eps },
+            norm: RmsNorm {
+                weight: param1(w.final_norm, device),
+                eps: config.norm_eps,
+            },
             lm_head,
             value_w: None,
             value_b: None,
@@ -307,8 +346,20 @@ impl Llama {
         let c = &self.config;
         let (d, h, v) = (c.dim, c.hidden_dim, c.vocab_size);
         let kv = c.n_kv_heads * c.head_dim();
-        let vec1 = |p: &Param<Tensor<1>>| p.val().into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
-        let vec2 = |p: &Param<Tensor<2>>| p.val().into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+        let vec1 = |p: &Param<Tensor<1>>| {
+            p.val()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32")
+        };
+        let vec2 = |p: &Param<Tensor<2>>| {
+            p.val()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32")
+        };
         LlamaWeights {
             embed: vec2(&self.embed),
             layers: self
@@ -334,7 +385,13 @@ impl Llama {
     /// Rotary tables `[B, 1, T, D]` (cos and sin, each value repeated for the two members of
     /// its pair) for rows whose absolute indices run from `start` to `start + t`, position =
     /// index − pad (llama2.c's f32 arithmetic).
-    fn rope(&self, pad: &[usize], start: usize, t: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    fn rope(
+        &self,
+        pad: &[usize],
+        start: usize,
+        t: usize,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<4>) {
         let hd = self.config.head_dim();
         let b = pad.len();
         let freqs: Vec<f32> = (0..hd / 2)
@@ -374,14 +431,23 @@ impl Llama {
     /// Rotates interleaved pairs: `x·cos + (x·P)·sin`.
     fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>, swap: &Tensor<2>) -> Tensor<4> {
         let [b, h, t, d] = x.dims();
-        let swapped = x.clone().reshape([b * h * t, d]).matmul(swap.clone()).reshape([b, h, t, d]);
+        let swapped = x
+            .clone()
+            .reshape([b * h * t, d])
+            .matmul(swap.clone())
+            .reshape([b, h, t, d]);
         x * cos.clone() + swapped * sin.clone()
     }
 
     /// Final hidden states `[B, T, dim]` for `tokens` `[B, T]`. Row `b` has `pad[b]` left
     /// padding positions (in the whole sequence, cache included). With a cache, `tokens`
     /// continue the cached positions and the cache is extended.
-    pub fn forward_hidden(&self, tokens: Tensor<2, Int>, pad: &[usize], mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<2, Int>,
+        pad: &[usize],
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let device = tokens.device();
         let [b, t] = tokens.dims();
         let c = &self.config;
@@ -418,15 +484,28 @@ impl Llama {
         let mut x = self.embed.val().select(0, tokens.reshape([n]));
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(x.clone());
-            let q = h.clone().matmul(layer.wq.val()).reshape([b, t, nh, hd]).swap_dims(1, 2);
-            let k = h.clone().matmul(layer.wk.val()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
-            let v = h.matmul(layer.wv.val()).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+            let q = h
+                .clone()
+                .matmul(layer.wq.val())
+                .reshape([b, t, nh, hd])
+                .swap_dims(1, 2);
+            let k = h
+                .clone()
+                .matmul(layer.wk.val())
+                .reshape([b, t, nkv, hd])
+                .swap_dims(1, 2);
+            let v = h
+                .matmul(layer.wv.val())
+                .reshape([b, t, nkv, hd])
+                .swap_dims(1, 2);
             let q = Self::apply_rope(q, &cos, &sin, &swap);
             let k = Self::apply_rope(k, &cos, &sin, &swap);
             let (k, v) = match cache.as_deref_mut() {
                 Some(cache) => {
                     let (k, v) = match cache.layers[li].take() {
-                        Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                        Some((pk, pv)) => {
+                            (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
+                        }
                         None => (k, v),
                     };
                     cache.layers[li] = Some((k.clone(), v.clone()));
@@ -440,11 +519,17 @@ impl Llama {
                 let rep = nh / nkv;
                 let grow = |x: Tensor<4>| {
                     let [b, _, tk, _] = x.dims();
-                    x.unsqueeze_dim::<5>(2).expand([b, nkv, rep, tk, hd]).reshape([b, nh, tk, hd])
+                    x.unsqueeze_dim::<5>(2)
+                        .expand([b, nkv, rep, tk, hd])
+                        .reshape([b, nh, tk, hd])
                 };
                 (grow(k), grow(v))
             };
-            let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal_only && t > 1 };
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: causal_only && t > 1,
+            };
             let o = attention(q, k, v, mask.clone(), None, options);
             let o = o.swap_dims(1, 2).reshape([n, c.dim]);
             x = x + o.matmul(layer.wo.val());
@@ -466,11 +551,19 @@ impl Llama {
             None => self.embed.val().transpose(),
         };
         let [b, t, d] = hidden.dims();
-        hidden.reshape([b * t, d]).matmul(w).reshape([b, t, self.config.vocab_size])
+        hidden
+            .reshape([b * t, d])
+            .matmul(w)
+            .reshape([b, t, self.config.vocab_size])
     }
 
     /// Logits `[B, T, vocab]` for `tokens` (see [`forward_hidden`](Self::forward_hidden)).
-    pub fn forward(&self, tokens: Tensor<2, Int>, pad: &[usize], cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        tokens: Tensor<2, Int>,
+        pad: &[usize],
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         self.logits(self.forward_hidden(tokens, pad, cache))
     }
 
@@ -484,10 +577,19 @@ impl Llama {
 
     /// `log p(tokens[:, i+1] | tokens[:, ..=i])` with logits divided by `temperature`:
     /// `[B, T−1]`.
-    pub fn token_logprobs(&self, tokens: Tensor<2, Int>, pad: &[usize], temperature: f32) -> Tensor<2> {
+    pub fn token_logprobs(
+        &self,
+        tokens: Tensor<2, Int>,
+        pad: &[usize],
+        temperature: f32,
+    ) -> Tensor<2> {
         let [b, t] = tokens.dims();
         let logits = self.forward(tokens.clone().narrow(1, 0, t - 1), pad, None);
-        let logits = if temperature > 0.0 && temperature != 1.0 { logits / temperature as f64 } else { logits };
+        let logits = if temperature > 0.0 && temperature != 1.0 {
+            logits / temperature as f64
+        } else {
+            logits
+        };
         let lp = log_softmax(logits, 2);
         let targets = tokens.narrow(1, 1, t - 1).reshape([b, t - 1, 1]);
         lp.gather(2, targets).reshape([b, t - 1])
@@ -529,7 +631,12 @@ mod tests {
                 layers: w
                     .layers
                     .into_iter()
-                    .map(|l| LayerWeights { wq: scale(l.wq), wk: scale(l.wk), w1: scale(l.w1), ..l })
+                    .map(|l| LayerWeights {
+                        wq: scale(l.wq),
+                        wk: scale(l.wk),
+                        w1: scale(l.w1),
+                        ..l
+                    })
                     .collect(),
                 ..w
             };
@@ -542,11 +649,17 @@ mod tests {
 
     fn ids(v: &[u32], rows: usize) -> Tensor<2, Int> {
         let data: Vec<i64> = v.iter().map(|&x| x as i64).collect();
-        Tensor::from_data(TensorData::new(data, [rows, v.len() / rows]), &Device::flex())
+        Tensor::from_data(
+            TensorData::new(data, [rows, v.len() / rows]),
+            &Device::flex(),
+        )
     }
 
     fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
     }
 
     proptest! {
@@ -602,7 +715,10 @@ mod tests {
         let m = tiny(3, 2);
         let again = Llama::from_weights(m.config.clone(), m.to_weights(), &Device::flex()).unwrap();
         let t = ids(&[1, 5, 7, 2], 1);
-        assert_eq!(to_vec(m.forward(t.clone(), &[0], None)), to_vec(again.forward(t, &[0], None)));
+        assert_eq!(
+            to_vec(m.forward(t.clone(), &[0], None)),
+            to_vec(again.forward(t, &[0], None))
+        );
     }
 
     #[test]

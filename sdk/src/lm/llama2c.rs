@@ -16,7 +16,11 @@ use crate::error::Error;
 use crate::lm::llama::{LayerWeights, LlamaConfig, LlamaWeights};
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Usage(format!("{}: not a valid llama2.c file: {}", path.display(), reason.into()))
+    Error::Usage(format!(
+        "{}: not a valid llama2.c file: {}",
+        path.display(),
+        reason.into()
+    ))
 }
 
 /// A little-endian reader that reports truncation instead of panicking.
@@ -33,14 +37,21 @@ impl<'a> Reader<'a> {
         Some(s)
     }
     fn i32(&mut self) -> Option<i32> {
-        self.take(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+        self.take(4)
+            .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
     fn f32(&mut self) -> Option<f32> {
-        self.take(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        self.take(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
     fn f32s(&mut self, n: usize) -> Option<Vec<f32>> {
         let bytes = self.take(n.checked_mul(4)?)?;
-        Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+        Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        )
     }
 }
 
@@ -55,7 +66,9 @@ pub fn parse_checkpoint(bytes: &[u8]) -> Result<(LlamaConfig, LlamaWeights), Str
     let mut r = Reader { bytes, pos: 0 };
     let mut header = [0i32; 7];
     for h in header.iter_mut() {
-        *h = r.i32().ok_or("the file is shorter than the 28-byte header")?;
+        *h = r
+            .i32()
+            .ok_or("the file is shorter than the 28-byte header")?;
     }
     let [dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len] = header;
     let tied = vocab > 0;
@@ -80,12 +93,24 @@ pub fn parse_checkpoint(bytes: &[u8]) -> Result<(LlamaConfig, LlamaWeights), Str
         value_head: false,
     };
     config.validate()?;
-    let (d, h, l, v) = (config.dim, config.hidden_dim, config.n_layers, config.vocab_size);
+    let (d, h, l, v) = (
+        config.dim,
+        config.hidden_dim,
+        config.n_layers,
+        config.vocab_size,
+    );
     let kv = config.n_kv_heads * config.head_dim();
-    let expected = 4 * (7 + v * d + l * (2 * d + 2 * d * d + 2 * kv * d + 3 * h * d) + d
-        + config.max_seq_len * config.head_dim() + if tied { 0 } else { v * d });
+    let expected = 4
+        * (7 + v * d
+            + l * (2 * d + 2 * d * d + 2 * kv * d + 3 * h * d)
+            + d
+            + config.max_seq_len * config.head_dim()
+            + if tied { 0 } else { v * d });
     if bytes.len() < expected {
-        return Err(format!("the file has {} bytes; its header implies {expected} (truncated?)", bytes.len()));
+        return Err(format!(
+            "the file has {} bytes; its header implies {expected} (truncated?)",
+            bytes.len()
+        ));
     }
     let short = || "truncated".to_string();
     let embed = r.f32s(v * d).ok_or_else(short)?;
@@ -102,12 +127,24 @@ pub fn parse_checkpoint(bytes: &[u8]) -> Result<(LlamaConfig, LlamaWeights), Str
     let w2 = per_layer(d * h)?;
     let w3 = per_layer(h * d)?;
     let final_norm = r.f32s(d).ok_or_else(short)?;
-    r.take(config.max_seq_len * config.head_dim() * 4).ok_or_else(short)?; // freq_cis_real + imag
-    let lm_head = if tied { None } else { Some(r.f32s(v * d).ok_or_else(short)?) };
+    r.take(config.max_seq_len * config.head_dim() * 4)
+        .ok_or_else(short)?; // freq_cis_real + imag
+    let lm_head = if tied {
+        None
+    } else {
+        Some(r.f32s(v * d).ok_or_else(short)?)
+    };
     let mut layers = Vec::with_capacity(l);
     let mut its = (
-        attn_norm.into_iter(), wq.into_iter(), wk.into_iter(), wv.into_iter(), wo.into_iter(),
-        ffn_norm.into_iter(), w1.into_iter(), w2.into_iter(), w3.into_iter(),
+        attn_norm.into_iter(),
+        wq.into_iter(),
+        wk.into_iter(),
+        wv.into_iter(),
+        wo.into_iter(),
+        ffn_norm.into_iter(),
+        w1.into_iter(),
+        w2.into_iter(),
+        w3.into_iter(),
     );
     for _ in 0..l {
         layers.push(LayerWeights {
@@ -122,7 +159,15 @@ pub fn parse_checkpoint(bytes: &[u8]) -> Result<(LlamaConfig, LlamaWeights), Str
             w3: its.8.next().expect("n_layers"),
         });
     }
-    Ok((config, LlamaWeights { embed, layers, final_norm, lm_head }))
+    Ok((
+        config,
+        LlamaWeights {
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+        },
+    ))
 }
 
 /// llama2.c's tokenizer: a SentencePiece-style vocabulary merged greedily by score, with byte
@@ -149,7 +194,8 @@ impl Llama2cTokenizer {
     /// Parses tokenizer bytes.
     pub fn parse(bytes: &[u8], vocab_size: usize) -> Result<Self, String> {
         let mut r = Reader { bytes, pos: 0 };
-        r.i32().ok_or("the file is shorter than its 4-byte header")?;
+        r.i32()
+            .ok_or("the file is shorter than its 4-byte header")?;
         let mut pieces = Vec::with_capacity(vocab_size);
         let mut scores = Vec::with_capacity(vocab_size);
         for i in 0..vocab_size {
@@ -158,12 +204,22 @@ impl Llama2cTokenizer {
             if !(0..=4096).contains(&len) {
                 return Err(format!("token {i} has length {len}"));
             }
-            let piece = r.take(len as usize).ok_or_else(|| format!("truncated at token {i}"))?;
+            let piece = r
+                .take(len as usize)
+                .ok_or_else(|| format!("truncated at token {i}"))?;
             pieces.push(piece.to_vec());
             scores.push(score);
         }
-        let lookup = pieces.iter().enumerate().map(|(i, p)| (p.clone(), i as u32)).collect();
-        Ok(Self { pieces, scores, lookup })
+        let lookup = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), i as u32))
+            .collect();
+        Ok(Self {
+            pieces,
+            scores,
+            lookup,
+        })
     }
 
     /// Number of tokens.
@@ -224,7 +280,9 @@ impl Llama2cTokenizer {
         if prev == BOS && piece.first() == Some(&b' ') {
             piece = &piece[1..];
         }
-        if piece.len() == 6 && piece.starts_with(b"<0x") && piece[5] == b'>'
+        if piece.len() == 6
+            && piece.starts_with(b"<0x")
+            && piece[5] == b'>'
             && let Ok(s) = std::str::from_utf8(&piece[3..5])
             && let Ok(byte) = u8::from_str_radix(s, 16)
         {

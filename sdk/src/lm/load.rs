@@ -39,7 +39,10 @@ pub fn detect(path: &Path) -> Result<Format, Error> {
         return Ok(Format::Safetensors);
     }
     if n < 8 {
-        return Err(Error::Usage(format!("{}: too short to be a checkpoint", path.display())));
+        return Err(Error::Usage(format!(
+            "{}: too short to be a checkpoint",
+            path.display()
+        )));
     }
     Ok(Format::Llama2c)
 }
@@ -59,14 +62,15 @@ impl Loaded {
     /// `message` as a user turn in the model's chat template, ready for the assistant's
     /// answer (`add_generation_prompt`).
     pub fn chat_prompt(&self, message: &str) -> Result<String, Error> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| Error::Usage("this checkpoint has no chat template; use --prompt".into()))?;
+        let template = self.chat_template.as_deref().ok_or_else(|| {
+            Error::Usage("this checkpoint has no chat template; use --prompt".into())
+        })?;
         let mut env = minijinja::Environment::new();
         env.add_template("chat", template)
             .map_err(|e| Error::Usage(format!("the chat template does not parse: {e}")))?;
-        let t = env.get_template("chat").map_err(|e| Error::Usage(e.to_string()))?;
+        let t = env
+            .get_template("chat")
+            .map_err(|e| Error::Usage(e.to_string()))?;
         t.render(minijinja::context! {
             messages => vec![minijinja::context! { role => "user", content => message }],
             add_generation_prompt => true,
@@ -128,12 +132,15 @@ pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Lo
             let (config, weights) = crate::lm::hf::load(path)?;
             let (config_path, _) = crate::lm::hf::files(path)?;
             let hf: crate::lm::hf::HfConfig = serde_json::from_str(
-                &std::fs::read_to_string(&config_path).map_err(|e| Error::io("read", &config_path, e))?,
+                &std::fs::read_to_string(&config_path)
+                    .map_err(|e| Error::io("read", &config_path, e))?,
             )
             .map_err(|e| Error::Usage(format!("{}: {e}", config_path.display())))?;
             let eos = match &hf.eos_token_id {
                 Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| n as u32),
-                Some(serde_json::Value::Array(a)) => a.first().and_then(|n| n.as_u64()).map(|n| n as u32),
+                Some(serde_json::Value::Array(a)) => {
+                    a.first().and_then(|n| n.as_u64()).map(|n| n as u32)
+                }
                 _ => None,
             }
             .unwrap_or(2);
@@ -143,15 +150,27 @@ pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Lo
             let tok = Tokenizer::from_hf_file(&tok_path, hf.bos_token_id, eos)?;
             let model = Llama::from_weights(config, weights, device)
                 .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
-            let chat_template = std::fs::read_to_string(config_path.with_file_name("tokenizer_config.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v["chat_template"].as_str().map(str::to_string));
-            Ok(Loaded { model, tokenizer: tok, stop_ids: vec![eos], format: Format::Safetensors, chat_template })
+            let chat_template =
+                std::fs::read_to_string(config_path.with_file_name("tokenizer_config.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["chat_template"].as_str().map(str::to_string));
+            Ok(Loaded {
+                model,
+                tokenizer: tok,
+                stop_ids: vec![eos],
+                format: Format::Safetensors,
+                chat_template,
+            })
         }
         Format::Gguf => {
             let g = crate::lm::gguf::load(path)?;
-            let bad = |e: String| Error::Usage(format!("{}: not a usable GGUF checkpoint: {e}", path.display()));
+            let bad = |e: String| {
+                Error::Usage(format!(
+                    "{}: not a usable GGUF checkpoint: {e}",
+                    path.display()
+                ))
+            };
             let config = g.config().map_err(bad)?;
             let weights = g.weights(&config).map_err(bad)?;
             let tok = match tokenizer {

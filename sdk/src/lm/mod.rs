@@ -1,14 +1,14 @@
 //! Language-model core: the Llama-architecture transformer, its checkpoint formats, tokenizers
 //! and sampling. Every LM method builds on these.
 
-pub mod llama;
 pub mod gguf;
 pub mod hf;
+pub mod llama;
 pub mod llama2c;
 pub mod load;
 pub mod policy;
 pub mod sample;
 pub mod tokenizer;
 
-pub use llama::{KvCache, Llama, LlamaConfig, LlamaWeights, LayerWeights};
+pub use llama::{KvCache, LayerWeights, Llama, LlamaConfig, LlamaWeights};
 pub use tokenizer::Tokenizer;

@@ -20,19 +20,34 @@ impl LmPolicy {
     /// Prompt and response ids, encoded separately and concatenated (so the response's tokens
     /// are the same whatever the prompt).
     pub fn encode_pair(&self, prompt: &str, response: &str) -> (Vec<u32>, Vec<u32>) {
-        (self.tokenizer.encode(prompt, true), self.tokenizer.encode(response, false))
+        (
+            self.tokenizer.encode(prompt, true),
+            self.tokenizer.encode(response, false),
+        )
     }
 
     /// Right-padded `[B, T]` ids of prompt + response (+ nothing), and the `[B, T−1]` mask of
     /// the positions whose *target* is a response token.
-    pub fn batch(&self, pairs: &[(Vec<u32>, Vec<u32>)], device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
-        let t = pairs.iter().map(|(p, r)| p.len() + r.len()).max().unwrap_or(2).max(2);
+    pub fn batch(
+        &self,
+        pairs: &[(Vec<u32>, Vec<u32>)],
+        device: &Device,
+    ) -> (Tensor<2, Int>, Tensor<2>) {
+        let t = pairs
+            .iter()
+            .map(|(p, r)| p.len() + r.len())
+            .max()
+            .unwrap_or(2)
+            .max(2);
         let mut ids = Vec::with_capacity(pairs.len() * t);
         let mut mask = Vec::with_capacity(pairs.len() * (t - 1));
         for (p, r) in pairs {
             let seq: Vec<u32> = p.iter().chain(r).copied().collect();
             ids.extend(seq.iter().map(|&x| x as i64));
-            ids.extend(std::iter::repeat_n(self.tokenizer.pad() as i64, t - seq.len()));
+            ids.extend(std::iter::repeat_n(
+                self.tokenizer.pad() as i64,
+                t - seq.len(),
+            ));
             for j in 0..t - 1 {
                 let target = j + 1;
                 mask.push((target >= p.len() && target < seq.len()) as u8 as f32);
@@ -46,7 +61,11 @@ impl LmPolicy {
 }
 
 impl Policy for LmPolicy {
-    fn generate(&mut self, prompts: &[String], params: &SamplingParams) -> anyhow::Result<Vec<Vec<Completion>>> {
+    fn generate(
+        &mut self,
+        prompts: &[String],
+        params: &SamplingParams,
+    ) -> anyhow::Result<Vec<Vec<Completion>>> {
         let n = params.n.max(1);
         let encoded: Vec<Vec<u32>> = prompts
             .iter()
@@ -61,7 +80,15 @@ impl Policy for LmPolicy {
         };
         let mut r = rng(params.seed, 7);
         let seqs = sample::generate(
-            &self.model, &encoded, params, Some(self.tokenizer.eos()), self.tokenizer.pad(), true, &mut r, &stop, &self.device,
+            &self.model,
+            &encoded,
+            params,
+            Some(self.tokenizer.eos()),
+            self.tokenizer.pad(),
+            true,
+            &mut r,
+            &stop,
+            &self.device,
         );
         let mut out: Vec<Vec<Completion>> = Vec::with_capacity(prompts.len());
         for (i, s) in seqs.into_iter().enumerate() {
@@ -69,22 +96,45 @@ impl Policy for LmPolicy {
                 out.push(Vec::with_capacity(n));
             }
             let text = self.tokenizer.decode(&s.tokens, None);
-            out.last_mut().expect("pushed").push(Completion { token_ids: s.tokens, text, logprobs: s.logprobs, finished: s.finished });
+            out.last_mut().expect("pushed").push(Completion {
+                token_ids: s.tokens,
+                text,
+                logprobs: s.logprobs,
+                finished: s.finished,
+            });
         }
         Ok(out)
     }
 
     /// `token_logprobs` and `mask` are `[B, T−1]` over the padded prompt + response positions
     /// (mask 1 where the target is a response token).
-    fn log_probs(&self, prompts: &[String], responses: &[String], temperature: f32) -> anyhow::Result<SequenceLogProbs> {
-        anyhow::ensure!(prompts.len() == responses.len(), "{} prompts for {} responses", prompts.len(), responses.len());
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = prompts.iter().zip(responses).map(|(p, r)| self.encode_pair(p, r)).collect();
+    fn log_probs(
+        &self,
+        prompts: &[String],
+        responses: &[String],
+        temperature: f32,
+    ) -> anyhow::Result<SequenceLogProbs> {
+        anyhow::ensure!(
+            prompts.len() == responses.len(),
+            "{} prompts for {} responses",
+            prompts.len(),
+            responses.len()
+        );
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = prompts
+            .iter()
+            .zip(responses)
+            .map(|(p, r)| self.encode_pair(p, r))
+            .collect();
         let device = self.model.embed.val().device();
         let (ids, mask) = self.batch(&pairs, &device);
         let pad = vec![0; pairs.len()];
         let lp = self.model.token_logprobs(ids, &pad, temperature) * mask.clone();
         let sum = lp.clone().sum_dim(1).squeeze_dim(1);
-        Ok(SequenceLogProbs { token_logprobs: lp, mask, sum })
+        Ok(SequenceLogProbs {
+            token_logprobs: lp,
+            mask,
+            sum,
+        })
     }
 }
 
@@ -97,14 +147,33 @@ mod tests {
     #[test]
     fn recomputed_logprobs_match_the_samplers() {
         let config = LlamaConfig {
-            vocab_size: 12, dim: 16, n_layers: 2, n_heads: 2, n_kv_heads: 1, hidden_dim: 32, max_seq_len: 40,
-            rope_theta: 10_000.0, norm_eps: 1e-5, tie_embeddings: true, value_head: false,
+            vocab_size: 12,
+            dim: 16,
+            n_layers: 2,
+            n_heads: 2,
+            n_kv_heads: 1,
+            hidden_dim: 32,
+            max_seq_len: 40,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            tie_embeddings: true,
+            value_head: false,
         };
         let device = Device::flex();
         let model = Llama::init(config, &mut rng(5, 0), &device).unwrap();
-        let mut policy = LmPolicy { model, tokenizer: Tokenizer::Char(CharTokenizer::new("abcdefgh")), device };
+        let mut policy = LmPolicy {
+            model,
+            tokenizer: Tokenizer::Char(CharTokenizer::new("abcdefgh")),
+            device,
+        };
         for temperature in [0.7f32, 1.0, 1.6] {
-            let params = SamplingParams { temperature, n: 3, max_new_tokens: 10, seed: 9, ..Default::default() };
+            let params = SamplingParams {
+                temperature,
+                n: 3,
+                max_new_tokens: 10,
+                seed: 9,
+                ..Default::default()
+            };
             let prompts = vec!["abc".to_string(), "hgfedc".to_string()];
             let out = policy.generate(&prompts, &params).unwrap();
             for (p, comps) in prompts.iter().zip(&out) {
@@ -117,7 +186,12 @@ mod tests {
                     let lp = policy.model.token_logprobs(ids, &[0], temperature);
                     let lp: Vec<f32> = lp.into_data().try_into_vec().unwrap();
                     let m: Vec<f32> = mask.into_data().try_into_vec().unwrap();
-                    let got: Vec<f32> = lp.iter().zip(&m).filter(|(_, m)| **m > 0.0).map(|(l, _)| *l).collect();
+                    let got: Vec<f32> = lp
+                        .iter()
+                        .zip(&m)
+                        .filter(|(_, m)| **m > 0.0)
+                        .map(|(l, _)| *l)
+                        .collect();
                     assert_eq!(got.len(), c.logprobs.len());
                     for (a, b) in got.iter().zip(&c.logprobs) {
                         assert!((a - b).abs() <= 1e-4, "T={temperature}: {a} vs {b}");

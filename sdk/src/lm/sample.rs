@@ -26,8 +26,15 @@ pub struct Sequence {
 /// `log softmax(logits / t)` at `index`, in f64.
 pub fn logprob_at(logits: &[f32], t: f32, index: usize) -> f32 {
     let t = if t > 0.0 { t as f64 } else { 1.0 };
-    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
-    let lse = max + logits.iter().map(|&x| (x as f64 / t - max).exp()).sum::<f64>().ln();
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
+    let lse = max
+        + logits
+            .iter()
+            .map(|&x| (x as f64 / t - max).exp())
+            .sum::<f64>()
+            .ln();
     (logits[index] as f64 / t - lse) as f32
 }
 
@@ -48,9 +55,14 @@ pub fn sample_next(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> us
         return argmax(logits);
     }
     let t = params.temperature as f64;
-    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-    let mut probs: Vec<(usize, f64)> =
-        logits.iter().enumerate().map(|(i, &x)| (i, ((x as f64 - max) / t).exp())).collect();
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let mut probs: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i, ((x as f64 - max) / t).exp()))
+        .collect();
     let k = params.top_k.unwrap_or(probs.len()).clamp(1, probs.len());
     let p = params.top_p.map(|p| p.clamp(0.0, 1.0) as f64);
     if k < probs.len() || p.is_some_and(|p| p < 1.0) {
@@ -116,7 +128,14 @@ pub fn generate(
             r
         })
         .collect();
-    let mut out: Vec<Sequence> = vec![Sequence { tokens: vec![], logprobs: vec![], finished: false }; b];
+    let mut out: Vec<Sequence> = vec![
+        Sequence {
+            tokens: vec![],
+            logprobs: vec![],
+            finished: false
+        };
+        b
+    ];
     let mut cache = KvCache::new(model.config.n_layers, pad.clone());
     let vocab = model.config.vocab_size;
     let mut fed = 0usize; // positions already in the cache
@@ -126,11 +145,23 @@ pub fn generate(
         }
         let t_now = rows[0].len();
         let (input, cache_ref) = if use_cache {
-            let ids: Vec<i64> = rows.iter().flat_map(|r| r[fed..].iter().map(|&x| x as i64)).collect();
-            (Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t_now - fed]), device), Some(&mut cache))
+            let ids: Vec<i64> = rows
+                .iter()
+                .flat_map(|r| r[fed..].iter().map(|&x| x as i64))
+                .collect();
+            (
+                Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t_now - fed]), device),
+                Some(&mut cache),
+            )
         } else {
-            let ids: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|&x| x as i64)).collect();
-            (Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t_now]), device), None)
+            let ids: Vec<i64> = rows
+                .iter()
+                .flat_map(|r| r.iter().map(|&x| x as i64))
+                .collect();
+            (
+                Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t_now]), device),
+                None,
+            )
         };
         let t_in = input.dims()[1];
         let logits = model.forward(input, &pad, cache_ref);
@@ -168,17 +199,27 @@ mod tests {
     #[test]
     fn greedy_takes_the_first_maximum() {
         assert_eq!(argmax(&[0.0, 3.0, 3.0, 1.0]), 1);
-        let p = SamplingParams { temperature: 0.0, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        };
         assert_eq!(sample_next(&[0.0, 3.0, 3.0], &p, &mut rng(0, 0)), 1);
     }
 
     #[test]
     fn top_k_one_is_greedy_and_frequencies_follow_the_distribution() {
         let logits = [0.0f32, (2.0f32).ln(), (7.0f32).ln()];
-        let p = SamplingParams { temperature: 1.0, top_k: Some(1), ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: Some(1),
+            ..Default::default()
+        };
         let mut r = rng(1, 0);
         assert!((0..50).all(|_| sample_next(&logits, &p, &mut r) == 2));
-        let p = SamplingParams { temperature: 1.0, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
         let mut counts = [0usize; 3];
         for _ in 0..20_000 {
             counts[sample_next(&logits, &p, &mut r)] += 1;
@@ -188,7 +229,11 @@ mod tests {
             assert!((*c as f64 / 20_000.0 - e).abs() < 0.015, "{counts:?}");
         }
         // top-p 0.75 keeps {0.7, 0.2}: token 0 never appears.
-        let p = SamplingParams { temperature: 1.0, top_p: Some(0.75), ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.75),
+            ..Default::default()
+        };
         assert!((0..2000).all(|_| sample_next(&logits, &p, &mut r) != 0));
     }
 

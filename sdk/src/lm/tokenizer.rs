@@ -25,7 +25,11 @@ impl CharTokenizer {
                 chars.push(c);
             }
         }
-        let index = chars.iter().enumerate().map(|(i, &c)| (c, (i + CHAR_SPECIALS.len()) as u32)).collect();
+        let index = chars
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (c, (i + CHAR_SPECIALS.len()) as u32))
+            .collect();
         Self { chars, index }
     }
 
@@ -41,7 +45,11 @@ pub enum Tokenizer {
     Llama2c(Llama2cTokenizer),
     Char(CharTokenizer),
     /// A Hugging Face `tokenizer.json`, with its BOS and EOS ids.
-    Hf { inner: Box<tokenizers::Tokenizer>, bos: Option<u32>, eos: u32 },
+    Hf {
+        inner: Box<tokenizers::Tokenizer>,
+        bos: Option<u32>,
+        eos: u32,
+    },
 }
 
 impl Tokenizer {
@@ -88,7 +96,10 @@ impl Tokenizer {
             Tokenizer::Char(t) => ids
                 .iter()
                 .filter_map(|&id| {
-                    (id as usize).checked_sub(CHAR_SPECIALS.len()).and_then(|i| t.chars.get(i)).copied()
+                    (id as usize)
+                        .checked_sub(CHAR_SPECIALS.len())
+                        .and_then(|i| t.chars.get(i))
+                        .copied()
                 })
                 .collect(),
         }
@@ -128,10 +139,22 @@ impl Tokenizer {
     }
 
     /// Loads a Hugging Face `tokenizer.json`; `bos`/`eos` name its special tokens' ids.
-    pub fn from_hf_file(path: &std::path::Path, bos: Option<u32>, eos: u32) -> Result<Self, crate::Error> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| crate::Error::Usage(format!("{}: not a readable tokenizer.json: {e}", path.display())))?;
-        Ok(Tokenizer::Hf { inner: Box::new(inner), bos, eos })
+    pub fn from_hf_file(
+        path: &std::path::Path,
+        bos: Option<u32>,
+        eos: u32,
+    ) -> Result<Self, crate::Error> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            crate::Error::Usage(format!(
+                "{}: not a readable tokenizer.json: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Tokenizer::Hf {
+            inner: Box::new(inner),
+            bos,
+            eos,
+        })
     }
 }
 

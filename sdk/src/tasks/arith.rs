@@ -71,10 +71,18 @@ impl Default for ArithConfig {
 }
 
 const NAMES: &[(&str, &str)] = &[
-    ("Mia", "She"), ("Tom", "He"), ("Ana", "She"), ("Sam", "He"), ("Zoe", "She"), ("Leo", "He"),
-    ("Ivy", "She"), ("Max", "He"),
+    ("Mia", "She"),
+    ("Tom", "He"),
+    ("Ana", "She"),
+    ("Sam", "He"),
+    ("Zoe", "She"),
+    ("Leo", "He"),
+    ("Ivy", "She"),
+    ("Max", "He"),
 ];
-const ITEMS: &[&str] = &["apples", "pens", "cards", "books", "coins", "stamps", "shells", "cups"];
+const ITEMS: &[&str] = &[
+    "apples", "pens", "cards", "books", "coins", "stamps", "shells", "cups",
+];
 
 /// The generator.
 pub struct Arith {
@@ -85,12 +93,21 @@ pub struct Arith {
 impl Arith {
     /// Validates `config`.
     pub fn new(config: ArithConfig, seed: u64) -> Result<Self, ConfigError> {
-        let err = |field: &str, message: String| ConfigError { field: Some(field.into()), message };
+        let err = |field: &str, message: String| ConfigError {
+            field: Some(field.into()),
+            message,
+        };
         if config.min_steps == 0 || config.min_steps > config.max_steps || config.max_steps > 8 {
-            return Err(err("min_steps", "need 1 ≤ min_steps ≤ max_steps ≤ 8".into()));
+            return Err(err(
+                "min_steps",
+                "need 1 ≤ min_steps ≤ max_steps ≤ 8".into(),
+            ));
         }
         if config.operators.is_empty() {
-            return Err(err("operators", "give at least one of \"+\", \"-\", \"*\"".into()));
+            return Err(err(
+                "operators",
+                "give at least one of \"+\", \"-\", \"*\"".into(),
+            ));
         }
         if !(2..=1000).contains(&config.max_number) {
             return Err(err("max_number", "must be between 2 and 1000".into()));
@@ -103,7 +120,11 @@ impl Arith {
         {
             return Err(err("test_steps", "must be between 1 and 8".into()));
         }
-        for (f, n) in [("n_train", config.n_train), ("n_validation", config.n_validation), ("n_test", config.n_test)] {
+        for (f, n) in [
+            ("n_train", config.n_train),
+            ("n_validation", config.n_validation),
+            ("n_test", config.n_test),
+        ] {
             if n > 1_000_000 {
                 return Err(err(f, "at most 1000000".into()));
             }
@@ -135,7 +156,11 @@ impl Arith {
                 }
                 Op::Mul => {
                     let n = r.random_range(2..=4);
-                    (n, value * n, format!("{pronoun} makes it {n} times as many."))
+                    (
+                        n,
+                        value * n,
+                        format!("{pronoun} makes it {n} times as many."),
+                    )
                 }
             };
             let sym = match op {
@@ -148,10 +173,18 @@ impl Arith {
             value = next;
         }
         for _ in 0..c.distractors {
-            let (other, _) = *NAMES.iter().filter(|n| n.0 != name).collect::<Vec<_>>().choose(r).expect("names");
+            let (other, _) = *NAMES
+                .iter()
+                .filter(|n| n.0 != name)
+                .collect::<Vec<_>>()
+                .choose(r)
+                .expect("names");
             let thing = *ITEMS.choose(r).expect("items");
             let at = r.random_range(1..=sentences.len());
-            sentences.insert(at, format!("{other} has {} {thing}.", r.random_range(1..=c.max_number)));
+            sentences.insert(
+                at,
+                format!("{other} has {} {thing}.", r.random_range(1..=c.max_number)),
+            );
         }
         let prompt = format!("{} How many {item} does {name} have?", sentences.join(" "));
         TextProblem {
@@ -225,7 +258,17 @@ mod tests {
     use super::*;
 
     fn task() -> Arith {
-        Arith::new(ArithConfig { n_train: 2000, n_test: 200, n_validation: 50, distractors: 1, ..Default::default() }, 7).unwrap()
+        Arith::new(
+            ArithConfig {
+                n_train: 2000,
+                n_test: 200,
+                n_validation: 50,
+                distractors: 1,
+                ..Default::default()
+            },
+            7,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -237,8 +280,13 @@ mod tests {
             for eq in p.solution.split(". ").filter(|s| s.contains('=')) {
                 let (lhs, rhs) = eq.trim_end_matches('.').split_once('=').unwrap();
                 let pos = lhs.find(['+', '-', '*']).unwrap();
-                let (a, b): (i64, i64) = (lhs[..pos].parse().unwrap(), lhs[pos + 1..].parse().unwrap());
-                let v = match &lhs[pos..pos + 1] { "+" => a + b, "-" => a - b, _ => a * b };
+                let (a, b): (i64, i64) =
+                    (lhs[..pos].parse().unwrap(), lhs[pos + 1..].parse().unwrap());
+                let v = match &lhs[pos..pos + 1] {
+                    "+" => a + b,
+                    "-" => a - b,
+                    _ => a * b,
+                };
                 assert_eq!(v, rhs.parse::<i64>().unwrap(), "{}", p.solution);
                 assert!(v >= 0);
                 last = Some(v);
@@ -257,15 +305,36 @@ mod tests {
         let test = t.problems(Split::Test).unwrap();
         assert_eq!(test, task().problems(Split::Test).unwrap());
         let train_prompts: HashSet<&str> = train.iter().map(|p| p.prompt.as_str()).collect();
-        assert!(test.iter().all(|p| !train_prompts.contains(p.prompt.as_str())));
+        assert!(
+            test.iter()
+                .all(|p| !train_prompts.contains(p.prompt.as_str()))
+        );
         assert!(test.iter().all(|p| p.solution.matches('=').count() == 2));
         assert_eq!(test.len(), 200);
     }
 
     #[test]
     fn bad_knobs_are_config_errors() {
-        let e = Arith::new(ArithConfig { operators: vec![], ..Default::default() }, 0).err().unwrap();
+        let e = Arith::new(
+            ArithConfig {
+                operators: vec![],
+                ..Default::default()
+            },
+            0,
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.field.as_deref(), Some("operators"));
-        assert!(Arith::new(ArithConfig { min_steps: 3, max_steps: 2, ..Default::default() }, 0).is_err());
+        assert!(
+            Arith::new(
+                ArithConfig {
+                    min_steps: 3,
+                    max_steps: 2,
+                    ..Default::default()
+                },
+                0
+            )
+            .is_err()
+        );
     }
 }

@@ -22,7 +22,10 @@ pub struct Gsm8kConfig {
 
 impl Default for Gsm8kConfig {
     fn default() -> Self {
-        Self { dir: None, limit: None }
+        Self {
+            dir: None,
+            limit: None,
+        }
     }
 }
 
@@ -35,10 +38,21 @@ struct Row {
 /// Parses GSM8K JSONL text; errors name the line.
 pub fn parse_jsonl(text: &str, split: Split) -> anyhow::Result<Vec<TextProblem>> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let row: Row = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
-        let answer = final_answer(&row.answer).ok_or_else(|| anyhow::anyhow!("line {}: no `#### answer`", i + 1))?;
-        out.push(TextProblem { id: format!("{split}-{i}"), prompt: row.question, solution: row.answer, answer });
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let row: Row =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
+        let answer = final_answer(&row.answer)
+            .ok_or_else(|| anyhow::anyhow!("line {}: no `#### answer`", i + 1))?;
+        out.push(TextProblem {
+            id: format!("{split}-{i}"),
+            prompt: row.question,
+            solution: row.answer,
+            answer,
+        });
     }
     Ok(out)
 }
@@ -51,8 +65,13 @@ pub struct Gsm8k {
 
 impl Gsm8k {
     pub fn new(config: Gsm8kConfig) -> Self {
-        let dir = config.dir.unwrap_or_else(|| crate::data_dir().join("gsm8k"));
-        Self { dir, limit: config.limit }
+        let dir = config
+            .dir
+            .unwrap_or_else(|| crate::data_dir().join("gsm8k"));
+        Self {
+            dir,
+            limit: config.limit,
+        }
     }
 
     fn file(&self, split: Split) -> PathBuf {
@@ -70,9 +89,14 @@ impl Task for Gsm8k {
     /// `train.jsonl` serves Train (all but its last 500) and Validation (its last 500).
     fn problems(&self, split: Split) -> anyhow::Result<Vec<TextProblem>> {
         let path = self.file(split);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| anyhow::anyhow!("{}: {e} (set LMLAB_DATA_DIR or the task's `dir`)", path.display()))?;
-        let mut all = parse_jsonl(&text, split).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e} (set LMLAB_DATA_DIR or the task's `dir`)",
+                path.display()
+            )
+        })?;
+        let mut all =
+            parse_jsonl(&text, split).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let n = all.len();
         match split {
             Split::Train => all.truncate(n.saturating_sub(500)),
@@ -116,7 +140,12 @@ mod tests {
         let p = parse_jsonl(text, Split::Test).unwrap();
         assert_eq!(p[0].answer, "1234");
         assert_eq!(p[1].answer, "7");
-        assert!(parse_jsonl("{\"question\": \"q\", \"answer\": \"none\"}", Split::Test).unwrap_err().to_string().contains("line 1"));
+        assert!(
+            parse_jsonl("{\"question\": \"q\", \"answer\": \"none\"}", Split::Test)
+                .unwrap_err()
+                .to_string()
+                .contains("line 1")
+        );
         assert!(parse_jsonl("{oops", Split::Test).is_err());
     }
 }
