@@ -201,3 +201,47 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod padding_tests {
+    use super::*;
+    use crate::components::sft::Sft;
+    use crate::lm::llama::LlamaConfig;
+    use crate::lm::tokenizer::CharTokenizer;
+    use crate::{Objective, TensorMap};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+        /// The SFT loss of a batch does not change when the padding token or the prompt
+        /// positions' predictions change: only response tokens count.
+        #[test]
+        fn sft_loss_ignores_padding_tokens(seed in 0u64..500, pad_a in 0u32..12, pad_b in 0u32..12,
+                                           r1 in "[a-h]{1,6}", r2 in "[a-h]{1,3}") {
+            let config = LlamaConfig {
+                vocab_size: 12, dim: 16, n_layers: 1, n_heads: 2, n_kv_heads: 2, hidden_dim: 24, max_seq_len: 32,
+                rope_theta: 10_000.0, norm_eps: 1e-5, tie_embeddings: true, value_head: false,
+            };
+            let device = Device::flex();
+            let model = Llama::init(config, &mut rng(seed, 0), &device).unwrap();
+            let policy = LmPolicy { model, tokenizer: Tokenizer::Char(CharTokenizer::new("abcdefgh")), device: device.clone() };
+            let pairs = vec![policy.encode_pair("ab", &r1), policy.encode_pair("abcdef", &r2)];
+            let loss_with_pad = |pad: u32| {
+                let (ids, mask) = policy.batch(&pairs, &device);
+                let filled: Vec<i64> = ids.into_data().convert::<i64>().try_into_vec::<i64>().unwrap();
+                let t = filled.len() / 2;
+                let mut repadded = filled.clone();
+                for (row, (p, r)) in pairs.iter().enumerate() {
+                    for j in p.len() + r.len()..t {
+                        repadded[row * t + j] = pad as i64;
+                    }
+                }
+                let ids = Tensor::<2, Int>::from_data(TensorData::new(repadded, [2, t]), &device);
+                let lp = policy.model.token_logprobs(ids, &[0, 0], 1.0);
+                Sft.loss(&TensorMap::new().with("logprobs", lp).with("mask", mask)).unwrap().loss.into_scalar::<f32>()
+            };
+            prop_assert_eq!(loss_with_pad(pad_a), loss_with_pad(pad_b));
+        }
+    }
+}
