@@ -51,18 +51,28 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
     let manifest = std::fs::read_to_string(tmp.path().join("Cargo.toml")).unwrap();
     assert!(manifest.contains("lmlab-plugin-demo = { path = \"plugins/demo\" }"));
 
-    // Reuse this workspace's compiled dependencies.
+    // Build as the whole workspace does (same feature unification), so this workspace's
+    // compiled dependencies are reused, and run the library tests, the new plugin's among them.
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
+    let out = Command::new(&cargo)
         .current_dir(tmp.path())
         .env("CARGO_TARGET_DIR", &target)
-        .args(["test", "--quiet", "-p", "lmlab-plugin-demo"])
-        .status()
+        .args(["test", "--workspace", "--lib", "--", "--test-threads=2"])
+        .output()
         .unwrap();
-    assert!(status.success(), "the scaffolded plugin's tests pass");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("builds_from_the_registry_and_rewards_the_target_length ... ok"),
+        "the scaffolded plugin's test ran and passed: {stdout}"
+    );
 
     // A second scaffold of the same name is refused, as is a bad name.
     let again = Command::new(xtask)
