@@ -55,9 +55,11 @@ pub struct Completion {
 /// policy is trainable.
 #[derive(Clone, Debug)]
 pub struct SequenceLogProbs {
-    /// `[batch, response_len]` log p(token), zero where `mask` is zero.
+    /// `[batch, positions]` log p(token), zero where `mask` is zero. Positions are the
+    /// policy's choice (all of prompt + response for [`LmPolicy`](crate::lm::policy::LmPolicy),
+    /// just the response for others): only masked-in entries mean anything.
     pub token_logprobs: Tensor<2>,
-    /// `[batch, response_len]` 1 for real response tokens, 0 for padding.
+    /// `[batch, positions]` 1 for response tokens, 0 for prompt and padding.
     pub mask: Tensor<2>,
     /// `[batch]` the sum over response tokens.
     pub sum: Tensor<1>,
