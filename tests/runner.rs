@@ -5,9 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use common::{lmlab, only_run_dir, run};
+use common::{kill_after_first_checkpoint, lmlab, only_run_dir, run};
 
 fn metrics(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap()
@@ -107,37 +106,12 @@ fn a_killed_run_resumes_to_the_same_metrics() {
 
     // Killed with SIGKILL once a checkpoint exists, then resumed.
     let killed_root = out.path().join("killed");
-    let mut child = lmlab()
-        .args(["recipe", "linear-regression", "--quiet"])
+    let mut cmd = lmlab();
+    cmd.args(["recipe", "linear-regression", "--quiet"])
         .args(LONG)
         .arg("--out")
-        .arg(&killed_root)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let dir = loop {
-        if let Ok(mut entries) = std::fs::read_dir(killed_root.join("linear-regression"))
-            && let Some(Ok(e)) = entries.next()
-            && e.path().join("checkpoints/LATEST").exists()
-        {
-            break e.path();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let status = child.wait().unwrap();
-    let latest = std::fs::read_to_string(dir.join("checkpoints/LATEST")).unwrap();
-    assert!(
-        status.code().is_none() && latest.trim() != "step-00001500",
-        "the run was killed before its end (status {status:?}, latest {latest})"
-    );
+        .arg(&killed_root);
+    let dir = kill_after_first_checkpoint(cmd, &killed_root, "linear-regression", "step-00001500");
     let (code, _, err) = run(lmlab()
         .args(["recipe", "linear-regression", "--quiet", "--resume"])
         .arg(&dir));

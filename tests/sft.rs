@@ -5,9 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use common::{lmlab, only_run_dir, run};
+use common::{kill_after_first_checkpoint, lmlab, only_run_dir, run};
 
 const TINY: &[&str] = &[
     "--set",
@@ -80,37 +79,12 @@ fn sft_runs_are_reproducible_and_resume_exactly_after_sigkill() {
 
     // Kill a third run once its first checkpoint exists, then resume it.
     let killed_root = out.path().join("k");
-    let mut child = lmlab()
-        .args(["recipe", "sft-arith", "--quiet"])
+    let mut cmd = lmlab();
+    cmd.args(["recipe", "sft-arith", "--quiet"])
         .args(TINY)
         .arg("--out")
-        .arg(&killed_root)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let dir = loop {
-        if let Ok(mut entries) = std::fs::read_dir(killed_root.join("sft-arith"))
-            && let Some(Ok(e)) = entries.next()
-            && e.path().join("checkpoints/LATEST").exists()
-        {
-            break e.path();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let status = child.wait().unwrap();
-    let latest = std::fs::read_to_string(dir.join("checkpoints/LATEST")).unwrap();
-    assert!(
-        status.code().is_none() && latest.trim() != "step-00000060",
-        "killed mid-run ({latest})"
-    );
+        .arg(&killed_root);
+    let dir = kill_after_first_checkpoint(cmd, &killed_root, "sft-arith", "step-00000060");
     let (code, _, err) = run(lmlab()
         .args(["recipe", "sft-arith", "--quiet", "--resume"])
         .arg(&dir));

@@ -217,6 +217,21 @@ impl<M: Module> Trainer<M> {
     }
 }
 
+/// What `--resume` does for a trainer: when the run is resumed, load the run directory's
+/// latest checkpoint (if it has one) and drop the metrics logged after it, so they are written
+/// once, by the resumed run. Returns the scheduler state saved with the checkpoint.
+pub fn resume_run<M: Module>(
+    trainer: &mut Trainer<M>,
+    ctx: &mut crate::RunContext,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    if !ctx.resume {
+        return Ok(None);
+    }
+    let state = trainer.load_latest(&ctx.run.checkpoints_dir())?;
+    ctx.run.truncate_metrics_after(trainer.step)?;
+    Ok(state)
+}
+
 /// The checkpoint directory `dir/LATEST` names, if any.
 pub fn latest_checkpoint(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     let latest = dir.join("LATEST");

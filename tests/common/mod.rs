@@ -73,3 +73,43 @@ pub fn data_dir(needs: &str) -> Option<PathBuf> {
         None
     }
 }
+
+/// Starts `cmd` (a recipe run writing under `out_root/<recipe>/`), waits for its first
+/// checkpoint, kills it with SIGKILL, checks it died before writing `final_checkpoint`, and
+/// returns the run directory.
+pub fn kill_after_first_checkpoint(
+    mut cmd: Command,
+    out_root: &Path,
+    recipe: &str,
+    final_checkpoint: &str,
+) -> PathBuf {
+    use std::time::{Duration, Instant};
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the run starts");
+    let started = Instant::now();
+    let dir = loop {
+        if let Ok(mut entries) = std::fs::read_dir(out_root.join(recipe))
+            && let Some(Ok(e)) = entries.next()
+            && e.path().join("checkpoints/LATEST").exists()
+        {
+            break e.path();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    let latest = std::fs::read_to_string(dir.join("checkpoints/LATEST")).unwrap();
+    assert!(
+        status.code().is_none() && latest.trim() != final_checkpoint,
+        "the run was killed before its end (status {status:?}, latest {latest})"
+    );
+    dir
+}

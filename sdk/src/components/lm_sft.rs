@@ -16,7 +16,7 @@ use crate::plot::{Series, line_plot};
 use crate::policy::SamplingParams;
 use crate::rng::{RngState, rng};
 use crate::tasks::{TextProblem, TextTask};
-use crate::train::{LrSchedule, OptimConfig, Trainer};
+use crate::train::{LrSchedule, OptimConfig, Trainer, resume_run};
 use crate::{Components, Objective, Policy, RunContext, Scheduler, Split, TensorMap};
 
 /// The transformer's size (the vocabulary comes from the tokenizer).
@@ -180,12 +180,9 @@ impl Scheduler for SftTrainer {
         let mut data_rng = rng(ctx.seed, 2);
         let ckpt_dir = ctx.run.checkpoints_dir();
         let mut resumed_from = None;
-        if ctx.resume {
-            if let Some(state) = trainer.load_latest(&ckpt_dir)? {
-                data_rng = serde_json::from_value::<RngState>(state["data_rng"].clone())?.restore();
-                resumed_from = Some(trainer.step);
-            }
-            ctx.run.truncate_metrics_after(trainer.step)?;
+        if let Some(state) = resume_run(&mut trainer, ctx)? {
+            data_rng = serde_json::from_value::<RngState>(state["data_rng"].clone())?.restore();
+            resumed_from = Some(trainer.step);
         }
 
         // Training sequences: [BOS] prompt "\n" solution [EOS], truncated to the context.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::regression::{RegressionExample, RegressionTask, least_squares, linear_mse};
 use crate::rng::{Rng, RngState, rng};
-use crate::train::{OptimConfig, Trainer};
+use crate::train::{OptimConfig, Trainer, resume_run};
 use crate::{Components, Objective, RunContext, Scheduler, Split, TensorMap};
 
 /// Configuration of `supervised`.
@@ -192,13 +192,9 @@ impl Scheduler for Supervised {
         let ckpt_dir = ctx.run.checkpoints_dir();
 
         let mut resumed_from = None;
-        if ctx.resume {
-            if let Some(state) = trainer.load_latest(&ckpt_dir)? {
-                let rs: RngState = serde_json::from_value(state["data_rng"].clone())?;
-                data_rng = rs.restore();
-                resumed_from = Some(trainer.step);
-            }
-            ctx.run.truncate_metrics_after(trainer.step)?;
+        if let Some(state) = resume_run(&mut trainer, ctx)? {
+            data_rng = serde_json::from_value::<RngState>(state["data_rng"].clone())?.restore();
+            resumed_from = Some(trainer.step);
         }
         if resumed_from.is_none() {
             let e = evaluate(&trainer.model, task.as_ref(), &test, &ctx.device)?;
