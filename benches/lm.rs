@@ -31,7 +31,14 @@ fn sizes() -> Vec<(&'static str, LlamaConfig, usize, usize)> {
         tie_embeddings: true,
         value_head: false,
     };
-    let large = LlamaConfig { dim: 256, n_layers: 6, n_heads: 8, n_kv_heads: 4, hidden_dim: 704, ..base.clone() };
+    let large = LlamaConfig {
+        dim: 256,
+        n_layers: 6,
+        n_heads: 8,
+        n_kv_heads: 4,
+        hidden_dim: 704,
+        ..base.clone()
+    };
     vec![("sft-arith-0.75M", base, 32, 100), ("4.4M", large, 16, 128)]
 }
 
@@ -42,13 +49,18 @@ fn train_step(c: &mut Criterion) {
     for (name, config, batch, seq) in sizes() {
         let model = Llama::init(config.clone(), &mut rng(0, 0), &device).unwrap();
         let mut trainer = Trainer::new(model, OptimConfig::default(), 1_000_000);
-        let ids: Vec<i64> = (0..batch * seq).map(|i| (i * 7919 % config.vocab_size) as i64).collect();
+        let ids: Vec<i64> = (0..batch * seq)
+            .map(|i| (i * 7919 % config.vocab_size) as i64)
+            .collect();
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, seq]), &device);
         let pad = vec![0; batch];
         group.throughput(Throughput::Elements((batch * seq) as u64));
         group.bench_function(name, |b| {
             b.iter(|| {
-                let loss = -trainer.model.token_logprobs(tokens.clone(), &pad, 1.0).mean();
+                let loss = -trainer
+                    .model
+                    .token_logprobs(tokens.clone(), &pad, 1.0)
+                    .mean();
                 black_box(trainer.step(loss));
             })
         });
@@ -61,7 +73,11 @@ fn generation(c: &mut Criterion) {
     let (_, config, _, _) = sizes().remove(0);
     let model = Llama::init(config, &mut rng(0, 0), &device).unwrap();
     let prompts: Vec<Vec<u32>> = (0..8).map(|i| vec![1, 5 + i, 9, 11]).collect();
-    let params = SamplingParams { temperature: 0.0, max_new_tokens: 64, ..Default::default() };
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 64,
+        ..Default::default()
+    };
     let mut group = c.benchmark_group("generate_8x64");
     group.sample_size(10);
     group.throughput(Throughput::Elements(8 * 64));
@@ -69,7 +85,17 @@ fn generation(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut r = rng(0, 0);
-                black_box(generate(&model, &prompts, &params, None, 0, cache, &mut r, &|_, _| false, &device))
+                black_box(generate(
+                    &model,
+                    &prompts,
+                    &params,
+                    None,
+                    0,
+                    cache,
+                    &mut r,
+                    &|_, _| false,
+                    &device,
+                ))
             })
         });
     }
@@ -87,14 +113,28 @@ fn stories260k(c: &mut Criterion) {
     }
     let device = Device::flex();
     let loaded = lmlab::lm::load::load(&path, None, &device).unwrap();
-    let params = SamplingParams { temperature: 0.0, max_new_tokens: 199, ..Default::default() };
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 199,
+        ..Default::default()
+    };
     let mut group = c.benchmark_group("stories260k_greedy");
     group.sample_size(10);
     group.throughput(Throughput::Elements(199));
     group.bench_function("199_tokens", |b| {
         b.iter(|| {
             let mut r = rng(0, 0);
-            black_box(generate(&loaded.model, &[vec![1]], &params, None, 0, true, &mut r, &|_, _| false, &device))
+            black_box(generate(
+                &loaded.model,
+                &[vec![1]],
+                &params,
+                None,
+                0,
+                true,
+                &mut r,
+                &|_, _| false,
+                &device,
+            ))
         })
     });
     group.finish();

@@ -227,7 +227,7 @@ impl Llama2cTokenizer {
         self.pieces.len()
     }
 
-    /// Encodes `text` as llama2.c does: a dummy prefix space, code points looked up (bytes
+    /// Encodes `text` as llama2.c does: a leading space token, code points looked up (bytes
     /// `+3` when absent), then the best-scoring adjacent merge repeatedly.
     pub fn encode(&self, text: &str, bos: bool, eos: bool) -> Vec<u32> {
         let mut tokens: Vec<u32> = Vec::new();
