@@ -64,3 +64,18 @@ pub trait Task: Send + Sync {
     /// Whether `output` solves `problem`, exactly as the task defines it.
     fn check(&self, problem: &Self::Problem, output: &Self::Output) -> bool;
 }
+
+/// The train and test splits of `task`, refusing an empty one; `user` (e.g. "scheduler
+/// `sft`") names who needs them in the error.
+pub fn train_and_test<T: Task + ?Sized>(
+    task: &T,
+    user: &str,
+) -> anyhow::Result<(Vec<T::Problem>, Vec<T::Problem>)> {
+    let train = task.problems(Split::Train)?;
+    let test = task.problems(Split::Test)?;
+    anyhow::ensure!(
+        !train.is_empty() && !test.is_empty(),
+        "{user}: the task has an empty train or test split"
+    );
+    Ok((train, test))
+}

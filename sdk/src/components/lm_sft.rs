@@ -17,7 +17,7 @@ use crate::policy::SamplingParams;
 use crate::rng::{RngState, rng};
 use crate::tasks::{TextProblem, TextTask};
 use crate::train::{LrSchedule, OptimConfig, Trainer, resume_run};
-use crate::{Components, Objective, Policy, RunContext, Scheduler, Split, TensorMap};
+use crate::{Components, Objective, Policy, RunContext, Scheduler, TensorMap};
 
 /// The transformer's size (the vocabulary comes from the tokenizer).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -137,12 +137,7 @@ impl Scheduler for SftTrainer {
         let cfg = self.config.clone();
         let task: Box<TextTask> = parts.take("task", WHO)?;
         let objective: Box<dyn Objective> = parts.take("objective", WHO)?;
-        let train = task.problems(Split::Train)?;
-        let test = task.problems(Split::Test)?;
-        anyhow::ensure!(
-            !train.is_empty() && !test.is_empty(),
-            "{WHO}: the task has an empty train or test split"
-        );
+        let (train, test) = crate::task::train_and_test(task.as_ref(), WHO)?;
 
         // A character vocabulary over everything the task can show the model.
         let mut chars: Vec<char> = train

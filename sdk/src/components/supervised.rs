@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::regression::{RegressionExample, RegressionTask, least_squares, linear_mse};
 use crate::rng::{Rng, RngState, rng};
 use crate::train::{OptimConfig, Trainer, resume_run};
-use crate::{Components, Objective, RunContext, Scheduler, Split, TensorMap};
+use crate::{Components, Objective, RunContext, Scheduler, TensorMap};
 
 /// Configuration of `supervised`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -172,12 +172,7 @@ impl Scheduler for Supervised {
         let cfg = self.config.clone();
         let task: Box<RegressionTask> = parts.take("task", WHO)?;
         let objective: Box<dyn Objective> = parts.take("objective", WHO)?;
-        let train = task.problems(Split::Train)?;
-        let test = task.problems(Split::Test)?;
-        anyhow::ensure!(
-            !train.is_empty() && !test.is_empty(),
-            "{WHO}: the task has an empty train or test split"
-        );
+        let (train, test) = crate::task::train_and_test(task.as_ref(), WHO)?;
         let dim = train[0].x.len();
         anyhow::ensure!(
             train.iter().chain(&test).all(|e| e.x.len() == dim),
