@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lm::llama::{Llama, LlamaConfig};
 use crate::lm::policy::LmPolicy;
-use crate::lm::tokenizer::{CharTokenizer, Tokenizer};
+use crate::lm::tokenizer::{CharTokenizer, Tokenizer, train_bpe};
 use crate::plot::{Series, line_plot};
 use crate::policy::SamplingParams;
 use crate::rng::{RngState, rng};
@@ -44,11 +44,67 @@ impl Default for ModelSize {
     }
 }
 
+/// How the vocabulary of a model trained from scratch is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// One token per character seen in the task.
+    Char,
+    /// A byte-level BPE trained on the training texts (digits never merged with digits).
+    Bpe,
+}
+
+/// The tokenizer of a model trained from scratch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenizerConfig {
+    pub kind: TokenizerKind,
+    /// Merges of the BPE (ignored for `char`).
+    pub bpe_merges: usize,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: TokenizerKind::Bpe,
+            bpe_merges: 200,
+        }
+    }
+}
+
+impl TokenizerConfig {
+    /// Builds the tokenizer from the texts a model will see (deterministic in them).
+    pub fn build(&self, texts: &[String]) -> anyhow::Result<Tokenizer> {
+        Ok(match self.kind {
+            TokenizerKind::Char => {
+                let mut chars: Vec<char> = texts.iter().flat_map(|t| t.chars()).collect();
+                chars.sort_unstable();
+                chars.dedup();
+                Tokenizer::Char(CharTokenizer::new(&chars.iter().collect::<String>()))
+            }
+            TokenizerKind::Bpe => train_bpe(texts.iter().map(String::as_str), self.bpe_merges)?,
+        })
+    }
+
+    /// One line for a summary table.
+    pub fn describe(&self, t: &Tokenizer) -> String {
+        match self.kind {
+            TokenizerKind::Char => format!("{} tokens, one per character", t.vocab_size()),
+            TokenizerKind::Bpe => format!(
+                "{} tokens: byte-level BPE trained on the training split ({} merges asked)",
+                t.vocab_size(),
+                self.bpe_merges
+            ),
+        }
+    }
+}
+
 /// Configuration of `sft`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SftTrainerConfig {
     pub model: ModelSize,
+    pub tokenizer: TokenizerConfig,
     pub steps: u64,
     pub batch_size: usize,
     pub log_every: u64,
@@ -69,6 +125,7 @@ impl Default for SftTrainerConfig {
     fn default() -> Self {
         Self {
             model: ModelSize::default(),
+            tokenizer: TokenizerConfig::default(),
             steps: 3000,
             batch_size: 32,
             log_every: 25,
@@ -93,6 +150,11 @@ impl Default for SftTrainerConfig {
 /// The text a model is trained on and asked to complete.
 pub fn prompt_text(p: &TextProblem) -> String {
     format!("{}\n", p.prompt)
+}
+
+/// Prompt and solution as one text (what a tokenizer is built from).
+pub fn training_text(p: &TextProblem) -> String {
+    format!("{}{}", prompt_text(p), p.solution)
 }
 
 /// The scheduler.
@@ -139,20 +201,19 @@ impl Scheduler for SftTrainer {
         let objective: Box<dyn Objective> = parts.take("objective", WHO)?;
         let (train, test) = crate::task::train_and_test(task.as_ref(), WHO)?;
 
-        // A character vocabulary over everything the task can show the model.
-        let mut chars: Vec<char> = train
-            .iter()
-            .chain(&test)
-            .flat_map(|p| {
-                prompt_text(p)
-                    .chars()
-                    .chain(p.solution.chars())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        chars.sort_unstable();
-        chars.dedup();
-        let tokenizer = Tokenizer::Char(CharTokenizer::new(&chars.iter().collect::<String>()));
+        // The vocabulary, from the training texts (a character vocabulary also covers the
+        // test prompts' characters).
+        let texts: Vec<String> = match cfg.tokenizer.kind {
+            TokenizerKind::Char => train.iter().chain(&test).map(training_text).collect(),
+            TokenizerKind::Bpe => train.iter().map(training_text).collect(),
+        };
+        let tokenizer = cfg.tokenizer.build(&texts)?;
+        if let Tokenizer::Hf { inner, .. } = &tokenizer {
+            let json = inner
+                .to_string(false)
+                .map_err(|e| anyhow::anyhow!("{WHO}: {e}"))?;
+            crate::run::write_atomic(&ctx.run.path().join("tokenizer.json"), json.as_bytes())?;
+        }
         let m = &cfg.model;
         let config = LlamaConfig {
             vocab_size: tokenizer.vocab_size(),
@@ -267,7 +328,7 @@ impl Scheduler for SftTrainer {
                 tracing::info!(step, pass_at_1 = acc, "eval");
             }
             if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || last {
-                let state = serde_json::json!({ "data_rng": RngState::of(&data_rng), "alphabet": tokenizer_alphabet(&tokenizer) });
+                let state = serde_json::json!({ "data_rng": RngState::of(&data_rng) });
                 trainer.save_checkpoint(&ckpt_dir, &state, cfg.keep_checkpoints)?;
             }
         }
@@ -311,11 +372,7 @@ impl Scheduler for SftTrainer {
             "| model | dim {}, {} layers, {} heads ({} KV), SwiGLU {}, context {} |",
             m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.hidden_dim, m.max_seq_len
         )?;
-        writeln!(
-            s,
-            "| vocabulary | {} characters + 4 specials |",
-            chars.len()
-        )?;
+        writeln!(s, "| vocabulary | {} |", cfg.tokenizer.describe(&tokenizer))?;
         writeln!(s, "| training problems | {} |", train.len())?;
         writeln!(s, "| steps × batch | {} × {} |", cfg.steps, cfg.batch_size)?;
         writeln!(
@@ -335,13 +392,6 @@ impl Scheduler for SftTrainer {
         writeln!(s, "\nPlots: `plots/loss.svg`, `plots/pass_at_1.svg`.")?;
         ctx.run.write_summary(&s)?;
         Ok(())
-    }
-}
-
-fn tokenizer_alphabet(t: &Tokenizer) -> String {
-    match t {
-        Tokenizer::Char(c) => c.alphabet(),
-        _ => String::new(),
     }
 }
 

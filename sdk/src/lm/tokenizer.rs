@@ -1,5 +1,6 @@
-//! Tokenizers: llama2.c's, a character-level one built in process for generated tasks, and
-//! (through the `tokenizers` crate) Hugging Face `tokenizer.json`.
+//! Tokenizers: llama2.c's; for generated tasks, a character-level one or a small byte-level BPE
+//! trained in process ([`train_bpe`]); and (through the `tokenizers` crate) Hugging Face
+//! `tokenizer.json`.
 
 use std::collections::HashMap;
 
@@ -158,6 +159,106 @@ impl Tokenizer {
     }
 }
 
+/// Special tokens of a BPE trained by [`train_bpe`]: `<pad>` 0, `<bos>` 1, `<eos>` 2.
+pub const BPE_SPECIALS: [&str; 3] = ["<pad>", "<bos>", "<eos>"];
+
+/// Trains a byte-level BPE (GPT-2's pre-tokenizer and byte alphabet, so every string round
+/// trips) on `texts` with at most `merges` merges.
+///
+/// Deterministic: each round merges the most frequent adjacent pair, ties broken by the pair's
+/// strings. Two pieces that both hold a digit are never merged, so numbers stay one token per
+/// digit (a leading space may join the first digit), which keeps arithmetic learnable. Stops
+/// early when no pair occurs twice. Ids: [`BPE_SPECIALS`], the 256 byte symbols, then the
+/// merged tokens in merge order.
+pub fn train_bpe<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    merges: usize,
+) -> Result<Tokenizer, crate::Error> {
+    use std::collections::BTreeMap;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{AddedToken, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+    let fail = |e: &dyn std::fmt::Display| crate::Error::Usage(format!("training a BPE: {e}"));
+    let pre = ByteLevel::new(false, true, true);
+    let mut words: BTreeMap<String, u64> = BTreeMap::new();
+    for text in texts {
+        let mut pts = PreTokenizedString::from(text);
+        pre.pre_tokenize(&mut pts).map_err(|e| fail(&e))?;
+        for (piece, _, _) in pts.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            *words.entry(piece.to_owned()).or_default() += 1;
+        }
+    }
+    let mut symbols: Vec<(Vec<String>, u64)> = words
+        .into_iter()
+        .map(|(w, n)| (w.chars().map(String::from).collect(), n))
+        .collect();
+    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    alphabet.sort_unstable();
+    let mut vocab: Vec<String> = BPE_SPECIALS.iter().map(|s| s.to_string()).collect();
+    vocab.extend(alphabet.iter().map(|c| c.to_string()));
+    let has_digit = |s: &str| s.chars().any(|c| c.is_ascii_digit());
+    let mut merge_list: Vec<(String, String)> = Vec::new();
+    while merge_list.len() < merges {
+        let mut pairs: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for (w, n) in &symbols {
+            for p in w.windows(2) {
+                if !(has_digit(&p[0]) && has_digit(&p[1])) {
+                    *pairs.entry((&p[0], &p[1])).or_default() += n;
+                }
+            }
+        }
+        // Highest count; among equal counts the smallest pair (BTreeMap order, first wins).
+        let Some(((a, b), count)) = pairs.into_iter().fold(
+            None,
+            |best: Option<((&str, &str), u64)>, (p, n)| match best {
+                Some((_, m)) if m >= n => best,
+                _ => Some((p, n)),
+            },
+        ) else {
+            break;
+        };
+        if count < 2 {
+            break;
+        }
+        let (a, b) = (a.to_owned(), b.to_owned());
+        let joined = format!("{a}{b}");
+        for (w, _) in &mut symbols {
+            let mut i = 0;
+            while i + 1 < w.len() {
+                if w[i] == a && w[i + 1] == b {
+                    w[i] = joined.clone();
+                    w.remove(i + 1);
+                }
+                i += 1;
+            }
+        }
+        vocab.push(joined);
+        merge_list.push((a, b));
+    }
+    let vocab_map: tokenizers::models::bpe::Vocab = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let model = tokenizers::models::bpe::BPE::builder()
+        .vocab_and_merges(vocab_map, merge_list)
+        .build()
+        .map_err(|e| fail(&e))?;
+    let mut inner = tokenizers::Tokenizer::new(model);
+    inner.with_pre_tokenizer(Some(pre));
+    inner.with_decoder(Some(ByteLevel::new(false, true, true)));
+    inner.add_special_tokens(
+        &BPE_SPECIALS
+            .iter()
+            .map(|s| AddedToken::from(*s, true))
+            .collect::<Vec<_>>(),
+    );
+    Ok(Tokenizer::Hf {
+        inner: Box::new(inner),
+        bos: Some(1),
+        eos: 2,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +275,47 @@ mod tests {
             prop_assert!(ids.iter().all(|&i| (i as usize) < t.vocab_size() && i != 3));
             prop_assert_eq!(t.decode(&ids, None), s);
         }
+    }
+
+    fn arith_bpe() -> Tokenizer {
+        let texts = [
+            "Mia has 7 pens. She gets 15 more. How many pens does Mia have?\n7+15=22. #### 22",
+            "Tom has 12 cards. He gives away 3. How many cards does Tom have?\n12-3=9. #### 9",
+        ];
+        train_bpe(texts.iter().copied().cycle().take(20), 60).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn bpe_round_trip(s in "[0-9+*=#. a-zA-Z?\n-]{0,64}") {
+            let t = arith_bpe();
+            let ids = t.encode(&s, true);
+            prop_assert_eq!(ids[0], 1);
+            prop_assert!(ids.iter().all(|&i| (i as usize) < t.vocab_size()));
+            prop_assert_eq!(t.decode(&ids, None), s);
+        }
+    }
+
+    #[test]
+    fn bpe_merges_words_not_digits_and_is_deterministic() {
+        let t = arith_bpe();
+        assert_eq!(t.vocab_size(), arith_bpe().vocab_size());
+        let text = " pens 1234";
+        let ids = t.encode(text, false);
+        assert_eq!(ids, arith_bpe().encode(text, false));
+        // " pens" is one token; "1234" is one token per digit (the space may join the "1").
+        let pieces: Vec<String> = ids.iter().map(|&i| t.decode(&[i], None)).collect();
+        assert_eq!(pieces[0], " pens", "{pieces:?}");
+        assert!(
+            pieces
+                .iter()
+                .all(|p| p.chars().filter(|c| c.is_ascii_digit()).count() <= 1)
+        );
+        assert_eq!(pieces.concat(), text);
+        assert!(ids.len() < text.len());
+        assert_eq!(t.bos(), Some(1));
+        assert_eq!(t.eos(), 2);
+        assert_eq!(t.decode(&[1, 2, 0], None), "");
     }
 
     #[test]
