@@ -20,6 +20,7 @@ pub mod device;
 pub mod dynamic;
 pub mod error;
 pub mod lm;
+pub mod metrics;
 pub mod objective;
 pub mod plot;
 pub mod policy;
