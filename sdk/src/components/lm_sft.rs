@@ -9,6 +9,7 @@ use rand::Rng as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::lm::fit::sft_loss;
 use crate::lm::llama::{Llama, LlamaConfig};
 use crate::lm::policy::LmPolicy;
 use crate::lm::tokenizer::{CharTokenizer, Tokenizer, train_bpe};
@@ -17,7 +18,7 @@ use crate::policy::SamplingParams;
 use crate::rng::{RngState, rng};
 use crate::tasks::{TextProblem, TextTask};
 use crate::train::{LrSchedule, OptimConfig, Trainer, resume_run};
-use crate::{Components, Objective, Policy, RunContext, Scheduler, TensorMap};
+use crate::{Components, Objective, Policy, RunContext, Scheduler};
 
 /// The transformer's size (the vocabulary comes from the tokenizer).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -296,15 +297,13 @@ impl Scheduler for SftTrainer {
             let batch: Vec<(Vec<u32>, Vec<u32>)> = (0..cfg.batch_size.max(1))
                 .map(|_| encoded[data_rng.random_range(0..encoded.len())].clone())
                 .collect();
-            let helper = LmPolicy {
-                model: trainer.model.clone(),
-                tokenizer: tokenizer.clone(),
-                device: device.clone(),
-            };
-            let (ids, mask) = helper.batch(&batch, &device);
-            let pad = vec![0; batch.len()];
-            let lp = trainer.model.token_logprobs(ids, &pad, 1.0);
-            let out = objective.loss(&TensorMap::new().with("logprobs", lp).with("mask", mask))?;
+            let out = sft_loss(
+                &trainer.model,
+                objective.as_ref(),
+                &batch,
+                tokenizer.pad(),
+                &device,
+            )?;
             let loss = out.loss.clone().into_scalar::<f32>() as f64;
             anyhow::ensure!(
                 loss.is_finite(),

@@ -3,9 +3,12 @@
 //! - task `linear-regression`: generated `y = w·x + b + noise` data, with the closed-form
 //!   least-squares optimum to compare against;
 //! - objective `mse`: mean squared error;
+//! - objectives `dpo` (Direct Preference Optimisation) and `bce` (binary cross-entropy on
+//!   logits);
 //! - scheduler `supervised`: minibatch training of an MLP regressor (linear when it has no
 //!   hidden layers) through any objective, with evaluation, checkpoints and resume.
 
+pub mod dpo;
 pub mod lm_sft;
 pub mod mse;
 pub mod regression;

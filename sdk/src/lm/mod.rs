@@ -1,6 +1,7 @@
 //! Language-model core: the Llama-architecture transformer, its checkpoint formats, tokenizers
 //! and sampling. Every LM method builds on these.
 
+pub mod fit;
 pub mod gguf;
 pub mod hf;
 pub mod llama;

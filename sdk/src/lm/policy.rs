@@ -1,6 +1,6 @@
 //! [`LmPolicy`]: the in-process transformer as a [`Policy`].
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 
 use crate::lm::llama::Llama;
 use crate::lm::sample;
@@ -26,37 +26,14 @@ impl LmPolicy {
         )
     }
 
-    /// Right-padded `[B, T]` ids of prompt + response (+ nothing), and the `[B, T−1]` mask of
-    /// the positions whose *target* is a response token.
+    /// Right-padded `[B, T]` ids of prompt + response and the `[B, T−1]` response-target
+    /// mask ([`pad_batch`](crate::lm::fit::pad_batch) with this tokenizer's padding id).
     pub fn batch(
         &self,
         pairs: &[(Vec<u32>, Vec<u32>)],
         device: &Device,
     ) -> (Tensor<2, Int>, Tensor<2>) {
-        let t = pairs
-            .iter()
-            .map(|(p, r)| p.len() + r.len())
-            .max()
-            .unwrap_or(2)
-            .max(2);
-        let mut ids = Vec::with_capacity(pairs.len() * t);
-        let mut mask = Vec::with_capacity(pairs.len() * (t - 1));
-        for (p, r) in pairs {
-            let seq: Vec<u32> = p.iter().chain(r).copied().collect();
-            ids.extend(seq.iter().map(|&x| x as i64));
-            ids.extend(std::iter::repeat_n(
-                self.tokenizer.pad() as i64,
-                t - seq.len(),
-            ));
-            for j in 0..t - 1 {
-                let target = j + 1;
-                mask.push((target >= p.len() && target < seq.len()) as u8 as f32);
-            }
-        }
-        (
-            Tensor::from_data(TensorData::new(ids, [pairs.len(), t]), device),
-            Tensor::from_data(TensorData::new(mask, [pairs.len(), t - 1]), device),
-        )
+        crate::lm::fit::pad_batch(pairs, self.tokenizer.pad(), device)
     }
 }
 
