@@ -247,7 +247,7 @@ mod tests {
             .grad(&grads)
             .unwrap()
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap();
         assert!(g.iter().all(|x| x.is_finite()), "{g:?}");
         assert!(g[0].abs() < 1e-6 && (g[1] + 0.5).abs() < 1e-5, "{g:?}");

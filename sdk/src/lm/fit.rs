@@ -130,7 +130,7 @@ mod tests {
         let b: Pair = (vec![1, 4], vec![9]);
         let together = response_logprobs(&model, &[a.clone(), b.clone()], 0, &d)
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap();
         let alone_a = response_logprobs(&model, &[a.clone()], 0, &d).into_scalar::<f32>();
         let alone_b = response_logprobs(&model, &[b], 0, &d).into_scalar::<f32>();
@@ -140,7 +140,7 @@ mod tests {
         let lp = model
             .token_logprobs(ids, &[0], 1.0)
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap();
         assert!((alone_a - (lp[2] + lp[3] + lp[4])).abs() < 1e-4);
     }
@@ -154,7 +154,7 @@ mod tests {
         let both = final_values(&model, &[a.clone(), b.clone()], 0, &d)
             .unwrap()
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap();
         let va = final_values(&model, &[a], 0, &d)
             .unwrap()

@@ -257,12 +257,24 @@ impl Llama {
             final_norm: vec![1.0; d],
             lm_head: (!config.tie_embeddings).then(|| draw(v * d, 0.02)),
         };
-        let mut model = Self::from_weights(config, weights, device)?;
-        if model.config.value_head {
-            model.value_w = Some(param2(draw(d, 0.02), [d, 1], device));
-            model.value_b = Some(param1(vec![0.0], device));
-        }
-        Ok(model)
+        let value_head = config.value_head;
+        let model = Self::from_weights(config, weights, device)?;
+        Ok(if value_head {
+            model.with_value_head(rng, device)
+        } else {
+            model
+        })
+    }
+
+    /// This model with a fresh scalar value head (weights `N(0, 0.02²)`, bias 0), replacing any
+    /// it had: how a reward model or critic starts from a trained language model.
+    pub fn with_value_head(mut self, rng: &mut Rng, device: &Device) -> Self {
+        let d = self.config.dim;
+        let w: Vec<f32> = (0..d).map(|_| 0.02 * normal(rng)).collect();
+        self.value_w = Some(param2(w, [d, 1], device));
+        self.value_b = Some(param1(vec![0.0], device));
+        self.config.value_head = true;
+        self
     }
 
     /// A model from checkpoint-layout weights (no value head); checks every size.

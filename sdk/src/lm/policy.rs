@@ -186,6 +186,7 @@ mod padding_tests {
     use crate::lm::llama::LlamaConfig;
     use crate::lm::tokenizer::CharTokenizer;
     use crate::{Objective, TensorMap};
+    use burn::tensor::TensorData;
     use proptest::prelude::*;
 
     proptest! {

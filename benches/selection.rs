@@ -1,0 +1,94 @@
+//! The cost of choosing one of N = 64 candidate solutions for one problem, three ways (the
+//! V-STaR recipe's selection methods): majority vote over the final answers, an ORM (value head
+//! at the last token), and the DPO verifier (sequence log-likelihood). Both model-based methods
+//! use the `v-star` recipe's model size (dim 64, 3 layers) with a 362-token BPE vocabulary.
+//!
+//! `cargo bench --bench selection`; `benches/README.md` records the numbers.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use lmlab::burn::tensor::Device;
+use lmlab::lm::fit::{Pair, final_values, response_logprobs};
+use lmlab::lm::tokenizer::train_bpe;
+use lmlab::lm::{Llama, LlamaConfig};
+use lmlab::metrics::{best_of_k, majority_vote};
+use lmlab::rng::rng;
+use lmlab::tasks::final_answer;
+
+const N: usize = 64;
+
+fn candidates() -> (String, Vec<String>) {
+    let prompt =
+        "Mia has 7 pens. She gets 15 more. She gives away 3. How many pens does Mia have?\n"
+            .to_string();
+    let cands = (0..N)
+        .map(|i| {
+            let (a, b) = (7 + 15 + i % 5, 7 + 15 + i % 5 - 3);
+            format!("7+15={a}. {a}-3={b}. #### {b}")
+        })
+        .collect();
+    (prompt, cands)
+}
+
+fn selection(c: &mut Criterion) {
+    let (prompt, cands) = candidates();
+    let texts: Vec<String> = cands.iter().map(|s| format!("{prompt}{s}")).collect();
+    let tok = train_bpe(texts.iter().map(String::as_str).cycle().take(2000), 200).unwrap();
+    let device = Device::flex();
+    let config = LlamaConfig {
+        vocab_size: 362.max(tok.vocab_size()),
+        dim: 64,
+        n_layers: 3,
+        n_heads: 4,
+        n_kv_heads: 2,
+        hidden_dim: 176,
+        max_seq_len: 128,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+        tie_embeddings: true,
+        value_head: true,
+    };
+    let model = Llama::init(config, &mut rng(0, 0), &device).unwrap();
+    let pairs: Vec<Pair> = cands
+        .iter()
+        .map(|s| {
+            let mut r = tok.encode(s, false);
+            r.push(tok.eos());
+            (tok.encode(&prompt, true), r)
+        })
+        .collect();
+    let correct: Vec<bool> = cands.iter().map(|s| s.ends_with("#### 19")).collect();
+
+    let mut group = c.benchmark_group("select_one_of_64");
+    group.sample_size(20);
+    group.bench_function("majority_vote", |b| {
+        b.iter(|| {
+            let answers: Vec<Option<String>> = cands.iter().map(|s| final_answer(s)).collect();
+            black_box(majority_vote(answers.iter().map(|a| a.as_deref())).map(str::to_owned))
+        })
+    });
+    group.bench_function("orm_value_head", |b| {
+        b.iter(|| {
+            let scores = final_values(&model, &pairs, tok.pad(), &device)
+                .unwrap()
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap();
+            black_box(best_of_k(&scores, &correct, 1))
+        })
+    });
+    group.bench_function("dpo_verifier_loglik", |b| {
+        b.iter(|| {
+            let scores = response_logprobs(&model, &pairs, tok.pad(), &device)
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap();
+            black_box(best_of_k(&scores, &correct, 1))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, selection);
+criterion_main!(benches);
