@@ -38,7 +38,7 @@ fn v_star_smoke_writes_the_table_and_plot_and_resumes_by_seed() {
                 "{name}: {v:?}"
             );
         }
-        assert_eq!(curves.len(), 5);
+        assert_eq!(curves.len(), 6);
     }
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     for needle in [
@@ -49,6 +49,8 @@ fn v_star_smoke_writes_the_table_and_plot_and_resumes_by_seed() {
         "| ORM Best-of-k |",
         "| V-STaR[1 round] Best-of-k |",
         "| V-STaR Best-of-k |",
+        "| G_SFT log-likelihood Best-of-k (the verifier before DPO) |",
+        "| DPO verifier |",
         "k = 8",
         "## The paper's claims at this scale",
         " ± ",

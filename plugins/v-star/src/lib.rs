@@ -56,7 +56,7 @@ pub struct Stage {
 impl Default for Stage {
     fn default() -> Self {
         Self {
-            steps: 400,
+            steps: 500,
             batch_size: 32,
             optim: OptimConfig {
                 lr: 3e-3,
@@ -108,11 +108,11 @@ pub struct VStarConfig {
 
 impl Default for VStarConfig {
     fn default() -> Self {
-        let fine_tune = Stage {
-            steps: 300,
-            batch_size: 16,
+        let fine_tune = |lr: f64, batch_size: usize| Stage {
+            steps: 600,
+            batch_size,
             optim: OptimConfig {
-                lr: 1e-3,
+                lr,
                 warmup_steps: 20,
                 schedule: LrSchedule::Cosine,
                 min_lr_ratio: 0.1,
@@ -127,7 +127,7 @@ impl Default for VStarConfig {
             sft_problems: 4000,
             query_problems: 500,
             test_problems: 100,
-            temperature: 0.8,
+            temperature: 0.6,
             max_new_tokens: 32,
             sample_batch: 256,
             majority_subsets: 256,
@@ -141,8 +141,8 @@ impl Default for VStarConfig {
             },
             tokenizer: TokenizerConfig::default(),
             generator: Stage::default(),
-            verifier: fine_tune.clone(),
-            orm: fine_tune,
+            verifier: fine_tune(3e-4, 16),
+            orm: fine_tune(1e-3, 32),
         }
     }
 }
@@ -194,6 +194,8 @@ pub struct SeedResult {
     pub d_pref: usize,
     pub d_pref_one_round: usize,
     pub verifier_accuracy: f64,
+    /// How each training stage went.
+    pub fits: Vec<FitSummary>,
     pub seconds: f64,
 }
 
@@ -206,6 +208,7 @@ pub const ORM: &str = "ORM Best-of-k";
 pub const VSTAR1: &str = "V-STaR[1 round] Best-of-k";
 pub const VSTAR: &str = "V-STaR Best-of-k";
 pub const ORACLE: &str = "pass@k (STaR generator, oracle)";
+pub const UNTRAINED: &str = "G_SFT log-likelihood Best-of-k (the verifier before DPO)";
 
 struct Ctx<'a> {
     cfg: &'a VStarConfig,
@@ -218,9 +221,41 @@ struct Ctx<'a> {
     dpo_objective: &'a dyn Objective,
     bce_objective: &'a dyn Objective,
     quiet: bool,
+    /// Per training stage of the current seed: (stage, loss at the start, loss at the end,
+    /// accuracy at the end), each a mean over 20 steps.
+    fits: std::cell::RefCell<Vec<FitSummary>>,
+}
+
+/// How one training stage went: mean loss over its first and last 20 steps, and the mean
+/// accuracy (pairs ranked right for DPO, labels predicted for the ORM) over its last 20.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FitSummary {
+    pub stage: String,
+    pub loss_start: f64,
+    pub loss_end: f64,
+    pub accuracy_end: Option<f64>,
+}
+
+fn summarise(stage: &str, losses: &[f64], accs: &[f64]) -> FitSummary {
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
+    let n = 20.min(losses.len());
+    FitSummary {
+        stage: stage.to_string(),
+        loss_start: mean(&losses[..n]),
+        loss_end: mean(&losses[losses.len() - n..]),
+        accuracy_end: (!accs.is_empty()).then(|| mean(&accs[accs.len() - 20.min(accs.len())..])),
+    }
 }
 
 impl Ctx<'_> {
+    fn record(&self, stage: &str, losses: &[f64], accs: &[f64]) {
+        // Stage names without the "seed N: " prefix of the progress bars.
+        let stage = stage.split_once(": ").map_or(stage, |(_, s)| s);
+        let f = summarise(stage, losses, accs);
+        tracing::info!(stage, loss_start = format!("{:.4}", f.loss_start), loss_end = format!("{:.4}", f.loss_end), accuracy_end = ?f.accuracy_end, "trained");
+        self.fits.borrow_mut().push(f);
+    }
+
     fn prompt_ids(&self, p: &TextProblem) -> Vec<u32> {
         self.tokenizer.encode(&prompt_text(p), true)
     }
@@ -288,6 +323,7 @@ impl Ctx<'_> {
         anyhow::ensure!(!data.is_empty(), "{WHO}: no data to train the {what} on");
         let mut trainer = Trainer::new(base.clone(), st.optim.clone(), st.steps);
         let pb = lmlab_sdk::progress::bar(st.steps, what, self.quiet);
+        let mut losses = Vec::new();
         while trainer.step < st.steps {
             let batch: Vec<Pair> = (0..st.batch_size.max(1))
                 .map(|_| data[r.random_range(0..data.len())].clone())
@@ -299,11 +335,12 @@ impl Ctx<'_> {
                 self.tokenizer.pad(),
                 &self.train_device,
             )?;
-            check_finite(&out.loss, what, trainer.step)?;
+            losses.push(check_finite(&out.loss, what, trainer.step)?);
             trainer.step(out.loss);
             pb.inc(1);
         }
         pb.finish_and_clear();
+        self.record(what, &losses, &[]);
         Ok(trainer.model)
     }
 
@@ -349,6 +386,7 @@ impl Ctx<'_> {
         }
         let pb = lmlab_sdk::progress::bar(st.steps, what, self.quiet);
         let mut acc = Vec::new();
+        let mut losses = Vec::new();
         let b = st.batch_size.max(1);
         while trainer.step < st.steps {
             let chosen: Vec<(usize, usize)> = (0..b)
@@ -379,7 +417,7 @@ impl Ctx<'_> {
                     t1(chosen.iter().map(|&(_, w)| reference[w]).collect()),
                 );
             let out = self.dpo_objective.loss(&batch)?;
-            check_finite(&out.loss, what, trainer.step)?;
+            losses.push(check_finite(&out.loss, what, trainer.step)?);
             if let Some((_, a)) = out.metrics.iter().find(|(n, _)| n == "accuracy") {
                 acc.push(*a);
             }
@@ -387,6 +425,7 @@ impl Ctx<'_> {
             pb.inc(1);
         }
         pb.finish_and_clear();
+        self.record(what, &losses, &acc);
         let tail = &acc[acc.len().saturating_sub(20)..];
         let accuracy = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
         Ok((trainer.model, prefs.len(), accuracy))
@@ -405,6 +444,7 @@ impl Ctx<'_> {
         let mut trainer = Trainer::new(model, st.optim.clone(), st.steps);
         let pb = lmlab_sdk::progress::bar(st.steps, "ORM", self.quiet);
         let b = st.batch_size.max(1);
+        let (mut losses, mut accs) = (Vec::new(), Vec::new());
         while trainer.step < st.steps {
             let idx: Vec<usize> = (0..b).map(|_| r.random_range(0..pairs.len())).collect();
             let seqs: Vec<Pair> = idx.iter().map(|&i| pairs[i].clone()).collect();
@@ -424,23 +464,28 @@ impl Ctx<'_> {
                     .with("logits", logits)
                     .with("labels", labels),
             )?;
-            check_finite(&out.loss, "ORM", trainer.step)?;
+            losses.push(check_finite(&out.loss, "ORM", trainer.step)?);
+            if let Some((_, a)) = out.metrics.iter().find(|(n, _)| n == "accuracy") {
+                accs.push(*a);
+            }
             trainer.step(out.loss);
             pb.inc(1);
         }
         pb.finish_and_clear();
+        self.record("ORM", &losses, &accs);
         Ok(trainer.model)
     }
 }
 
-fn check_finite(loss: &Tensor<1>, what: &str, step: u64) -> anyhow::Result<()> {
+/// The loss's value; an error when it is not finite.
+fn check_finite(loss: &Tensor<1>, what: &str, step: u64) -> anyhow::Result<f64> {
     let v = loss.clone().into_scalar::<f32>();
     anyhow::ensure!(
         v.is_finite(),
         "{WHO}: the {what} loss became {v} at step {}",
         step + 1
     );
-    Ok(())
+    Ok(v as f64)
 }
 
 /// Mean over problems of Best-of-k by `scores` (one per sample, in `samples`' order).
@@ -633,6 +678,7 @@ impl VStar {
         let pairs_rft = c.pairs(test, &cand_rft);
         let pairs = c.pairs(test, &cand);
         let v_scores = c.score_logprobs(&v.valid(), &pairs)?;
+        let g_sft_scores = c.score_logprobs(&g_sft_inf, &pairs)?;
         let v1_scores = c.score_logprobs(&v1.valid(), &pairs_rft)?;
         let orm_inf = orm.valid();
         let orm_scores = in_chunks(&pairs, cfg.sample_batch, |ch| {
@@ -654,6 +700,11 @@ impl VStar {
                 &mut res,
                 VSTAR1,
                 mean_best_of_k(&g_rft_groups, &v1_scores, &cand_rft, kk),
+            );
+            push(
+                &mut res,
+                UNTRAINED,
+                mean_best_of_k(&g, &g_sft_scores, &cand, kk),
             );
             push(&mut res, ORM, mean_best_of_k(&g, &orm_scores, &cand, kk));
             let maj: Vec<f64> = g
@@ -693,6 +744,7 @@ impl VStar {
                 oracle.iter().sum::<f64>() / oracle.len().max(1) as f64,
             );
         }
+        res.fits = c.fits.take();
         res.seconds = started.elapsed().as_secs_f64();
         Ok(res)
     }
@@ -742,6 +794,7 @@ impl Scheduler for VStar {
             dpo_objective: dpo_objective.as_ref(),
             bce_objective: bce_objective.as_ref(),
             quiet: ctx.quiet,
+            fits: Default::default(),
         };
 
         // Seeds already finished (a resumed run) are read back, not recomputed.
@@ -755,6 +808,7 @@ impl Scheduler for VStar {
                 }
             }
         }
+        let mut computed = 0;
         for &s in &cfg.seeds {
             let seed = ctx.seed.wrapping_add(s);
             if results.iter().any(|r| r.seed == seed) {
@@ -765,9 +819,10 @@ impl Scheduler for VStar {
             tracing::info!(seed, seconds = res.seconds, "seed done");
             ctx.log(serde_json::json!({ "stage": "seed", "seed": seed, "result": res }))?;
             results.push(res);
+            computed += 1;
         }
         results.sort_by_key(|r| r.seed);
-        self.report(ctx, &results, params, train.len(), test.len())
+        self.report(ctx, &results, computed, params, train.len(), test.len())
     }
 }
 
@@ -776,6 +831,7 @@ impl VStar {
         &self,
         ctx: &mut RunContext,
         results: &[SeedResult],
+        computed: usize,
         params: usize,
         n_train: usize,
         n_test: usize,
@@ -795,7 +851,7 @@ impl VStar {
             })
         };
         let pm = |(m, s): (f64, f64)| format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s);
-        let methods = [VSTAR, VSTAR1, ORM, MAJORITY, ORACLE];
+        let methods = [VSTAR, VSTAR1, UNTRAINED, ORM, MAJORITY, ORACLE];
 
         // Plot: Best-of-k vs k for every method, pass@1 baselines as flat lines.
         let mut series: Vec<Series> = methods
@@ -852,6 +908,11 @@ impl VStar {
                 .join(", "),
             (results.iter().map(|r| r.seconds).sum::<f64>() / results.len().max(1) as f64).round(),
         )?;
+        writeln!(
+            s,
+            "Differences from the paper, all of scale: the base model is a random initialisation trained from scratch (not a pretrained LLaMA 2), fine-tuning updates every weight (not LoRA), each iteration samples the first {} of the training problems (the paper samples all of them), and the task is generated arithmetic rather than GSM8K or MBPP. The algorithm, the DPO loss, the verifier's score (log V(ŷ|x)) and the metrics follow the paper. Pass@1 is the fraction of correct candidates among the N samples; majority vote@k averages {} random k-subsets per problem.\n",
+            cfg.query_problems, cfg.majority_subsets
+        )?;
         writeln!(s, "## Pass@1 (mean ± std over seeds, %)\n")?;
         writeln!(s, "| generator | pass@1 |\n|---|---|")?;
         for name in [SFT, RFT, STAR] {
@@ -873,6 +934,34 @@ impl VStar {
                 write!(s, " {} |", pm(curve(name, i)))?;
             }
             writeln!(s)?;
+        }
+        writeln!(
+            s,
+            "\n## Training (mean over seeds; loss over the first and last 20 steps)\n"
+        )?;
+        writeln!(
+            s,
+            "| stage | loss at start | loss at end | accuracy at end |\n|---|---|---|---|"
+        )?;
+        if let Some(first) = results.first() {
+            for (i, f) in first.fits.iter().enumerate() {
+                let get = |g: &dyn Fn(&FitSummary) -> f64| {
+                    stat(&|r: &SeedResult| r.fits.get(i).map_or(f64::NAN, g)).0
+                };
+                let acc = get(&|f: &FitSummary| f.accuracy_end.unwrap_or(f64::NAN));
+                writeln!(
+                    s,
+                    "| {} | {:.4} | {:.4} | {} |",
+                    f.stage,
+                    get(&|f: &FitSummary| f.loss_start),
+                    get(&|f: &FitSummary| f.loss_end),
+                    if acc.is_nan() {
+                        "".to_string()
+                    } else {
+                        format!("{:.1}%", 100.0 * acc)
+                    }
+                )?;
+            }
         }
         writeln!(s, "\n## Data\n")?;
         writeln!(
@@ -903,54 +992,87 @@ impl VStar {
 
         // The paper's qualitative claims, tested on these numbers.
         let last = kk.len() - 1;
+        let kmax = kk[last];
+        let at = |name: &'static str, i: usize| {
+            move |r: &SeedResult| {
+                r.curves
+                    .get(name)
+                    .and_then(|v| v.get(i))
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            }
+        };
+        let p1 = |name: &'static str| {
+            move |r: &SeedResult| r.pass1.get(name).copied().unwrap_or(f64::NAN)
+        };
         let (vstar_n, _) = curve(VSTAR, last);
-        let (star1, _) = stat(&|r: &SeedResult| r.pass1[STAR]);
-        let (maj_n, _) = curve(MAJORITY, last);
         let (orm_n, _) = curve(ORM, last);
-        let (vstar1_n, _) = curve(VSTAR1, last);
         let best_k = |name: &str| {
             (0..kk.len())
                 .map(|i| curve(name, i).0)
                 .fold(f64::NEG_INFINITY, f64::max)
         };
-        let kmax = kk[last];
         let rises = curve(VSTAR, last).0 >= curve(VSTAR, 0).0;
         let orm_flat =
             orm_n < best_k(ORM) || (orm_n - curve(ORM, 0).0) < (vstar_n - curve(VSTAR, 0).0);
         let verdict = |b: bool| if b { "holds" } else { "does not hold" };
         writeln!(s, "\n## The paper's claims at this scale\n")?;
-        writeln!(s, "| claim | measured | verdict |\n|---|---|---|")?;
         writeln!(
             s,
-            "| V-STaR Best-of-{kmax} beats STaR pass@1 | {:.1}% vs {:.1}% | {} |",
-            100.0 * vstar_n,
-            100.0 * star1,
-            verdict(vstar_n > star1)
+            "A comparison \"holds\" when the mean over seeds of the paired difference is positive; \"within seed noise\" marks a mean difference no larger than its standard deviation over seeds.\n"
         )?;
         writeln!(
             s,
-            "| V-STaR Best-of-{kmax} beats majority vote@{kmax} | {:.1}% vs {:.1}% | {} |",
-            100.0 * vstar_n,
-            100.0 * maj_n,
-            verdict(vstar_n > maj_n)
+            "| claim | measured (mean over seeds) | paired difference | verdict |\n|---|---|---|---|"
         )?;
+        let claims: [(
+            String,
+            Box<dyn Fn(&SeedResult) -> f64>,
+            Box<dyn Fn(&SeedResult) -> f64>,
+        ); 4] = [
+            (
+                format!("V-STaR Best-of-{kmax} beats STaR pass@1"),
+                Box::new(at(VSTAR, last)),
+                Box::new(p1(STAR)),
+            ),
+            (
+                format!("V-STaR Best-of-{kmax} beats majority vote@{kmax}"),
+                Box::new(at(VSTAR, last)),
+                Box::new(at(MAJORITY, last)),
+            ),
+            (
+                format!("V-STaR Best-of-{kmax} beats ORM Best-of-{kmax}"),
+                Box::new(at(VSTAR, last)),
+                Box::new(at(ORM, last)),
+            ),
+            (
+                format!("iterating beats one round (V-STaR vs V-STaR[1 round], Best-of-{kmax})"),
+                Box::new(at(VSTAR, last)),
+                Box::new(at(VSTAR1, last)),
+            ),
+        ];
+        for (claim, a, b) in &claims {
+            let (ma, _) = stat(&|r: &SeedResult| a(r));
+            let (mb, _) = stat(&|r: &SeedResult| b(r));
+            let (md, sd) = stat(&|r: &SeedResult| a(r) - b(r));
+            let noise = if results.len() > 1 && md.abs() <= sd {
+                " (within seed noise)"
+            } else {
+                ""
+            };
+            writeln!(
+                s,
+                "| {claim} | {:.1}% vs {:.1}% | {:+.1} ± {:.1} points | {}{noise} |",
+                100.0 * ma,
+                100.0 * mb,
+                100.0 * md,
+                100.0 * sd,
+                verdict(md > 0.0)
+            )?;
+        }
         writeln!(
             s,
-            "| V-STaR Best-of-{kmax} beats ORM Best-of-{kmax} | {:.1}% vs {:.1}% | {} |",
-            100.0 * vstar_n,
-            100.0 * orm_n,
-            verdict(vstar_n > orm_n)
-        )?;
-        writeln!(
-            s,
-            "| iterating beats one round (V-STaR vs V-STaR[1 round], Best-of-{kmax}) | {:.1}% vs {:.1}% | {} |",
-            100.0 * vstar_n,
-            100.0 * vstar1_n,
-            verdict(vstar_n > vstar1_n)
-        )?;
-        writeln!(
-            s,
-            "| verifier Best-of-k rises with k where the ORM flattens | V-STaR {:.1}% → {:.1}%, ORM {:.1}% → {:.1}% (best {:.1}%) from k = 1 to {kmax} | {} |",
+            "| verifier Best-of-k rises with k where the ORM flattens | V-STaR {:.1}% → {:.1}%, ORM {:.1}% → {:.1}% (best {:.1}%) from k = 1 to {kmax} | | {} |",
             100.0 * curve(VSTAR, 0).0,
             100.0 * vstar_n,
             100.0 * curve(ORM, 0).0,
@@ -958,11 +1080,33 @@ impl VStar {
             100.0 * best_k(ORM),
             verdict(rises && orm_flat)
         )?;
+        // Not a claim of the paper: whether DPO training helped the verifier at all.
+        let (md, sd) = stat(&|r: &SeedResult| at(VSTAR, last)(r) - at(UNTRAINED, last)(r));
+        writeln!(
+            s,
+            "| (sanity check, not a paper claim) DPO training improves the verifier over its initialisation, G_SFT's own log-likelihood, at Best-of-{kmax} | {:.1}% vs {:.1}% | {:+.1} ± {:.1} points | {}{} |",
+            100.0 * vstar_n,
+            100.0 * curve(UNTRAINED, last).0,
+            100.0 * md,
+            100.0 * sd,
+            verdict(md > 0.0),
+            if results.len() > 1 && md.abs() <= sd {
+                " (within seed noise)"
+            } else {
+                ""
+            }
+        )?;
         writeln!(
             s,
             "\nDifferences smaller than the std over seeds are not significant. Plot: `plots/best_of_k.svg`."
         )?;
-        writeln!(s, "\nTotal wall time: {:.0} s.", ctx.elapsed_secs())?;
+        let seed_secs: f64 = results.iter().map(|r| r.seconds).sum();
+        writeln!(
+            s,
+            "\nWall time: {seed_secs:.0} s over the {} seeds' training and evaluation; this invocation took {:.0} s and computed {computed} of them (a resumed run reads finished seeds back from `metrics.jsonl`).",
+            results.len(),
+            ctx.elapsed_secs()
+        )?;
         ctx.run.write_summary(&s)?;
         Ok(())
     }
