@@ -50,7 +50,7 @@ fn v_star_smoke_writes_the_table_and_plot_and_resumes_by_seed() {
         "| V-STaR[1 round] Best-of-k |",
         "| V-STaR Best-of-k |",
         "| G_SFT log-likelihood Best-of-k (the verifier before DPO) |",
-        "| DPO verifier |",
+        "| generator 2 |",
         "k = 8",
         "## The paper's claims at this scale",
         " ± ",

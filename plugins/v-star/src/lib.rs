@@ -193,7 +193,7 @@ pub struct SeedResult {
     pub d_gen: Vec<usize>,
     pub d_pref: usize,
     pub d_pref_one_round: usize,
-    pub verifier_accuracy: f64,
+    pub verifier_accuracy: Option<f64>,
     /// How each training stage went.
     pub fits: Vec<FitSummary>,
     pub seconds: f64,
@@ -366,7 +366,7 @@ impl Ctx<'_> {
         reference: &[f32],
         r: &mut Rng,
         what: &str,
-    ) -> anyhow::Result<(Llama, usize, f64)> {
+    ) -> anyhow::Result<(Llama, usize, Option<f64>)> {
         let mut by_problem: BTreeMap<usize, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
         for (i, s) in samples.iter().enumerate() {
             let e = by_problem.entry(s.problem).or_default();
@@ -382,7 +382,7 @@ impl Ctx<'_> {
             tracing::warn!(
                 "{what}: no problem has both a correct and an incorrect sample; the verifier stays G_SFT"
             );
-            return Ok((init.clone(), 0, f64::NAN));
+            return Ok((init.clone(), 0, None));
         }
         let pb = lmlab_sdk::progress::bar(st.steps, what, self.quiet);
         let mut acc = Vec::new();
@@ -428,7 +428,7 @@ impl Ctx<'_> {
         self.record(what, &losses, &acc);
         let tail = &acc[acc.len().saturating_sub(20)..];
         let accuracy = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
-        Ok((trainer.model, prefs.len(), accuracy))
+        Ok((trainer.model, prefs.len(), Some(accuracy)))
     }
 
     /// The ORM: `init` with a fresh value head, BCE on the samples' labels.
@@ -971,7 +971,7 @@ impl VStar {
         for r in results {
             writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.2} | {:.0} |",
+                "| {} | {} | {} | {} | {} | {} | {:.0} |",
                 r.seed,
                 r.train_accuracy
                     .iter()
@@ -985,7 +985,8 @@ impl VStar {
                     .join(", "),
                 r.d_pref,
                 r.d_pref_one_round,
-                r.verifier_accuracy,
+                r.verifier_accuracy
+                    .map_or("no pairs".to_string(), |a| format!("{a:.2}")),
                 r.seconds
             )?;
         }
