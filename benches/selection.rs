@@ -36,18 +36,11 @@ fn selection(c: &mut Criterion) {
     let texts: Vec<String> = cands.iter().map(|s| format!("{prompt}{s}")).collect();
     let tok = train_bpe(texts.iter().map(String::as_str).cycle().take(2000), 200).unwrap();
     let device = Device::flex();
+    // The `v-star` scheduler's default model size, with a value head for the ORM.
+    let size = lmlab_plugin_v_star::VStarConfig::default().model;
     let config = LlamaConfig {
-        vocab_size: 362.max(tok.vocab_size()),
-        dim: 64,
-        n_layers: 3,
-        n_heads: 4,
-        n_kv_heads: 2,
-        hidden_dim: 176,
-        max_seq_len: 128,
-        rope_theta: 10_000.0,
-        norm_eps: 1e-5,
-        tie_embeddings: true,
         value_head: true,
+        ..size.llama_config(362.max(tok.vocab_size()))
     };
     let model = Llama::init(config, &mut rng(0, 0), &device).unwrap();
     let pairs: Vec<Pair> = cands

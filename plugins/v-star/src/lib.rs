@@ -768,20 +768,7 @@ impl Scheduler for VStar {
         anyhow::ensure!(!test.is_empty(), "{WHO}: no test problems");
         let texts: Vec<String> = train.iter().map(training_text).collect();
         let tokenizer = cfg.tokenizer.build(&texts)?;
-        let m = &cfg.model;
-        let config = LlamaConfig {
-            vocab_size: tokenizer.vocab_size(),
-            dim: m.dim,
-            n_layers: m.n_layers,
-            n_heads: m.n_heads,
-            n_kv_heads: m.n_kv_heads,
-            hidden_dim: m.hidden_dim,
-            max_seq_len: m.max_seq_len,
-            rope_theta: 10_000.0,
-            norm_eps: 1e-5,
-            tie_embeddings: true,
-            value_head: false,
-        };
+        let config = cfg.model.llama_config(tokenizer.vocab_size());
         let params = config.num_params();
         let c = Ctx {
             cfg: &cfg,
@@ -1131,13 +1118,7 @@ lmlab_sdk::register_component! {
             if st.batch_size == 0 { return Err(err(&format!("{name}.batch_size"), "must be at least 1")); }
             if !(st.optim.lr.is_finite() && st.optim.lr > 0.0) { return Err(err(&format!("{name}.optim.lr"), "must be a positive number")); }
         }
-        let m = &config.model;
-        let probe = LlamaConfig {
-            vocab_size: 1, dim: m.dim, n_layers: m.n_layers, n_heads: m.n_heads, n_kv_heads: m.n_kv_heads,
-            hidden_dim: m.hidden_dim, max_seq_len: m.max_seq_len, rope_theta: 1e4, norm_eps: 1e-5,
-            tie_embeddings: true, value_head: false,
-        };
-        probe.validate().map_err(|e| err("model", &e))?;
+        config.model.validate().map_err(|e| err("model", &e))?;
         Ok(Box::new(VStar { config }) as Box<dyn Scheduler>)
     },
 }

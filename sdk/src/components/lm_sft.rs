@@ -32,6 +32,38 @@ pub struct ModelSize {
     pub max_seq_len: usize,
 }
 
+impl ModelSize {
+    /// The Llama configuration of this size over `vocab_size` tokens (tied embeddings, no value
+    /// head, RoPE θ = 10⁴, RMSNorm ε = 1e-5).
+    pub fn llama_config(&self, vocab_size: usize) -> LlamaConfig {
+        LlamaConfig {
+            vocab_size,
+            dim: self.dim,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            hidden_dim: self.hidden_dim,
+            max_seq_len: self.max_seq_len,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            tie_embeddings: true,
+            value_head: false,
+        }
+    }
+
+    /// Whether the size is buildable and not absurdly large (what a config check reports).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dim > 8192
+            || self.n_layers > 128
+            || self.hidden_dim > 65536
+            || self.max_seq_len > 1 << 16
+        {
+            return Err("too large for this trainer".into());
+        }
+        self.llama_config(1).validate()
+    }
+}
+
 impl Default for ModelSize {
     fn default() -> Self {
         Self {
@@ -216,19 +248,7 @@ impl Scheduler for SftTrainer {
             crate::run::write_atomic(&ctx.run.path().join("tokenizer.json"), json.as_bytes())?;
         }
         let m = &cfg.model;
-        let config = LlamaConfig {
-            vocab_size: tokenizer.vocab_size(),
-            dim: m.dim,
-            n_layers: m.n_layers,
-            n_heads: m.n_heads,
-            n_kv_heads: m.n_kv_heads,
-            hidden_dim: m.hidden_dim,
-            max_seq_len: m.max_seq_len,
-            rope_theta: 10_000.0,
-            norm_eps: 1e-5,
-            tie_embeddings: true,
-            value_head: false,
-        };
+        let config = m.llama_config(tokenizer.vocab_size());
         let params = config.num_params();
         let device = ctx.device.clone().autodiff();
         let model = Llama::init(config, &mut rng(ctx.seed, 1), &device)
@@ -404,16 +424,7 @@ crate::register_component! {
         if config.batch_size == 0 || config.batch_size > 4096 {
             return Err(err("batch_size", "must be between 1 and 4096"));
         }
-        let m = &config.model;
-        if m.dim > 8192 || m.n_layers > 128 || m.hidden_dim > 65536 || m.max_seq_len > 1 << 16 {
-            return Err(err("model", "too large for this trainer"));
-        }
-        let probe = LlamaConfig {
-            vocab_size: 1, dim: m.dim, n_layers: m.n_layers, n_heads: m.n_heads, n_kv_heads: m.n_kv_heads,
-            hidden_dim: m.hidden_dim, max_seq_len: m.max_seq_len, rope_theta: 1e4, norm_eps: 1e-5,
-            tie_embeddings: true, value_head: false,
-        };
-        probe.validate().map_err(|e| err("model", &e))?;
+        config.model.validate().map_err(|e| err("model", &e))?;
         if !(config.optim.lr.is_finite() && config.optim.lr > 0.0) {
             return Err(err("optim.lr", "must be a positive number"));
         }
