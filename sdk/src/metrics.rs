@@ -7,6 +7,19 @@ use rand::seq::index::sample;
 
 use crate::rng::rng;
 
+/// The mean and the sample standard deviation (`n − 1` in the denominator; 0 for fewer than
+/// two values) of `xs`: how recipes report a metric over seeds. An empty slice gives `(0, 0)`.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let v = if xs.len() > 1 {
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, v.sqrt())
+}
+
 /// pass@k, the unbiased estimator of Chen et al. (2021): with `n` samples of which `c` are
 /// correct, the probability that a random `k`-subset holds at least one correct sample,
 ///
@@ -262,5 +275,13 @@ mod tests {
     fn nan_scores_rank_last() {
         assert_eq!(rank_by_score(&[f32::NAN, 1.0, 2.0, 2.0]), vec![2, 3, 1, 0]);
         assert_eq!(best_of_k(&[f32::NAN, 0.0], &[false, true], 2), Some(1.0));
+    }
+
+    #[test]
+    fn mean_and_sample_std() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
+        assert_eq!(mean_std(&[0.5]), (0.5, 0.0));
+        assert_eq!(mean_std(&[]), (0.0, 0.0));
     }
 }

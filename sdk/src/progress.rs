@@ -2,7 +2,8 @@
 
 use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+pub use indicatif::ProgressBar;
+use indicatif::{ProgressDrawTarget, ProgressStyle};
 
 /// A progress bar of `len` steps labelled `what`; hidden when `quiet` or when stdout is not a
 /// terminal (CI logs, pipes).

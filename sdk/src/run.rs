@@ -96,14 +96,24 @@ impl RunDir {
     /// step): what a resumed run does so that the records after its checkpoint are written
     /// once, by the resumed run.
     pub fn truncate_metrics_after(&mut self, step: u64) -> Result<(), Error> {
+        self.retain_metrics(|r| {
+            r.get("step")
+                .and_then(|s| s.as_u64())
+                .is_none_or(|s| s <= step)
+        })
+    }
+
+    /// Keeps only the metrics records for which `keep` is true (rewritten atomically): for a
+    /// run that resumes several trainings, each from its own checkpoint.
+    pub fn retain_metrics(
+        &mut self,
+        mut keep: impl FnMut(&serde_json::Value) -> bool,
+    ) -> Result<(), Error> {
         let path = self.root.join(METRICS_FILE);
         let records = read_metrics(&path)?;
         let mut kept = String::new();
         for r in records {
-            if r.get("step")
-                .and_then(|s| s.as_u64())
-                .is_none_or(|s| s <= step)
-            {
+            if keep(&r) {
                 kept.push_str(&serde_json::to_string(&r).expect("JSON values serialise"));
                 kept.push('\n');
             }

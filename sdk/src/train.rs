@@ -26,6 +26,11 @@ pub enum LrSchedule {
     Constant,
     Linear,
     Cosine,
+    /// Reduce on plateau: constant after warmup, multiplied by `plateau_factor` whenever the
+    /// metric handed to [`Trainer::observe`] (higher is better) has not improved for more than
+    /// `plateau_patience` consecutive observations (PyTorch's `ReduceLROnPlateau`, mode `max`,
+    /// threshold 0).
+    Plateau,
 }
 
 /// AdamW and its learning-rate schedule.
@@ -47,6 +52,10 @@ pub struct OptimConfig {
     pub min_lr_ratio: f64,
     /// Clip the global gradient norm to this (none: no clipping).
     pub grad_clip_norm: Option<f32>,
+    /// `plateau` schedule: the factor applied to the learning rate on a plateau.
+    pub plateau_factor: f64,
+    /// `plateau` schedule: observations without improvement tolerated before reducing.
+    pub plateau_patience: u32,
 }
 
 impl Default for OptimConfig {
@@ -61,7 +70,46 @@ impl Default for OptimConfig {
             schedule: LrSchedule::Constant,
             min_lr_ratio: 0.0,
             grad_clip_norm: Some(1.0),
+            plateau_factor: 0.5,
+            plateau_patience: 2,
         }
+    }
+}
+
+/// Where a `plateau` schedule stands: the best metric so far, the observations since it
+/// improved, and the factor the learning rate is multiplied by.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plateau {
+    pub best: Option<f64>,
+    pub bad: u32,
+    pub scale: f64,
+}
+
+impl Default for Plateau {
+    fn default() -> Self {
+        Self {
+            best: None,
+            bad: 0,
+            scale: 1.0,
+        }
+    }
+}
+
+impl Plateau {
+    /// Records `metric` (higher is better); returns whether the learning rate was reduced.
+    pub fn observe(&mut self, metric: f64, factor: f64, patience: u32) -> bool {
+        if self.best.is_none_or(|b| metric > b) {
+            self.best = Some(metric);
+            self.bad = 0;
+            return false;
+        }
+        self.bad += 1;
+        if self.bad > patience {
+            self.scale *= factor;
+            self.bad = 0;
+            return true;
+        }
+        false
     }
 }
 
@@ -76,7 +124,7 @@ pub fn learning_rate(cfg: &OptimConfig, step: u64, total_steps: u64) -> f64 {
     let decay_steps = total_steps.saturating_sub(cfg.warmup_steps).max(1);
     let p = ((step - cfg.warmup_steps) as f64 / decay_steps as f64).clamp(0.0, 1.0);
     let d = match cfg.schedule {
-        LrSchedule::Constant => 1.0,
+        LrSchedule::Constant | LrSchedule::Plateau => 1.0,
         LrSchedule::Linear => 1.0 - p,
         LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
     };
@@ -93,6 +141,8 @@ pub struct Trainer<M: Module> {
     pub step: u64,
     /// Steps the run will take (for the schedule).
     pub total_steps: u64,
+    /// The `plateau` schedule's state (unused by the other schedules).
+    pub plateau: Plateau,
 }
 
 impl<M: Module> Trainer<M> {
@@ -112,12 +162,26 @@ impl<M: Module> Trainer<M> {
             config,
             step: 0,
             total_steps,
+            plateau: Plateau::default(),
         }
     }
 
     /// The learning rate the next step will use.
     pub fn lr(&self) -> f64 {
-        learning_rate(&self.config, self.step, self.total_steps)
+        learning_rate(&self.config, self.step, self.total_steps) * self.plateau.scale
+    }
+
+    /// Hands a validation metric (higher is better) to the `plateau` schedule; returns whether
+    /// the learning rate was reduced. Other schedules ignore it.
+    pub fn observe(&mut self, metric: f64) -> bool {
+        if self.config.schedule != LrSchedule::Plateau || !metric.is_finite() {
+            return false;
+        }
+        self.plateau.observe(
+            metric,
+            self.config.plateau_factor,
+            self.config.plateau_patience,
+        )
     }
 
     /// Back-propagates `loss` (computed from `self.model`) and takes one optimiser step;
@@ -158,7 +222,12 @@ impl<M: Module> Trainer<M> {
             .map_err(|e| anyhow::anyhow!("serialising the optimiser: {e:?}"))?;
         write_atomic(&tmp.join("model.bpk"), &model)?;
         write_atomic(&tmp.join("optim.bpk"), &optim)?;
-        let meta = serde_json::json!({ "step": self.step, "total_steps": self.total_steps, "state": state });
+        let meta = serde_json::json!({
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "plateau": self.plateau,
+            "state": state,
+        });
         write_atomic(
             &tmp.join("state.json"),
             serde_json::to_string_pretty(&meta)?.as_bytes(),
@@ -213,6 +282,11 @@ impl<M: Module> Trainer<M> {
             bail!("{}: state.json has no step", ckpt.display());
         };
         self.step = step;
+        self.plateau = match meta.get("plateau") {
+            Some(p) => serde_json::from_value(p.clone())
+                .with_context(|| format!("{}: bad plateau state", ckpt.display()))?,
+            None => Plateau::default(),
+        };
         Ok(Some(meta["state"].clone()))
     }
 }
@@ -274,6 +348,24 @@ mod tests {
                 prop_assert!((got - lr).abs() < 1e-12);
             } else if step >= total {
                 prop_assert!((got - lr * min).abs() < 1e-9);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn plateau_reduces_only_after_patience_is_exceeded(
+            metrics in proptest::collection::vec(0.0f64..1.0, 1..40), patience in 0u32..4,
+        ) {
+            // Reference: PyTorch's ReduceLROnPlateau (mode max, threshold 0, cooldown 0).
+            let mut p = Plateau::default();
+            let (mut best, mut bad, mut scale) = (f64::NEG_INFINITY, 0u32, 1.0f64);
+            for &m in &metrics {
+                if m > best { best = m; bad = 0; } else { bad += 1; }
+                if bad > patience { scale *= 0.5; bad = 0; }
+                p.observe(m, 0.5, patience);
+                prop_assert_eq!(p.scale, scale);
+                prop_assert_eq!(p.bad, bad);
             }
         }
     }

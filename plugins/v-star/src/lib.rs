@@ -31,7 +31,7 @@ use lmlab_sdk::components::lm_sft::{ModelSize, TokenizerConfig, prompt_text, tra
 use lmlab_sdk::lm::fit::{Pair, final_values, in_chunks, response_logprobs, sft_loss};
 use lmlab_sdk::lm::policy::LmPolicy;
 use lmlab_sdk::lm::{Llama, LlamaConfig, Tokenizer};
-use lmlab_sdk::metrics::{best_of_k, majority_at_k, pass_at_k};
+use lmlab_sdk::metrics::{best_of_k, majority_at_k, mean_std, pass_at_k};
 use lmlab_sdk::plot::{Series, line_plot};
 use lmlab_sdk::rng::{Rng, rng};
 use lmlab_sdk::tasks::{TextProblem, TextTask, answers_equal, final_answer};
@@ -511,17 +511,6 @@ fn groups(n_problems: usize, samples: &[Sample]) -> Vec<Vec<usize>> {
 
 fn pass1(samples: &[Sample]) -> f64 {
     samples.iter().filter(|s| s.correct).count() as f64 / samples.len().max(1) as f64
-}
-
-fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len().max(1) as f64;
-    let m = xs.iter().sum::<f64>() / n;
-    let v = if xs.len() > 1 {
-        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, v.sqrt())
 }
 
 impl VStar {
@@ -1137,12 +1126,5 @@ mod tests {
     fn vote_keys_group_equal_numbers() {
         assert_eq!(vote_key("1+2=3. #### 3"), vote_key("#### 3.0"));
         assert_eq!(vote_key("no answer"), None);
-    }
-
-    #[test]
-    fn mean_and_sample_std() {
-        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
-        assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
-        assert_eq!(mean_std(&[0.5]), (0.5, 0.0));
     }
 }

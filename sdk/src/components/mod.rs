@@ -3,11 +3,13 @@
 //! - task `linear-regression`: generated `y = w·x + b + noise` data, with the closed-form
 //!   least-squares optimum to compare against;
 //! - objective `mse`: mean squared error;
+//! - objective `cross-entropy`: multi-class classification from logits;
 //! - objectives `dpo` (Direct Preference Optimisation) and `bce` (binary cross-entropy on
 //!   logits);
 //! - scheduler `supervised`: minibatch training of an MLP regressor (linear when it has no
 //!   hidden layers) through any objective, with evaluation, checkpoints and resume.
 
+pub mod cross_entropy;
 pub mod dpo;
 pub mod lm_sft;
 pub mod mse;
