@@ -7,4 +7,5 @@ pub use lmlab_sdk as sdk;
 pub use lmlab_sdk::*;
 
 // bundled plugins (cargo xtask plugin new adds here)
+pub use lmlab_plugin_ordered_memory;
 pub use lmlab_plugin_v_star;
