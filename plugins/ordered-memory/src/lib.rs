@@ -274,6 +274,8 @@ struct Shared<'a> {
     resume: bool,
     objective: &'a dyn Objective,
     progress: lmlab_sdk::progress::ProgressBar,
+    /// Set when a training fails, so the others stop.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Shared<'a> {
@@ -343,6 +345,11 @@ impl OrderedMemoryScheduler {
         let train_device = device.clone().autodiff();
         let mut started = std::time::Instant::now();
         while trainer.step < t.steps {
+            // Another training failed: stop at a step boundary (the checkpoints stay).
+            anyhow::ensure!(
+                !ctx.failed.load(std::sync::atomic::Ordering::SeqCst),
+                "{WHO}: {name} (seed {seed}) stopped because another training failed"
+            );
             let step = trainer.step;
             let idx = self.batch_indices(seed, step, data.train);
             let ex: Vec<&Example> = idx.iter().map(|&i| &data.train[i]).collect();
@@ -364,7 +371,7 @@ impl OrderedMemoryScheduler {
             last_loss = loss;
             let step = trainer.step;
             ctx.progress.inc(1);
-            if step % t.log_every.max(1) == 0 {
+            if step.is_multiple_of(t.log_every.max(1)) {
                 let mut rec = serde_json::json!({
                     "seed": seed, "model": name, "step": step, "split": "train", "loss": loss, "lr": lr,
                 });
@@ -373,7 +380,7 @@ impl OrderedMemoryScheduler {
                 }
                 ctx.lock().log(&rec)?;
             }
-            if step % t.eval_every.max(1) == 0 || step == t.steps {
+            if step.is_multiple_of(t.eval_every.max(1)) || step == t.steps {
                 let v = evaluate(
                     &trainer.model.valid(),
                     "validation",
@@ -388,7 +395,9 @@ impl OrderedMemoryScheduler {
                     "accuracy": v.accuracy, "lr_reduced": reduced,
                 }))?;
             }
-            if (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || step == t.steps {
+            if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every))
+                || step == t.steps
+            {
                 seconds += started.elapsed().as_secs_f64();
                 started = std::time::Instant::now();
                 let state =
@@ -494,15 +503,15 @@ impl Scheduler for OrderedMemoryScheduler {
             resume: ctx.resume,
             objective: objective.as_ref(),
             progress: progress.clone(),
+            failed: Default::default(),
         };
         let queue = std::sync::Mutex::new(jobs.into_iter());
-        let failed = std::sync::atomic::AtomicBool::new(false);
         let new_results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..cfg.threads.max(1))
                 .map(|_| {
                     scope.spawn(|| -> anyhow::Result<()> {
                         loop {
-                            if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                            if shared.failed.load(std::sync::atomic::Ordering::SeqCst) {
                                 return Ok(());
                             }
                             let Some((name, seed)) = queue.lock().expect("job queue").next() else {
@@ -519,7 +528,7 @@ impl Scheduler for OrderedMemoryScheduler {
                             let res = match res {
                                 Ok(r) => r,
                                 Err(e) => {
-                                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                                    shared.failed.store(true, std::sync::atomic::Ordering::SeqCst);
                                     return Err(e);
                                 }
                             };
@@ -539,8 +548,15 @@ impl Scheduler for OrderedMemoryScheduler {
         });
         progress.finish_and_clear();
         drop(shared);
-        for r in new_results {
-            r?;
+        // The root cause first, not a training that stopped because of it.
+        let mut errors: Vec<anyhow::Error> =
+            new_results.into_iter().filter_map(Result::err).collect();
+        errors.sort_by_key(|e| {
+            e.to_string()
+                .contains("stopped because another training failed")
+        });
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e);
         }
         // Everything, as logged (the new results and those of an earlier, resumed run).
         results = lmlab_sdk::run::read_metrics(&ctx.run.path().join(lmlab_sdk::run::METRICS_FILE))?
