@@ -126,6 +126,28 @@ impl RunDir {
         Ok(())
     }
 
+    /// The `"result"` field of every `metrics.jsonl` record whose `"stage"` is `stage`, parsed:
+    /// how a scheduler that logs one record per finished unit of work (a seed, a model) reads
+    /// back, on `--resume`, the units it need not redo.
+    pub fn logged_results<T: serde::de::DeserializeOwned>(
+        &self,
+        stage: &str,
+    ) -> anyhow::Result<Vec<T>> {
+        let path = self.root.join(METRICS_FILE);
+        read_metrics(&path)?
+            .into_iter()
+            .filter(|r| r["stage"] == stage)
+            .map(|r| {
+                serde_json::from_value(r["result"].clone()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: a `{stage}` record is not readable: {e}",
+                        path.display()
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Writes `summary.md` atomically.
     pub fn write_summary(&self, markdown: &str) -> Result<(), Error> {
         write_atomic(&self.root.join(SUMMARY_FILE), markdown.as_bytes())

@@ -466,16 +466,12 @@ impl Scheduler for OrderedMemoryScheduler {
             sets: &sets,
         };
 
-        let mut results: Vec<ModelResult> = Vec::new();
-        if ctx.resume {
-            for rec in
-                lmlab_sdk::run::read_metrics(&ctx.run.path().join(lmlab_sdk::run::METRICS_FILE))?
-            {
-                if rec["stage"] == "result" {
-                    results.push(serde_json::from_value(rec["result"].clone())?);
-                }
-            }
-        }
+        // Trainings already finished (a resumed run) are read back, not redone.
+        let mut results: Vec<ModelResult> = if ctx.resume {
+            ctx.run.logged_results("result")?
+        } else {
+            Vec::new()
+        };
         let device = ctx.device.clone().autodiff();
         let om_params = OrderedMemory::init(&cfg.om, &mut rng(0, 0), &device).num_params();
         let embed = cfg.lstm.embed.unwrap_or(cfg.om.hidden);
@@ -559,11 +555,7 @@ impl Scheduler for OrderedMemoryScheduler {
             return Err(e);
         }
         // Everything, as logged (the new results and those of an earlier, resumed run).
-        results = lmlab_sdk::run::read_metrics(&ctx.run.path().join(lmlab_sdk::run::METRICS_FILE))?
-            .into_iter()
-            .filter(|rec| rec["stage"] == "result")
-            .map(|rec| serde_json::from_value(rec["result"].clone()))
-            .collect::<Result<_, _>>()?;
+        results = ctx.run.logged_results("result")?;
         results.sort_by(|a, b| (a.seed, &a.model).cmp(&(b.seed, &b.model)));
         let summary = Summary {
             cfg: &cfg,

@@ -774,16 +774,11 @@ impl Scheduler for VStar {
         };
 
         // Seeds already finished (a resumed run) are read back, not recomputed.
-        let mut results: Vec<SeedResult> = Vec::new();
-        if ctx.resume {
-            for rec in
-                lmlab_sdk::run::read_metrics(&ctx.run.path().join(lmlab_sdk::run::METRICS_FILE))?
-            {
-                if rec["stage"] == "seed" {
-                    results.push(serde_json::from_value(rec["result"].clone())?);
-                }
-            }
-        }
+        let mut results: Vec<SeedResult> = if ctx.resume {
+            ctx.run.logged_results("seed")?
+        } else {
+            Vec::new()
+        };
         let mut computed = 0;
         for &s in &cfg.seeds {
             let seed = ctx.seed.wrapping_add(s);
