@@ -22,6 +22,7 @@ pub mod error;
 pub mod lm;
 pub mod metrics;
 pub mod objective;
+pub mod pipeline;
 pub mod plot;
 pub mod policy;
 pub mod progress;
