@@ -7,5 +7,6 @@ pub use lmlab_sdk as sdk;
 pub use lmlab_sdk::*;
 
 // bundled plugins (cargo xtask plugin new adds here)
+pub use lmlab_plugin_async_rlhf;
 pub use lmlab_plugin_ordered_memory;
 pub use lmlab_plugin_v_star;

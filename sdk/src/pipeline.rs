@@ -30,7 +30,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Synchronous or overlapped generation and learning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LoopMode {
     Sync,
@@ -71,7 +73,9 @@ impl PipelineConfig {
         let n = self.minibatches as u64;
         match self.mode {
             LoopMode::Sync => round * n,
-            LoopMode::Async => (round * n + n - 1).saturating_sub(self.max_staleness).min(round * n),
+            LoopMode::Async => (round * n + n - 1)
+                .saturating_sub(self.max_staleness)
+                .min(round * n),
         }
     }
 
@@ -295,7 +299,8 @@ where
     L: Learner<Weights = W, Batch = B>,
 {
     let threads = cfg.generator_threads + cfg.learner_threads;
-    let cores = (cfg.pin_cores && threads <= available_cores()).then(|| (0..threads).collect::<Vec<_>>());
+    let cores =
+        (cfg.pin_cores && threads <= available_cores()).then(|| (0..threads).collect::<Vec<_>>());
     let pool = pool(threads, cores.clone())?;
     let start = Instant::now();
     let mut report = PipelineReport::default();
@@ -313,13 +318,26 @@ where
                     batches.len(),
                     cfg.minibatches
                 );
-                report.generated.push(Generated { round, version, cpu, seconds: t.elapsed().as_secs_f64() });
+                report.generated.push(Generated {
+                    round,
+                    version,
+                    cpu,
+                    seconds: t.elapsed().as_secs_f64(),
+                });
                 for (i, data) in batches.into_iter().enumerate() {
                     let learner_version = round * n + i as u64;
                     let staleness = learner_version - version;
                     let t = Instant::now();
                     let cpu = current_cpu();
-                    learner.learn(Tagged { round, minibatch: i, version, data }, staleness)?;
+                    learner.learn(
+                        Tagged {
+                            round,
+                            minibatch: i,
+                            version,
+                            data,
+                        },
+                        staleness,
+                    )?;
                     report.consumed.push(Consumed {
                         round,
                         minibatch: i,
@@ -369,7 +387,11 @@ where
         (0..cfg.rounds).map(|r| cfg.generation_version(r)).collect();
     let publish = |learner: &L, version: u64| {
         if needed.contains(&version) {
-            board.weights.lock().expect("board").insert(version, learner.weights());
+            board
+                .weights
+                .lock()
+                .expect("board")
+                .insert(version, learner.weights());
             board.ready.notify_all();
         }
     };
@@ -428,7 +450,11 @@ fn generator_loop<W: Clone, B, G: Generator<Weights = W, Batch = B>>(
                 if board.stop.load(Ordering::SeqCst) {
                     return Ok((out, waited)); // the learner stopped; its error is reported
                 }
-                map = board.ready.wait_timeout(map, Duration::from_millis(50)).expect("board").0;
+                map = board
+                    .ready
+                    .wait_timeout(map, Duration::from_millis(50))
+                    .expect("board")
+                    .0;
             }
         };
         waited += t.elapsed().as_secs_f64();
@@ -442,9 +468,19 @@ fn generator_loop<W: Clone, B, G: Generator<Weights = W, Batch = B>>(
             batches.len(),
             cfg.minibatches
         );
-        out.push(Generated { round, version, cpu, seconds: t.elapsed().as_secs_f64() });
+        out.push(Generated {
+            round,
+            version,
+            cpu,
+            seconds: t.elapsed().as_secs_f64(),
+        });
         for (i, data) in batches.into_iter().enumerate() {
-            let mut item = Tagged { round, minibatch: i, version, data };
+            let mut item = Tagged {
+                round,
+                minibatch: i,
+                version,
+                data,
+            };
             let t = Instant::now();
             loop {
                 match tx.try_send(item) {
@@ -498,7 +534,10 @@ fn learner_loop<W, B, L: Learner<Weights = W, Batch = B>>(
             batch.minibatch
         );
         let staleness = version.checked_sub(batch.version).ok_or_else(|| {
-            anyhow::anyhow!("minibatch from version {} ahead of the learner at {version}", batch.version)
+            anyhow::anyhow!(
+                "minibatch from version {} ahead of the learner at {version}",
+                batch.version
+            )
         })?;
         anyhow::ensure!(
             staleness <= cfg.max_staleness,
@@ -541,7 +580,10 @@ mod tests {
         type Weights = u64;
         type Batch = u64;
         fn generate(&mut self, round: u64, w: &u64) -> anyhow::Result<Vec<u64>> {
-            anyhow::ensure!(Some(round) != self.fail_at, "generator failed at round {round}");
+            anyhow::ensure!(
+                Some(round) != self.fail_at,
+                "generator failed at round {round}"
+            );
             let d = self.delays_us[self.made as usize % self.delays_us.len()];
             self.made += 1;
             std::thread::sleep(Duration::from_micros(d));
@@ -558,11 +600,19 @@ mod tests {
         type Weights = u64;
         type Batch = u64;
         fn learn(&mut self, b: Tagged<u64>, staleness: u64) -> anyhow::Result<()> {
-            anyhow::ensure!(b.data == b.version, "batch data from {} tagged {}", b.data, b.version);
+            anyhow::ensure!(
+                b.data == b.version,
+                "batch data from {} tagged {}",
+                b.data,
+                b.version
+            );
             anyhow::ensure!(staleness == self.version - b.version);
-            self.max_seen_staleness.fetch_max(staleness, Ordering::SeqCst);
+            self.max_seen_staleness
+                .fetch_max(staleness, Ordering::SeqCst);
             self.seen.push((b.round, b.minibatch));
-            std::thread::sleep(Duration::from_micros(self.delays_us[self.version as usize % self.delays_us.len()]));
+            std::thread::sleep(Duration::from_micros(
+                self.delays_us[self.version as usize % self.delays_us.len()],
+            ));
             self.version += 1;
             Ok(())
         }
@@ -618,8 +668,18 @@ mod tests {
     #[test]
     fn async_overlaps_generation_and_learning() {
         let cfg = config(LoopMode::Async, 6, 1, 1);
-        let mut g = Gen { n: 1, delays_us: vec![20_000], made: 0, fail_at: None };
-        let mut l = Learn { version: 0, delays_us: vec![20_000], seen: vec![], max_seen_staleness: Arc::default() };
+        let mut g = Gen {
+            n: 1,
+            delays_us: vec![20_000],
+            made: 0,
+            fail_at: None,
+        };
+        let mut l = Learn {
+            version: 0,
+            delays_us: vec![20_000],
+            seen: vec![],
+            max_seen_staleness: Arc::default(),
+        };
         let report = run(&cfg, &mut g, &mut l).unwrap();
         // Sequentially 6 × 40 ms; overlapped about 7 × 20 ms.
         assert!(report.wall_seconds < 0.2, "{}", report.wall_seconds);
@@ -630,8 +690,18 @@ mod tests {
     fn a_generator_error_stops_the_run_with_that_error() {
         for mode in [LoopMode::Sync, LoopMode::Async] {
             let cfg = config(mode, 5, 2, 3);
-            let mut g = Gen { n: 2, delays_us: vec![100], made: 0, fail_at: Some(2) };
-            let mut l = Learn { version: 0, delays_us: vec![100], seen: vec![], max_seen_staleness: Arc::default() };
+            let mut g = Gen {
+                n: 2,
+                delays_us: vec![100],
+                made: 0,
+                fail_at: Some(2),
+            };
+            let mut l = Learn {
+                version: 0,
+                delays_us: vec![100],
+                seen: vec![],
+                max_seen_staleness: Arc::default(),
+            };
             let e = run(&cfg, &mut g, &mut l).unwrap_err().to_string();
             assert!(e.contains("generator failed at round 2"), "{mode}: {e}");
         }

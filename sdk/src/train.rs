@@ -131,6 +131,40 @@ pub fn learning_rate(cfg: &OptimConfig, step: u64, total_steps: u64) -> f64 {
     cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * d)
 }
 
+/// Steps, batch and optimiser of one training stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stage {
+    pub steps: u64,
+    /// Sequences (SFT, ORM) or preference pairs (DPO) per step.
+    pub batch_size: usize,
+    pub optim: OptimConfig,
+}
+
+impl Default for Stage {
+    fn default() -> Self {
+        Self {
+            steps: 500,
+            batch_size: 32,
+            optim: OptimConfig {
+                lr: 3e-3,
+                weight_decay: 0.01,
+                warmup_steps: 40,
+                schedule: LrSchedule::Cosine,
+                min_lr_ratio: 0.05,
+                ..OptimConfig::default()
+            },
+        }
+    }
+}
+
+/// The loss's value; an error naming `what` and the step when it is not finite.
+pub fn finite_loss(loss: &Tensor<1>, what: &str, step: u64) -> anyhow::Result<f64> {
+    let v = loss.clone().into_scalar::<f32>();
+    anyhow::ensure!(v.is_finite(), "{what} loss became {v} at step {}", step + 1);
+    Ok(v as f64)
+}
+
 /// A model, its optimiser, and the step count.
 pub struct Trainer<M: Module> {
     /// The model being trained (on an autodiff device).

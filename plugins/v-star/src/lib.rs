@@ -28,47 +28,21 @@ use std::fmt::Write as _;
 use lmlab_sdk::burn::module::Module;
 use lmlab_sdk::burn::tensor::{Device, Tensor, TensorData};
 use lmlab_sdk::components::lm_sft::{ModelSize, TokenizerConfig, prompt_text, training_text};
-use lmlab_sdk::lm::fit::{Pair, final_values, in_chunks, response_logprobs, sft_loss};
+use lmlab_sdk::lm::fit::{Pair, final_values, fit_sft, in_chunks, response_logprobs};
 use lmlab_sdk::lm::policy::LmPolicy;
 use lmlab_sdk::lm::{Llama, LlamaConfig, Tokenizer};
 use lmlab_sdk::metrics::{best_of_k, majority_at_k, mean_std, pass_at_k};
 use lmlab_sdk::plot::{Series, line_plot};
 use lmlab_sdk::rng::{Rng, rng};
 use lmlab_sdk::tasks::{TextProblem, TextTask, answers_equal, final_answer};
-use lmlab_sdk::train::{LrSchedule, OptimConfig, Trainer};
+pub use lmlab_sdk::train::Stage;
+use lmlab_sdk::train::{LrSchedule, OptimConfig, Trainer, finite_loss};
 use lmlab_sdk::{Components, Objective, Policy, RunContext, SamplingParams, Scheduler, TensorMap};
 use rand::Rng as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 const WHO: &str = "scheduler `v-star`";
-
-/// Steps, batch and optimiser of one training stage.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct Stage {
-    pub steps: u64,
-    /// Sequences (SFT, ORM) or preference pairs (DPO) per step.
-    pub batch_size: usize,
-    pub optim: OptimConfig,
-}
-
-impl Default for Stage {
-    fn default() -> Self {
-        Self {
-            steps: 500,
-            batch_size: 32,
-            optim: OptimConfig {
-                lr: 3e-3,
-                weight_decay: 0.01,
-                warmup_steps: 40,
-                schedule: LrSchedule::Cosine,
-                min_lr_ratio: 0.05,
-                ..OptimConfig::default()
-            },
-        }
-    }
-}
 
 /// Configuration of `v-star`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -320,28 +294,21 @@ impl Ctx<'_> {
         what: &str,
     ) -> anyhow::Result<Llama> {
         let st = &self.cfg.generator;
-        anyhow::ensure!(!data.is_empty(), "{WHO}: no data to train the {what} on");
-        let mut trainer = Trainer::new(base.clone(), st.optim.clone(), st.steps);
         let pb = lmlab_sdk::progress::bar(st.steps, what, self.quiet);
-        let mut losses = Vec::new();
-        while trainer.step < st.steps {
-            let batch: Vec<Pair> = (0..st.batch_size.max(1))
-                .map(|_| data[r.random_range(0..data.len())].clone())
-                .collect();
-            let out = sft_loss(
-                &trainer.model,
-                self.sft_objective,
-                &batch,
-                self.tokenizer.pad(),
-                &self.train_device,
-            )?;
-            losses.push(check_finite(&out.loss, what, trainer.step)?);
-            trainer.step(out.loss);
-            pb.inc(1);
-        }
+        let (model, losses) = fit_sft(
+            base.clone(),
+            self.sft_objective,
+            data,
+            st,
+            self.tokenizer.pad(),
+            &self.train_device,
+            r,
+            &pb,
+            &format!("{WHO}: the {what}"),
+        )?;
         pb.finish_and_clear();
         self.record(what, &losses, &[]);
-        Ok(trainer.model)
+        Ok(model)
     }
 
     /// Sequence log-probs of `pairs` under `model` (inference).
@@ -417,7 +384,11 @@ impl Ctx<'_> {
                     t1(chosen.iter().map(|&(_, w)| reference[w]).collect()),
                 );
             let out = self.dpo_objective.loss(&batch)?;
-            losses.push(check_finite(&out.loss, what, trainer.step)?);
+            losses.push(finite_loss(
+                &out.loss,
+                &format!("{WHO}: the {what}"),
+                trainer.step,
+            )?);
             if let Some((_, a)) = out.metrics.iter().find(|(n, _)| n == "accuracy") {
                 acc.push(*a);
             }
@@ -464,7 +435,11 @@ impl Ctx<'_> {
                     .with("logits", logits)
                     .with("labels", labels),
             )?;
-            losses.push(check_finite(&out.loss, "ORM", trainer.step)?);
+            losses.push(finite_loss(
+                &out.loss,
+                &format!("{WHO}: the ORM"),
+                trainer.step,
+            )?);
             if let Some((_, a)) = out.metrics.iter().find(|(n, _)| n == "accuracy") {
                 accs.push(*a);
             }
@@ -475,17 +450,6 @@ impl Ctx<'_> {
         self.record("ORM", &losses, &accs);
         Ok(trainer.model)
     }
-}
-
-/// The loss's value; an error when it is not finite.
-fn check_finite(loss: &Tensor<1>, what: &str, step: u64) -> anyhow::Result<f64> {
-    let v = loss.clone().into_scalar::<f32>();
-    anyhow::ensure!(
-        v.is_finite(),
-        "{WHO}: the {what} loss became {v} at step {}",
-        step + 1
-    );
-    Ok(v as f64)
 }
 
 /// Mean over problems of Best-of-k by `scores` (one per sample, in `samples`' order).

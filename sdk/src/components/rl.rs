@@ -28,11 +28,7 @@ pub fn penalised_score(score: f32, finished: bool, penalty: f32) -> f32 {
 /// penalised score, `y⁻` = the last sample of lowest penalised score (a sample that did not
 /// finish scores `penalty`). With `K ≥ 2` the two are always different samples (when every
 /// score ties, the first and the last). `None` when `K < 2` or the slices differ in length.
-pub fn online_dpo_pair(
-    scores: &[f32],
-    finished: &[bool],
-    penalty: f32,
-) -> Option<(usize, usize)> {
+pub fn online_dpo_pair(scores: &[f32], finished: &[bool], penalty: f32) -> Option<(usize, usize)> {
     if scores.len() < 2 || scores.len() != finished.len() {
         return None;
     }
@@ -138,10 +134,7 @@ pub fn whiten(xs: &[f32], mask: &[f32]) -> Vec<f32> {
 /// `A_i = R_i − mean_{j≠i} R_j` within each group. Errors when `k < 2` or the length is not a
 /// multiple of `k`.
 pub fn rloo_advantages(rewards: &[f32], k: usize) -> anyhow::Result<Vec<f32>> {
-    anyhow::ensure!(
-        k >= 2,
-        "RLOO needs at least 2 samples per prompt, got {k}"
-    );
+    anyhow::ensure!(k >= 2, "RLOO needs at least 2 samples per prompt, got {k}");
     anyhow::ensure!(
         rewards.len() % k == 0,
         "{} rewards are not groups of {k}",
@@ -194,8 +187,7 @@ fn clipped_surrogate<const D: usize>(
     let log_ratio = logprobs - old_logprobs;
     let ratio = log_ratio.clone().exp();
     let unclipped = advantages.clone().neg() * ratio.clone();
-    let clipped =
-        advantages.neg() * ratio.clamp(1.0 - clip as f64, 1.0 + clip as f64);
+    let clipped = advantages.neg() * ratio.clamp(1.0 - clip as f64, 1.0 + clip as f64);
     let was_clipped = clipped.clone().greater(unclipped.clone()).float();
     (unclipped.max_pair(clipped), was_clipped, log_ratio)
 }
@@ -373,7 +365,10 @@ impl Objective for BradleyTerry {
         Ok(LossOutput {
             metrics: vec![
                 ("loss".into(), scalar(loss.clone())),
-                ("accuracy".into(), scalar(margin.greater_elem(0.0).float().mean())),
+                (
+                    "accuracy".into(),
+                    scalar(margin.greater_elem(0.0).float().mean()),
+                ),
             ],
             loss,
         })
@@ -600,7 +595,13 @@ mod tests {
 
     #[test]
     fn kl_penalty_on_every_token_and_the_score_at_the_last() {
-        let r = kl_penalised_rewards(2.0, &[-1.0, -2.0, -0.5, 9.0], &[-1.5, -1.0, -0.5, 9.0], &[1.0, 1.0, 1.0, 0.0], 0.1);
+        let r = kl_penalised_rewards(
+            2.0,
+            &[-1.0, -2.0, -0.5, 9.0],
+            &[-1.5, -1.0, -0.5, 9.0],
+            &[1.0, 1.0, 1.0, 0.0],
+            0.1,
+        );
         let want = [-0.05, 0.1, 2.0, 0.0];
         for (a, b) in r.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{r:?}");

@@ -3,8 +3,11 @@
 //! value head at each sequence's last token. Shared by every scheduler that trains a [`Llama`].
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::Rng as _;
 
 use crate::lm::llama::Llama;
+use crate::rng::Rng;
+use crate::train::{Stage, Trainer, finite_loss};
 use crate::{LossOutput, Objective, TensorMap};
 
 /// Prompt ids (BOS first) and response ids (EOS last when the response ended).
@@ -56,6 +59,37 @@ pub fn sft_loss(
     let zeros = vec![0; pairs.len()];
     let lp = model.token_logprobs(ids, &zeros, 1.0);
     objective.loss(&TensorMap::new().with("logprobs", lp).with("mask", mask))
+}
+
+/// Supervised fine-tuning of `model` (on an autodiff device) for `stage.steps` steps, each on
+/// `stage.batch_size` pairs drawn uniformly with replacement from `data` with `r`, through
+/// `objective` (one reading `logprobs` and `mask`). Returns the trained model and each step's
+/// loss; a non-finite loss is an error naming `what`.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_sft(
+    model: Llama,
+    objective: &dyn Objective,
+    data: &[Pair],
+    stage: &Stage,
+    pad: u32,
+    device: &Device,
+    r: &mut Rng,
+    pb: &indicatif::ProgressBar,
+    what: &str,
+) -> anyhow::Result<(Llama, Vec<f64>)> {
+    anyhow::ensure!(!data.is_empty(), "{what}: no data to train on");
+    let mut trainer = Trainer::new(model, stage.optim.clone(), stage.steps);
+    let mut losses = Vec::with_capacity(stage.steps as usize);
+    while trainer.step < stage.steps {
+        let batch: Vec<Pair> = (0..stage.batch_size.max(1))
+            .map(|_| data[r.random_range(0..data.len())].clone())
+            .collect();
+        let out = sft_loss(&trainer.model, objective, &batch, pad, device)?;
+        losses.push(finite_loss(&out.loss, what, trainer.step)?);
+        trainer.step(out.loss);
+        pb.inc(1);
+    }
+    Ok((trainer.model, losses))
 }
 
 /// The value head at each pair's last token (the outcome score of the whole sequence), `[B]`.
