@@ -49,6 +49,12 @@ fn async_rlhf_smoke_compares_sync_and_async_and_resumes_by_run() {
             s
         );
         assert!(r["loss"].as_f64().unwrap().is_finite());
+        if cfg!(target_os = "linux") {
+            assert!(
+                r["learner_cpu"].is_u64() && r["generator_cpu"].is_u64(),
+                "{r}"
+            );
+        }
     }
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     for needle in [
