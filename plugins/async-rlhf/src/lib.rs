@@ -715,12 +715,20 @@ impl Learner for RlLearner<'_> {
             .sum::<f64>()
             / b.pairs.len().max(1) as f64;
         self.gold.push(gold);
+        let penalty = self.rl.eos_penalty;
+        let proxy =
+            b.rm.iter()
+                .zip(&b.finished)
+                .map(|(&r, &f)| penalised_score(r, f, penalty) as f64)
+                .sum::<f64>()
+                / b.rm.len().max(1) as f64;
         let mut rec = serde_json::json!({
             "step": step,
             "round": batch.round,
             "version": batch.version,
             "staleness": staleness,
             "train_gold": gold,
+            "train_rm": proxy,
             "train_kl": kl,
         });
         for (n, v) in metrics {
