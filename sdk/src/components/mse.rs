@@ -48,13 +48,13 @@ crate::register_component! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, Tensor, TensorData};
+    use burn::tensor::{Tensor, TensorData};
     use proptest::prelude::*;
 
     proptest! {
         #[test]
         fn matches_the_definition(values in proptest::collection::vec((-100f32..100.0, -100f32..100.0), 1..40)) {
-            let device = Device::flex();
+            let device = crate::device::test_device();
             let n = values.len();
             let p: Vec<f32> = values.iter().map(|v| v.0).collect();
             let t: Vec<f32> = values.iter().map(|v| v.1).collect();
@@ -70,7 +70,7 @@ mod tests {
 
     #[test]
     fn missing_or_mismatched_inputs_are_errors() {
-        let device = Device::flex();
+        let device = crate::device::test_device();
         let e = Mse.loss(&TensorMap::new()).unwrap_err().to_string();
         assert!(e.contains("no tensor `prediction`"), "{e}");
         let batch = TensorMap::new()

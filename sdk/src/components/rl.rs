@@ -426,7 +426,7 @@ mod tests {
     }
 
     fn ppo_loss(lp: &[f32], old: &[f32], adv: &[f32], clip: f32) -> f64 {
-        let d = Device::flex();
+        let d = crate::device::test_device();
         let n = lp.len();
         let batch = TensorMap::new()
             .with("logprobs", t2(lp, 1, n, &d))
@@ -438,7 +438,7 @@ mod tests {
 
     /// d loss / d logprobs of a single-token PPO loss, on the autodiff device.
     fn ppo_grad(lp: f32, old: f32, adv: f32, clip: f32) -> f32 {
-        let d = Device::flex().autodiff();
+        let d = crate::device::test_device().autodiff();
         let x = t2(&[lp], 1, 1, &d).require_grad();
         let batch = TensorMap::new()
             .with("logprobs", x.clone())
@@ -578,7 +578,7 @@ mod tests {
         fn bradley_terry_ignores_a_shared_shift(c in prop::collection::vec(-3.0f32..3.0, 1..6),
                                                 r in prop::collection::vec(-3.0f32..3.0, 6),
                                                 shift in -20.0f32..20.0) {
-            let d = Device::flex();
+            let d = crate::device::test_device();
             let r = &r[..c.len()];
             let loss = |s: f32| {
                 let cs: Vec<f32> = c.iter().map(|x| x + s).collect();
@@ -610,7 +610,7 @@ mod tests {
 
     #[test]
     fn clipped_value_loss_by_hand() {
-        let d = Device::flex();
+        let d = crate::device::test_device();
         let b = TensorMap::new()
             .with("values", t2(&[1.0, 0.0], 1, 2, &d))
             .with("old_values", t2(&[0.0, 0.0], 1, 2, &d))
@@ -623,7 +623,7 @@ mod tests {
 
     #[test]
     fn rloo_loss_at_ratio_one_is_minus_the_mean_advantage() {
-        let d = Device::flex();
+        let d = crate::device::test_device();
         let b = TensorMap::new()
             .with("logprobs", t1(&[-3.0, -1.0], &d))
             .with("old_logprobs", t1(&[-3.0, -1.0], &d))

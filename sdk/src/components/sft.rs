@@ -54,11 +54,11 @@ crate::register_component! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, Tensor, TensorData};
+    use burn::tensor::{Tensor, TensorData};
     use proptest::prelude::*;
 
     fn t2(v: Vec<f32>, r: usize, c: usize) -> Tensor<2> {
-        Tensor::from_data(TensorData::new(v, [r, c]), &Device::flex())
+        Tensor::from_data(TensorData::new(v, [r, c]), &crate::device::test_device())
     }
 
     proptest! {

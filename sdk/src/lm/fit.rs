@@ -153,13 +153,13 @@ mod tests {
             tie_embeddings: true,
             value_head,
         };
-        Llama::init(config, &mut rng(3, 0), &Device::flex()).unwrap()
+        Llama::init(config, &mut rng(3, 0), &crate::device::test_device()).unwrap()
     }
 
     #[test]
     fn response_logprobs_sum_the_response_tokens_only_and_ignore_batch_padding() {
         let model = tiny(false);
-        let d = Device::flex();
+        let d = crate::device::test_device();
         let a: Pair = (vec![1, 5, 6], vec![7, 8, 2]);
         let b: Pair = (vec![1, 4], vec![9]);
         let together = response_logprobs(&model, &[a.clone(), b.clone()], 0, &d)
@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn final_values_read_the_last_real_token() {
         let model = tiny(true);
-        let d = Device::flex();
+        let d = crate::device::test_device();
         let a: Pair = (vec![1, 5, 6], vec![7, 8, 2]);
         let b: Pair = (vec![1, 4], vec![9]);
         let both = final_values(&model, &[a.clone(), b.clone()], 0, &d)

@@ -16,6 +16,26 @@ use serde::{Deserialize, Serialize};
 use crate::components::regression::normal;
 use crate::rng::Rng;
 
+/// Whether `device` (or the device under its autodiff) is libtorch.
+fn is_libtorch(device: &Device) -> bool {
+    #[cfg(feature = "tch")]
+    {
+        matches!(
+            device.clone().inner().as_dispatch(),
+            burn_dispatch::DispatchDevice::LibTorch(_)
+        )
+    }
+    #[cfg(not(feature = "tch"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// The attention bias of a hidden key: far below any score, finite (so no `inf − inf`), and
+/// still representable in bf16.
+const HIDDEN: f32 = -1e30;
+
 /// Architecture hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -469,7 +489,10 @@ impl Llama {
         let (cos, sin) = self.rope(pad, start, t, &device);
         let swap = self.rope_swap(&device);
         // Mask (true = hidden): keys that are padding or in the future. A padding query keeps
-        // its own key so its softmax is defined (its output is never used).
+        // its own key so its softmax is defined (its output is never used). On libtorch the
+        // keys are hidden by an additive bias instead (0 or −10³⁰, a weight of exactly 0):
+        // burn-tch 0.22 hands a boolean mask to libtorch, whose `True` means "attend", the
+        // opposite of burn's. Elsewhere the boolean mask is faster.
         let no_pad = pad.iter().all(|&p| p == 0);
         let mask = if no_pad && start == 0 {
             None
@@ -480,15 +503,21 @@ impl Llama {
             for &p in pad {
                 for qi in start..total {
                     for kj in 0..total {
-                        let hidden = kj > qi || (kj < p && kj != qi);
-                        m.push(hidden);
+                        m.push(kj > qi || (kj < p && kj != qi));
                     }
                 }
             }
             let m = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, t, total]), &device);
             Some(m.expand([b, nh, t, total]))
         };
-        let causal_only = mask.is_none() && start == 0;
+        let (mask, bias) = match mask {
+            Some(m) if is_libtorch(&device) => {
+                let zeros = Tensor::<4>::zeros(m.dims(), &device);
+                (None, Some(zeros.mask_fill(m, HIDDEN)))
+            }
+            m => (m, None),
+        };
+        let causal_only = mask.is_none() && bias.is_none() && start == 0;
 
         // Activations stay `[B·T, dim]` so every projection is one 2-D matrix product (one
         // large GEMM that the backend parallelises), reshaped only around attention.
@@ -542,7 +571,7 @@ impl Llama {
                 softcap: None,
                 is_causal: causal_only && t > 1,
             };
-            let o = attention(q, k, v, mask.clone(), None, options);
+            let o = attention(q, k, v, mask.clone(), bias.clone(), options);
             let o = o.swap_dims(1, 2).reshape([n, c.dim]);
             x = x + o.matmul(layer.wo.val());
             let h = layer.ffn_norm.forward(x.clone());
@@ -629,7 +658,8 @@ mod tests {
             value_head: true,
         };
         // Larger weights than the default init, so the test sees real attention patterns.
-        let mut model = Llama::init(config, &mut rng(seed, 0), &Device::flex()).unwrap();
+        let mut model =
+            Llama::init(config, &mut rng(seed, 0), &crate::device::test_device()).unwrap();
         model = model.map_params_scaled(10.0);
         model
     }
@@ -652,7 +682,8 @@ mod tests {
                     .collect(),
                 ..w
             };
-            let mut scaled = Llama::from_weights(self.config.clone(), w, &Device::flex()).unwrap();
+            let mut scaled =
+                Llama::from_weights(self.config.clone(), w, &crate::device::test_device()).unwrap();
             scaled.value_w = self.value_w;
             scaled.value_b = self.value_b;
             scaled
@@ -663,7 +694,7 @@ mod tests {
         let data: Vec<i64> = v.iter().map(|&x| x as i64).collect();
         Tensor::from_data(
             TensorData::new(data, [rows, v.len() / rows]),
-            &Device::flex(),
+            &crate::device::test_device(),
         )
     }
 
@@ -725,7 +756,12 @@ mod tests {
     #[test]
     fn weights_round_trip_through_checkpoint_layout() {
         let m = tiny(3, 2);
-        let again = Llama::from_weights(m.config.clone(), m.to_weights(), &Device::flex()).unwrap();
+        let again = Llama::from_weights(
+            m.config.clone(),
+            m.to_weights(),
+            &crate::device::test_device(),
+        )
+        .unwrap();
         let t = ids(&[1, 5, 7, 2], 1);
         assert_eq!(
             to_vec(m.forward(t.clone(), &[0], None)),
@@ -738,7 +774,8 @@ mod tests {
         let m = tiny(1, 2);
         let mut w = m.to_weights();
         w.layers[1].wk.pop();
-        let e = Llama::from_weights(m.config.clone(), w, &Device::flex()).unwrap_err();
+        let e =
+            Llama::from_weights(m.config.clone(), w, &crate::device::test_device()).unwrap_err();
         assert!(e.contains("layer 1 wk"), "{e}");
         let mut c = m.config.clone();
         c.n_kv_heads = 3;

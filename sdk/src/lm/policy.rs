@@ -136,7 +136,7 @@ mod tests {
             tie_embeddings: true,
             value_head: false,
         };
-        let device = Device::flex();
+        let device = crate::device::test_device();
         let model = Llama::init(config, &mut rng(5, 0), &device).unwrap();
         let mut policy = LmPolicy {
             model,
@@ -201,7 +201,7 @@ mod padding_tests {
                 vocab_size: 12, dim: 16, n_layers: 1, n_heads: 2, n_kv_heads: 2, hidden_dim: 24, max_seq_len: 32,
                 rope_theta: 10_000.0, norm_eps: 1e-5, tie_embeddings: true, value_head: false,
             };
-            let device = Device::flex();
+            let device = crate::device::test_device();
             let model = Llama::init(config, &mut rng(seed, 0), &device).unwrap();
             let policy = LmPolicy { model, tokenizer: Tokenizer::Char(CharTokenizer::new("abcdefgh")), device: device.clone() };
             let pairs = vec![policy.encode_pair("ab", &r1), policy.encode_pair("abcdef", &r2)];
