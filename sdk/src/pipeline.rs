@@ -238,25 +238,6 @@ pub fn pool(threads: usize, cores: Option<Vec<usize>>) -> anyhow::Result<rayon::
     b.build().map_err(|e| anyhow::anyhow!("thread pool: {e}"))
 }
 
-/// Runs `f` on the calling thread pinned to `cores` (when given) and restores its affinity.
-fn pinned<T>(cores: Option<&[usize]>, f: impl FnOnce() -> T) -> T {
-    #[cfg(target_os = "linux")]
-    if let Some(cores) = cores {
-        // SAFETY: reads and restores this thread's own affinity mask.
-        let mut old: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        let ok = unsafe { libc::sched_getaffinity(0, size, &mut old) } == 0;
-        pin_to(cores);
-        let out = f();
-        if ok {
-            unsafe { libc::sched_setaffinity(0, size, &old) };
-        }
-        return out;
-    }
-    let _ = cores;
-    f()
-}
-
 /// Cores for the generator and the learner when pinning is on and the machine has enough.
 fn core_split(cfg: &PipelineConfig) -> (Option<Vec<usize>>, Option<Vec<usize>>) {
     let (g, l) = (cfg.generator_threads, cfg.learner_threads);
@@ -301,56 +282,54 @@ where
     let threads = cfg.generator_threads + cfg.learner_threads;
     let cores =
         (cfg.pin_cores && threads <= available_cores()).then(|| (0..threads).collect::<Vec<_>>());
-    let pool = pool(threads, cores.clone())?;
+    let pool = pool(threads, cores)?;
     let start = Instant::now();
     let mut report = PipelineReport::default();
     let n = cfg.minibatches as u64;
-    pinned(cores.as_deref(), || {
-        pool.install(|| -> anyhow::Result<()> {
-            for round in 0..cfg.rounds {
-                let version = round * n;
+    pool.install(|| -> anyhow::Result<()> {
+        for round in 0..cfg.rounds {
+            let version = round * n;
+            let t = Instant::now();
+            let cpu = current_cpu();
+            let batches = generator.generate(round, &learner.weights())?;
+            anyhow::ensure!(
+                batches.len() == cfg.minibatches,
+                "the generator made {} minibatches, N = {}",
+                batches.len(),
+                cfg.minibatches
+            );
+            report.generated.push(Generated {
+                round,
+                version,
+                cpu,
+                seconds: t.elapsed().as_secs_f64(),
+            });
+            for (i, data) in batches.into_iter().enumerate() {
+                let learner_version = round * n + i as u64;
+                let staleness = learner_version - version;
                 let t = Instant::now();
                 let cpu = current_cpu();
-                let batches = generator.generate(round, &learner.weights())?;
-                anyhow::ensure!(
-                    batches.len() == cfg.minibatches,
-                    "the generator made {} minibatches, N = {}",
-                    batches.len(),
-                    cfg.minibatches
-                );
-                report.generated.push(Generated {
-                    round,
-                    version,
-                    cpu,
-                    seconds: t.elapsed().as_secs_f64(),
-                });
-                for (i, data) in batches.into_iter().enumerate() {
-                    let learner_version = round * n + i as u64;
-                    let staleness = learner_version - version;
-                    let t = Instant::now();
-                    let cpu = current_cpu();
-                    learner.learn(
-                        Tagged {
-                            round,
-                            minibatch: i,
-                            version,
-                            data,
-                        },
-                        staleness,
-                    )?;
-                    report.consumed.push(Consumed {
+                learner.learn(
+                    Tagged {
                         round,
                         minibatch: i,
                         version,
-                        learner_version,
-                        staleness,
-                        cpu,
-                        seconds: t.elapsed().as_secs_f64(),
-                    });
-                }
+                        data,
+                    },
+                    staleness,
+                )?;
+                report.consumed.push(Consumed {
+                    round,
+                    minibatch: i,
+                    version,
+                    learner_version,
+                    staleness,
+                    cpu,
+                    seconds: t.elapsed().as_secs_f64(),
+                });
             }
-            Ok(())
-        })
+        }
+        Ok(())
     })?;
     report.wall_seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -375,8 +354,8 @@ where
     L: Learner<Weights = W, Batch = B>,
 {
     let (gen_cores, learn_cores) = core_split(cfg);
-    let gen_pool = pool(cfg.generator_threads, gen_cores.clone())?;
-    let learn_pool = pool(cfg.learner_threads, learn_cores.clone())?;
+    let gen_pool = pool(cfg.generator_threads, gen_cores)?;
+    let learn_pool = pool(cfg.learner_threads, learn_cores)?;
     let board = Board {
         weights: Mutex::new(BTreeMap::new()),
         ready: Condvar::new(),
@@ -402,16 +381,13 @@ where
     let (gen_result, learn_result) = std::thread::scope(|scope| {
         let board = &board;
         let gen_handle = scope.spawn(move || {
-            let out = pinned(gen_cores.as_deref(), || {
-                gen_pool.install(|| generator_loop(cfg, generator, board, tx))
-            });
+            let out = gen_pool.install(|| generator_loop(cfg, generator, board, tx));
             board.stop.store(true, Ordering::SeqCst);
             board.ready.notify_all();
             out
         });
-        let learned = pinned(learn_cores.as_deref(), || {
-            learn_pool.install(|| learner_loop(cfg, learner, rx, board, &publish, &mut report))
-        });
+        let learned =
+            learn_pool.install(|| learner_loop(cfg, learner, rx, board, &publish, &mut report));
         board.stop.store(true, Ordering::SeqCst);
         board.ready.notify_all();
         (gen_handle.join(), learned)
