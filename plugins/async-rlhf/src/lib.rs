@@ -252,6 +252,20 @@ pub struct Eval {
     pub exact: f64,
 }
 
+impl Eval {
+    /// The sums of `n` samples' tallies as means.
+    fn mean_over(self, n: usize) -> Self {
+        let n = n.max(1) as f64;
+        Self {
+            win_rate: self.win_rate / n,
+            kl: self.kl / n,
+            gold: self.gold / n,
+            finished: self.finished / n,
+            exact: self.exact / n,
+        }
+    }
+}
+
 /// What one seed's SFT and reward model reached, and the baselines.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SeedBase {
@@ -1018,33 +1032,28 @@ impl Run<'_> {
             )?;
             for ((d, cs), s) in chunk.iter().zip(&comps).zip(&sft_lp) {
                 let y = &cs[0];
-                let g = self.task.gold(d, &y.text, y.finished);
-                let rg = self.task.gold(d, &d.reference, true);
-                e.win_rate += if g > rg {
-                    1.0
-                } else if g == rg {
-                    0.5
-                } else {
-                    0.0
-                };
+                self.tally(&mut e, d, y);
                 e.kl += (y.logprobs.iter().sum::<f32>() - s.iter().sum::<f32>()) as f64;
-                e.gold += g as f64;
-                e.finished += y.finished as u8 as f64;
-                e.exact += (y.finished && self.task_check(d, &y.text)) as u8 as f64;
             }
         }
-        let n = docs.len().max(1) as f64;
-        e.win_rate /= n;
-        e.kl /= n;
-        e.gold /= n;
-        e.finished /= n;
-        e.exact /= n;
-        Ok(e)
+        Ok(e.mean_over(docs.len()))
     }
 
-    fn task_check(&self, d: &Document, y: &str) -> bool {
+    /// Adds one sample's win against the reference, gold reward, EOS and exactness to `e`.
+    fn tally(&self, e: &mut Eval, d: &Document, y: &lmlab_sdk::Completion) {
         use lmlab_sdk::Task as _;
-        self.task.check(d, y)
+        let g = self.task.gold(d, &y.text, y.finished);
+        let rg = self.task.gold(d, &d.reference, true);
+        e.win_rate += if g > rg {
+            1.0
+        } else if g == rg {
+            0.5
+        } else {
+            0.0
+        };
+        e.gold += g as f64;
+        e.finished += y.finished as u8 as f64;
+        e.exact += (y.finished && self.task.check(d, &y.text)) as u8 as f64;
     }
 
     /// Best-of-n SFT samples ranked by the reward model (penalised when unfinished); its KL
@@ -1081,26 +1090,10 @@ impl Run<'_> {
                     })
                     .collect();
                 let best = (0..cs.len()).fold(0, |b, i| if pen[i] > pen[b] { i } else { b });
-                let y = &cs[best];
-                let g = self.task.gold(d, &y.text, y.finished);
-                let rg = self.task.gold(d, &d.reference, true);
-                e.win_rate += if g > rg {
-                    1.0
-                } else if g == rg {
-                    0.5
-                } else {
-                    0.0
-                };
-                e.gold += g as f64;
-                e.finished += y.finished as u8 as f64;
-                e.exact += (y.finished && self.task_check(d, &y.text)) as u8 as f64;
+                self.tally(&mut e, d, &cs[best]);
             }
         }
-        let m = docs.len().max(1) as f64;
-        e.win_rate /= m;
-        e.gold /= m;
-        e.finished /= m;
-        e.exact /= m;
+        let mut e = e.mean_over(docs.len());
         e.kl = (n as f64).ln() - (n as f64 - 1.0) / n as f64;
         Ok(e)
     }
@@ -1470,8 +1463,8 @@ fn report(
     writeln!(s)?;
 
     // Group the runs.
-    let mut groups: BTreeMap<(Option<Method>, usize, Option<LoopMode>), Vec<&RunResult>> =
-        BTreeMap::new();
+    type Key = (Option<Method>, usize, Option<LoopMode>);
+    let mut groups: BTreeMap<Key, Vec<&RunResult>> = BTreeMap::new();
     for r in results {
         groups.entry((r.method, r.n, r.mode)).or_default().push(r);
     }
@@ -1799,7 +1792,7 @@ lmlab_sdk::register_component! {
         if config.modes.is_empty() { return Err(err("modes", "give at least one of \"sync\", \"async\"")); }
         if config.minibatches.is_empty() || config.minibatches.contains(&0) { return Err(err("minibatches", "give N values of at least 1")); }
         for &n in &config.minibatches {
-            if config.rl.updates == 0 || config.rl.updates % n as u64 != 0 {
+            if config.rl.updates == 0 || !config.rl.updates.is_multiple_of(n as u64) {
                 return Err(err("rl.updates", &format!("must be a positive multiple of every N (N = {n})")));
             }
             if config.modes.contains(&LoopMode::Async) {

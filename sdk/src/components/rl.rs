@@ -136,7 +136,7 @@ pub fn whiten(xs: &[f32], mask: &[f32]) -> Vec<f32> {
 pub fn rloo_advantages(rewards: &[f32], k: usize) -> anyhow::Result<Vec<f32>> {
     anyhow::ensure!(k >= 2, "RLOO needs at least 2 samples per prompt, got {k}");
     anyhow::ensure!(
-        rewards.len() % k == 0,
+        rewards.len().is_multiple_of(k),
         "{} rewards are not groups of {k}",
         rewards.len()
     );
