@@ -449,6 +449,23 @@ fn sample(
     policy.generate(&prompts, &params)
 }
 
+/// The (prompt ids, response ids) pair of every completion, documents in order, their `k`
+/// completions consecutive.
+fn completion_pairs(
+    tok: &Tokenizer,
+    docs: &[&Document],
+    comps: &[Vec<lmlab_sdk::Completion>],
+) -> Vec<Pair> {
+    docs.iter()
+        .zip(comps)
+        .flat_map(|(d, cs)| {
+            let prompt = tok.encode(&d.prompt(), true);
+            cs.iter()
+                .map(move |y| (prompt.clone(), y.token_ids.clone()))
+        })
+        .collect()
+}
+
 /// The generator: samples with the published policy, scores with the reward model, and
 /// computes the reference's log-probs.
 pub struct RolloutGenerator {
@@ -1018,11 +1035,7 @@ impl Run<'_> {
                 seed.wrapping_mul(7919).wrapping_add(c as u64),
                 &self.device,
             )?;
-            let pairs: Vec<Pair> = chunk
-                .iter()
-                .zip(&comps)
-                .map(|(d, cs)| (self.tok.encode(&d.prompt(), true), cs[0].token_ids.clone()))
-                .collect();
+            let pairs = completion_pairs(self.tok, chunk, &comps);
             let sft_lp = response_token_logprobs(
                 sft,
                 &pairs,
@@ -1072,14 +1085,7 @@ impl Run<'_> {
                 seed.wrapping_mul(104_729).wrapping_add(c as u64),
                 &self.device,
             )?;
-            let pairs: Vec<Pair> = chunk
-                .iter()
-                .zip(&comps)
-                .flat_map(|(d, cs)| {
-                    cs.iter()
-                        .map(|y| (self.tok.encode(&d.prompt(), true), y.token_ids.clone()))
-                })
-                .collect();
+            let pairs = completion_pairs(self.tok, chunk, &comps);
             let scores = rm_scores(rm, &pairs, self.pad(), bias, &self.device)?;
             for (j, (d, cs)) in chunk.iter().zip(&comps).enumerate() {
                 let pen: Vec<f32> = cs
