@@ -10,49 +10,24 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lmlab::burn::tensor::{Device, Int, Tensor, TensorData};
+use lmlab::lm::Llama;
+use lmlab::lm::bench::{bench_models, bench_tokens};
 use lmlab::lm::sample::generate;
-use lmlab::lm::{Llama, LlamaConfig};
 use lmlab::policy::SamplingParams;
 use lmlab::rng::rng;
 use lmlab::train::{OptimConfig, Trainer};
-
-/// The benchmark models: (name, config, batch, sequence length).
-fn sizes() -> Vec<(&'static str, LlamaConfig, usize, usize)> {
-    let base = LlamaConfig {
-        vocab_size: 64,
-        dim: 128,
-        n_layers: 4,
-        n_heads: 4,
-        n_kv_heads: 2,
-        hidden_dim: 352,
-        max_seq_len: 256,
-        rope_theta: 10_000.0,
-        norm_eps: 1e-5,
-        tie_embeddings: true,
-        value_head: false,
-    };
-    let large = LlamaConfig {
-        dim: 256,
-        n_layers: 6,
-        n_heads: 8,
-        n_kv_heads: 4,
-        hidden_dim: 704,
-        ..base.clone()
-    };
-    vec![("sft-arith-0.75M", base, 32, 100), ("4.4M", large, 16, 128)]
-}
 
 fn train_step(c: &mut Criterion) {
     let device = Device::flex().autodiff();
     let mut group = c.benchmark_group("train_step");
     group.sample_size(10);
-    for (name, config, batch, seq) in sizes() {
-        let model = Llama::init(config.clone(), &mut rng(0, 0), &device).unwrap();
+    // The CPU-sized bench models (the 125M one is for `gpu-check.sh`).
+    for m in bench_models().into_iter().take(2) {
+        let (name, batch, seq) = (m.name, m.batch, m.seq);
+        let model = Llama::init(m.config.clone(), &mut rng(0, 0), &device).unwrap();
         let mut trainer = Trainer::new(model, OptimConfig::default(), 1_000_000);
-        let ids: Vec<i64> = (0..batch * seq)
-            .map(|i| (i * 7919 % config.vocab_size) as i64)
-            .collect();
-        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, seq]), &device);
+        let tokens =
+            Tensor::<2, Int>::from_data(TensorData::new(bench_tokens(&m), [batch, seq]), &device);
         let pad = vec![0; batch];
         group.throughput(Throughput::Elements((batch * seq) as u64));
         group.bench_function(name, |b| {
@@ -70,7 +45,7 @@ fn train_step(c: &mut Criterion) {
 
 fn generation(c: &mut Criterion) {
     let device = Device::flex();
-    let (_, config, _, _) = sizes().remove(0);
+    let config = bench_models().remove(0).config;
     let model = Llama::init(config, &mut rng(0, 0), &device).unwrap();
     let prompts: Vec<Vec<u32>> = (0..8).map(|i| vec![1, 5 + i, 9, 11]).collect();
     let params = SamplingParams {

@@ -1,24 +1,31 @@
-"""The LM train-step bench of benches/lm.rs, in PyTorch eager on the CPU.
+"""The LM train step of `lmlab bench train` (lmlab_sdk::lm::bench), in PyTorch eager.
 
-Run by hand (not in CI): `pip install torch==2.9.0` then
-`python3 benches/pytorch_reference.py`. Same architecture as lmlab's Llama (RMSNorm,
-interleaved rotary pairs, grouped-query attention, SwiGLU, tied embeddings), same sizes,
-batch and sequence lengths, AdamW, 2 threads. Prints the median ms per step.
+Same architecture as lmlab's Llama (RMSNorm, interleaved rotary pairs, grouped-query attention,
+SwiGLU, tied embeddings), same sizes, batch, tokens and loss (mean next-token NLL), AdamW with
+gradient-norm clipping at 1.0. Prints one JSON line per model, as `lmlab bench train` does:
+
+    python3 benches/pytorch_reference.py [--model NAME|all] [--device cpu|cuda]
+        [--dtype f32|bf16] [--steps N] [--warmup N] [--threads N]
+    python3 benches/pytorch_reference.py --peak     # measured bf16 matmul TFLOP/s (GPU)
+
+`cargo xtask bench-compare` runs it on the CPU; the GPU bundle's `gpu-check.sh` on CUDA.
 """
 
+import argparse
+import json
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
-torch.set_num_threads(2)
-torch.manual_seed(0)
 
+# As lmlab_sdk::lm::bench::bench_models.
 SIZES = [
     # name, vocab, dim, layers, heads, kv heads, hidden, batch, seq
     ("sft-arith-0.75M", 64, 128, 4, 4, 2, 352, 32, 100),
     ("4.4M", 64, 256, 6, 8, 4, 704, 16, 128),
+    ("125M", 49152, 768, 12, 12, 12, 2048, 8, 512),
 ]
 
 
@@ -76,31 +83,108 @@ class Llama(torch.nn.Module):
 
     def forward(self, ids):
         t = ids.shape[1]
-        freqs = 1.0 / (10000.0 ** (torch.arange(0, self.hd, 2).float() / self.hd))
-        ang = torch.arange(t).float()[:, None] * freqs[None, :]
-        cos, sin = ang.cos(), ang.sin()
+        dev = ids.device
+        freqs = 1.0 / (10000.0 ** (torch.arange(0, self.hd, 2, device=dev).float() / self.hd))
+        ang = torch.arange(t, device=dev).float()[:, None] * freqs[None, :]
+        dtype = self.embed.weight.dtype
+        cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
         x = self.embed(ids)
         for blk in self.blocks:
             x = blk(x, cos, sin)
         return self.norm(x) @ self.embed.weight.T
 
 
-for name, vocab, d, layers, h, kv, hidden, batch, seq in SIZES:
-    model = Llama(vocab, d, layers, h, kv, hidden)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_model(spec, device, dtype, steps, warmup, batch=None):
+    name, vocab, d, layers, h, kv, hidden, b, seq = spec
+    b = batch or b
+    torch.manual_seed(0)
+    model = Llama(vocab, d, layers, h, kv, hidden).to(device=device, dtype=dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    ids = (torch.arange(batch * seq) * 7919 % vocab).view(batch, seq)
+    ids = (torch.arange(b * seq) * 7919 % vocab).view(b, seq).to(device)
     times = []
-    for i in range(25):
+    for i in range(warmup + steps):
+        sync(device)
         t0 = time.perf_counter()
         logits = model(ids[:, :-1])
-        lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None])
         loss = -lp.mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if i >= 5:
+        sync(device)
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     params = sum(p.numel() for p in model.parameters())
-    print(f"{name}: {params} parameters, median {1000 * statistics.median(times):.1f} ms/step "
-          f"(batch {batch} x {seq}, torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    secs = statistics.median(times)
+    tokens = b * (seq - 1)
+    return {
+        "bench": "train",
+        "impl": "pytorch-eager",
+        "model": name,
+        "device": device.type,
+        "dtype": "bf16" if dtype == torch.bfloat16 else "f32",
+        "params": params,
+        "tokens": tokens,
+        "batch": b,
+        "seq": seq,
+        "ms_per_step": 1000 * secs,
+        "tokens_per_s": tokens / secs,
+        "tflops": 6 * params * tokens / secs / 1e12,
+        "steps": steps,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def peak_bf16(device, n=8192, reps=20):
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    secs = (time.perf_counter() - t0) / reps
+    return {"bench": "peak", "dtype": "bf16", "n": n, "tflops": 2 * n**3 / secs / 1e12,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="all")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peak", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.peak:
+        print(json.dumps(peak_bf16(device)), flush=True)
+        return
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    specs = [s for s in SIZES if args.model in ("all", s[0])]
+    if args.model == "all":
+        specs = specs[:2] if device.type == "cpu" else specs
+    if not specs:
+        raise SystemExit(f"unknown model {args.model}: use all or one of {[s[0] for s in SIZES]}")
+    for spec in specs:
+        print(json.dumps(time_model(spec, device, dtype, args.steps, args.warmup, args.batch)),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

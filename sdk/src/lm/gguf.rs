@@ -297,6 +297,49 @@ impl Gguf {
         dequantize(info.ggml_type, bytes, n as usize).map_err(|e| format!("tensor `{name}`: {e}"))
     }
 
+    /// A tensor's ggml type and where its bytes start in [`into_bytes`](Self::into_bytes)'s
+    /// buffer, checking its dimensions (innermost first) and that its bytes are all there.
+    pub fn raw(&self, name: &str, dims: &[u64]) -> Result<(u32, usize), String> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| format!("tensor `{name}` is missing"))?;
+        if info.dims != dims {
+            return Err(format!(
+                "tensor `{name}` has dimensions {:?}, expected {dims:?}",
+                info.dims
+            ));
+        }
+        let n = dims.iter().product::<u64>() as usize;
+        let size = match info.ggml_type {
+            F32 => 4 * n,
+            F16 | BF16 => 2 * n,
+            Q8_0 => n / 32 * 34,
+            Q4_1 => n / 32 * 20,
+            other => {
+                return Err(format!(
+                    "tensor `{name}`: ggml type {other} is not supported"
+                ));
+            }
+        };
+        let start = self
+            .data_start
+            .checked_add(info.offset as usize)
+            .ok_or("offset overflow")?;
+        if start
+            .checked_add(size)
+            .is_none_or(|end| end > self.data.len())
+        {
+            return Err(format!("tensor `{name}` runs past the end of the file"));
+        }
+        Ok((info.ggml_type, start))
+    }
+
+    /// The file's bytes (tensor data included), for readers that keep the blocks as they are.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.data
+    }
+
     /// The Llama configuration from the metadata.
     pub fn config(&self) -> Result<LlamaConfig, String> {
         let arch = self

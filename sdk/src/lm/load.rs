@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use crate::error::Error;
-use crate::lm::llama::Llama;
+use crate::lm::gguf::Gguf;
+use crate::lm::llama::{Llama, LlamaConfig, LlamaWeights};
 use crate::lm::llama2c::{self, Llama2cTokenizer};
+use crate::lm::quant::{QKind, QLlama};
 use crate::lm::tokenizer::Tokenizer;
 
 /// The checkpoint formats lmlab reads.
@@ -47,9 +49,10 @@ pub fn detect(path: &Path) -> Result<Format, Error> {
     Ok(Format::Llama2c)
 }
 
-/// A loaded model with its tokenizer and the token ids that end a generation.
-pub struct Loaded {
-    pub model: Llama,
+/// A loaded model (the burn [`Llama`] unless said otherwise) with its tokenizer and the token
+/// ids that end a generation.
+pub struct Loaded<M = Llama> {
+    pub model: M,
     pub tokenizer: Tokenizer,
     /// Generation stops on any of these.
     pub stop_ids: Vec<u32>,
@@ -58,7 +61,7 @@ pub struct Loaded {
     pub chat_template: Option<String>,
 }
 
-impl Loaded {
+impl<M> Loaded<M> {
     /// `message` as a user turn in the model's chat template, ready for the assistant's
     /// answer (`add_generation_prompt`).
     pub fn chat_prompt(&self, message: &str) -> Result<String, Error> {
@@ -101,8 +104,92 @@ fn llama2c_tokenizer_beside(model: &Path, vocab: usize) -> Option<PathBuf> {
     found.into_iter().next()
 }
 
+/// A checkpoint's weights as read, before a model is built from them.
+enum Source {
+    Weights(LlamaConfig, LlamaWeights),
+    /// The GGUF file itself (its configuration already checked), so its blocks can be kept.
+    Gguf(Box<Gguf>),
+}
+
 /// Loads the checkpoint at `path` onto `device`.
 pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Loaded, Error> {
+    let (source, read) = read(path, tokenizer)?.split();
+    let model = match source {
+        Source::Weights(config, weights) => Llama::from_weights(config, weights, device)
+            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?,
+        Source::Gguf(g) => {
+            let bad = |e: String| {
+                Error::Usage(format!(
+                    "{}: not a usable GGUF checkpoint: {e}",
+                    path.display()
+                ))
+            };
+            let config = g.config().map_err(bad)?;
+            let weights = g.weights(&config).map_err(bad)?;
+            Llama::from_weights(config, weights, device).map_err(bad)?
+        }
+    };
+    Ok(read.with_model(model))
+}
+
+/// Loads the checkpoint at `path` for block-quantized CPU decoding
+/// ([`QLlama`](crate::lm::quant::QLlama)). With `kind` `None` a GGUF file keeps its own
+/// Q8_0 / Q4_1 blocks (shared with the file's buffer) and other formats are quantized to Q8_0;
+/// with `Some(kind)` every format's weights are (re)quantized to `kind`.
+pub fn load_quantized(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    kind: Option<QKind>,
+) -> Result<Loaded<QLlama>, Error> {
+    let (source, read) = read(path, tokenizer)?.split();
+    let bad = |e: String| {
+        Error::Usage(format!(
+            "{}: not a usable GGUF checkpoint: {e}",
+            path.display()
+        ))
+    };
+    let model = match (source, kind) {
+        (Source::Weights(config, weights), kind) => {
+            QLlama::from_weights(config, weights, kind.unwrap_or(QKind::Q8_0))
+        }
+        (Source::Gguf(g), None) => QLlama::from_gguf(*g).map_err(bad)?,
+        (Source::Gguf(g), Some(kind)) => {
+            let config = g.config().map_err(bad)?;
+            let weights = g.weights(&config).map_err(bad)?;
+            drop(g);
+            QLlama::from_weights(config, weights, kind)
+        }
+    };
+    Ok(read.with_model(model))
+}
+
+impl<M> Loaded<M> {
+    /// The model, and the rest to put another model into.
+    fn split(self) -> (M, Loaded<()>) {
+        let rest = Loaded {
+            model: (),
+            tokenizer: self.tokenizer,
+            stop_ids: self.stop_ids,
+            format: self.format,
+            chat_template: self.chat_template,
+        };
+        (self.model, rest)
+    }
+}
+
+impl Loaded<()> {
+    fn with_model<N>(self, model: N) -> Loaded<N> {
+        Loaded {
+            model,
+            tokenizer: self.tokenizer,
+            stop_ids: self.stop_ids,
+            format: self.format,
+            chat_template: self.chat_template,
+        }
+    }
+}
+
+fn read(path: &Path, tokenizer: Option<&Path>) -> Result<Loaded<Source>, Error> {
     match detect(path)? {
         Format::Llama2c => {
             let (config, weights) = llama2c::load_checkpoint(path)?;
@@ -117,8 +204,7 @@ pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Lo
                 })?,
             };
             let tok = Llama2cTokenizer::load(&tok_path, vocab)?;
-            let model = Llama::from_weights(config, weights, device)
-                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            let model = Source::Weights(config, weights);
             Ok(Loaded {
                 model,
                 tokenizer: Tokenizer::Llama2c(tok),
@@ -148,8 +234,7 @@ pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Lo
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| config_path.with_file_name("tokenizer.json"));
             let tok = Tokenizer::from_hf_file(&tok_path, hf.bos_token_id, eos)?;
-            let model = Llama::from_weights(config, weights, device)
-                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            let model = Source::Weights(config, weights);
             let chat_template =
                 std::fs::read_to_string(config_path.with_file_name("tokenizer_config.json"))
                     .ok()
@@ -171,13 +256,11 @@ pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Lo
                     path.display()
                 ))
             };
-            let config = g.config().map_err(bad)?;
-            let weights = g.weights(&config).map_err(bad)?;
+            g.config().map_err(bad)?;
             let tok = match tokenizer {
                 Some(p) => Tokenizer::from_hf_file(p, None, 2)?,
                 None => g.tokenizer().map_err(bad)?,
             };
-            let model = Llama::from_weights(config, weights, device).map_err(bad)?;
             let eos = tok.eos();
             let mut stop_ids = vec![eos];
             // Chat models end a turn with <|im_end|> / <|eot_id|> as well.
@@ -188,12 +271,13 @@ pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Lo
                     }
                 }
             }
+            let chat_template = g.chat_template().map(str::to_string);
             Ok(Loaded {
-                model,
+                model: Source::Gguf(Box::new(g)),
                 tokenizer: tok,
                 stop_ids,
                 format: Format::Gguf,
-                chat_template: g.chat_template().map(str::to_string),
+                chat_template,
             })
         }
     }

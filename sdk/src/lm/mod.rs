@@ -1,6 +1,7 @@
 //! Language-model core: the Llama-architecture transformer, its checkpoint formats, tokenizers
 //! and sampling. Every LM method builds on these.
 
+pub mod bench;
 pub mod fit;
 pub mod gguf;
 pub mod hf;
@@ -8,6 +9,7 @@ pub mod llama;
 pub mod llama2c;
 pub mod load;
 pub mod policy;
+pub mod quant;
 pub mod sample;
 pub mod tokenizer;
 

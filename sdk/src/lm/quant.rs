@@ -1,0 +1,984 @@
+//! Block-quantized CPU decoding for the Llama architecture: the weights stay in ggml's blocks
+//! (a GGUF file's own Q8_0 / Q4_1 blocks, kept in the file's buffer without a copy, or f32
+//! weights quantized to Q8_0 on load) and are dequantized inside the matrix-vector product.
+//!
+//! Decoding one token reads every weight once, so it is bound by memory bandwidth: f32 weights
+//! cost 4 bytes per parameter, Q8_0 1.06 and Q4_1 0.63. As in llama.cpp, the activation vector
+//! is quantized to 8-bit blocks of 32 (scale `d = max|x| / 127`) so each block's dot product is
+//! an integer one: `Σ (d_w q_w)(d_x q_x) = d_w d_x Σ q_w q_x` for Q8_0, and for Q4_1
+//! (`w = d_w q_w + m_w`) `d_w d_x Σ q_w q_x + m_w d_x Σ q_x`. Rows are split over rayon's
+//! threads; on x86-64 the kernels are compiled for AVX2 as well and chosen at run time.
+//!
+//! This path is for inference (decoding, Best-of-n scoring is the burn model's job): training
+//! and batched scoring use [`Llama`](crate::lm::Llama) on a burn device.
+
+use std::sync::{Arc, OnceLock};
+
+use rayon::prelude::*;
+
+use crate::lm::gguf::Gguf;
+use crate::lm::llama::{LlamaConfig, LlamaWeights};
+use crate::lm::sample::{Sequence, logprob_at, sample_next};
+use crate::policy::SamplingParams;
+use crate::rng::Rng;
+
+/// Values per quantization block.
+pub const QK: usize = 32;
+
+/// How a matrix's values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QKind {
+    /// Plain f32 (also what F16 / BF16 tensors become).
+    F32,
+    /// 32 values: an f16 scale `d`, 32 × i8 `q`; `x = d·q`.
+    Q8_0,
+    /// 32 values: f16 scale `d`, f16 minimum `m`, 16 bytes of nibbles (low nibbles are values
+    /// 0..16, high nibbles 16..32); `x = d·q + m`.
+    Q4_1,
+}
+
+impl QKind {
+    /// The ggml name.
+    pub fn name(self) -> &'static str {
+        match self {
+            QKind::F32 => "f32",
+            QKind::Q8_0 => "q8_0",
+            QKind::Q4_1 => "q4_1",
+        }
+    }
+
+    /// Parses `f32`, `q8_0` or `q4_1`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "f32" => Ok(QKind::F32),
+            "q8_0" => Ok(QKind::Q8_0),
+            "q4_1" => Ok(QKind::Q4_1),
+            other => Err(format!(
+                "unknown weight type `{other}`: use f32, q8_0 or q4_1"
+            )),
+        }
+    }
+
+    fn block_bytes(self) -> usize {
+        match self {
+            QKind::F32 => 4 * QK,
+            QKind::Q8_0 => 2 + QK,
+            QKind::Q4_1 => 4 + QK / 2,
+        }
+    }
+
+    /// The ggml type id.
+    fn from_ggml(ty: u32) -> Option<Self> {
+        match ty {
+            8 => Some(QKind::Q8_0),
+            3 => Some(QKind::Q4_1),
+            _ => None,
+        }
+    }
+}
+
+/// Every f16 bit pattern as f32 (ggml's table): block scales are read per block, and a
+/// software conversion would cost as much as the block's arithmetic.
+fn f16_table() -> &'static [f32] {
+    static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| half::f16::from_bits(b).to_f32())
+            .collect()
+    })
+}
+
+#[inline(always)]
+fn f16_at(table: &[f32], b: &[u8]) -> f32 {
+    table[u16::from_le_bytes([b[0], b[1]]) as usize]
+}
+
+#[derive(Clone, Debug)]
+enum Store {
+    F32(Vec<f32>),
+    /// Row-major blocks starting at `start` in a shared buffer (a GGUF file's, or our own).
+    Blocks {
+        buf: Arc<Vec<u8>>,
+        start: usize,
+    },
+}
+
+/// A `[rows, cols]` row-major matrix whose rows are runs of blocks along `cols` (a multiple of
+/// 32 for the quantized kinds): `y = W x` is one dot product per row.
+#[derive(Clone, Debug)]
+pub struct QMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub kind: QKind,
+    store: Store,
+}
+
+/// An activation vector quantized to 8-bit blocks: values, per-block scale `d`, and `d·Σq`.
+#[derive(Clone, Debug, Default)]
+pub struct Q8Vector {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+impl Q8Vector {
+    /// Quantizes `x` (its length a multiple of 32) in place of the previous contents.
+    pub fn quantize(&mut self, x: &[f32]) {
+        let nb = x.len() / QK;
+        self.q.resize(nb * QK, 0);
+        self.d.resize(nb, 0.0);
+        self.s.resize(nb, 0.0);
+        for b in 0..nb {
+            let xs = &x[b * QK..(b + 1) * QK];
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in self.q[b * QK..(b + 1) * QK].iter_mut().zip(xs) {
+                *q = (v * inv).round() as i8;
+                sum += *q as i32;
+            }
+            self.d[b] = d;
+            self.s[b] = d * sum as f32;
+        }
+    }
+}
+
+/// Quantizes a row-major `[rows, cols]` f32 matrix to `kind` blocks.
+fn quantize_rows(w: &[f32], kind: QKind) -> Vec<u8> {
+    let mut out = Vec::with_capacity(w.len() / QK * kind.block_bytes());
+    for xs in w.chunks_exact(QK) {
+        match kind {
+            QKind::Q8_0 => {
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(half::f16::from_f32(d).to_le_bytes());
+                out.extend(xs.iter().map(|&v| (v * inv).round() as i8 as u8));
+            }
+            QKind::Q4_1 => {
+                let min = xs.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+                let max = xs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let d = (max - min) / 15.0;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(half::f16::from_f32(d).to_le_bytes());
+                out.extend(half::f16::from_f32(min).to_le_bytes());
+                let q = |v: f32| (((v - min) * inv).round() as i32).clamp(0, 15) as u8;
+                out.extend((0..QK / 2).map(|j| q(xs[j]) | (q(xs[j + QK / 2]) << 4)));
+            }
+            QKind::F32 => unreachable!("f32 matrices are not blocks"),
+        }
+    }
+    out
+}
+
+/// `Σ_b d_w d_x Σ q_w q_x` over one Q8_0 row.
+#[inline(always)]
+fn dot_q8_0(table: &[f32], row: &[u8], x: &Q8Vector) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(2 + QK).enumerate() {
+        let d = f16_at(table, blk);
+        let qs = &blk[2..2 + QK];
+        let xs = &x.q[b * QK..(b + 1) * QK];
+        let mut s = 0i32;
+        for i in 0..QK {
+            s += (qs[i] as i8 as i32) * (xs[i] as i32);
+        }
+        acc += d * x.d[b] * s as f32;
+    }
+    acc
+}
+
+/// `Σ_b d_w d_x Σ q_w q_x + m_w d_x Σ q_x` over one Q4_1 row.
+#[inline(always)]
+fn dot_q4_1(table: &[f32], row: &[u8], x: &Q8Vector) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(4 + QK / 2).enumerate() {
+        let (d, m) = (f16_at(table, blk), f16_at(table, &blk[2..]));
+        let qs = &blk[4..4 + QK / 2];
+        let xs = &x.q[b * QK..(b + 1) * QK];
+        let mut s = 0i32;
+        for j in 0..QK / 2 {
+            s += (qs[j] & 0x0f) as i32 * xs[j] as i32 + (qs[j] >> 4) as i32 * xs[j + QK / 2] as i32;
+        }
+        acc += d * x.d[b] * s as f32 + m * x.s[b];
+    }
+    acc
+}
+
+#[inline(always)]
+fn dot_f32(row: &[f32], x: &[f32]) -> f32 {
+    // Eight partial sums over fixed-size chunks, so the loop vectorises.
+    let mut acc = [0f32; 8];
+    let (rc, xc) = (row.chunks_exact(8), x.chunks_exact(8));
+    let tail: f32 = rc
+        .remainder()
+        .iter()
+        .zip(xc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (r, v) in rc.zip(xc) {
+        let (r, v): (&[f32; 8], &[f32; 8]) = (r.try_into().unwrap(), v.try_into().unwrap());
+        for l in 0..8 {
+            acc[l] += r[l] * v[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Rows `first..first + y.len()` of `W x` into `y` (portable code).
+fn rows_generic(m: &QMatrix, first: usize, x: &[f32], xq: &Q8Vector, y: &mut [f32]) {
+    let table = f16_table();
+    match &m.store {
+        Store::F32(w) => {
+            for (i, out) in y.iter_mut().enumerate() {
+                let r = first + i;
+                *out = dot_f32(&w[r * m.cols..(r + 1) * m.cols], x);
+            }
+        }
+        Store::Blocks { buf, start } => {
+            let rb = m.cols / QK * m.kind.block_bytes();
+            for (i, out) in y.iter_mut().enumerate() {
+                let at = start + (first + i) * rb;
+                let row = &buf[at..at + rb];
+                *out = match m.kind {
+                    QKind::Q8_0 => dot_q8_0(table, row, xq),
+                    QKind::Q4_1 => dot_q4_1(table, row, xq),
+                    QKind::F32 => unreachable!("f32 matrices are not blocks"),
+                };
+            }
+        }
+    }
+}
+
+/// AVX2 kernels, as llama.cpp's: 32 weights × 32 activations per block through
+/// `maddubs` (u8 × i8 pairs to i16) and `madd` (to i32), scaled and accumulated in f32 lanes.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Q8Vector, QK, QKind, QMatrix, Store, dot_f32};
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_hadd_ps(s, s);
+        _mm_cvtss_f32(_mm_hadd_ps(s, s))
+    }
+
+    /// How far ahead of the block being read the weights are prefetched, in bytes (past page
+    /// boundaries, where the hardware prefetcher stops).
+    const PREFETCH: usize = 4096;
+
+    /// An f16 (little-endian bytes at `p`) as f32, in hardware.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        // SAFETY: the caller guarantees two readable bytes.
+        let bits = unsafe { (p as *const u16).read_unaligned() };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q8_0(row: &[u8], x: &Q8Vector) -> f32 {
+        let nb = row.len() / (2 + QK);
+        assert!(x.q.len() >= nb * QK && x.d.len() >= nb);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let (mut w, mut xq) = (row.as_ptr(), x.q.as_ptr());
+        for b in 0..nb {
+            // SAFETY: block `b` of the row and of `x` are in bounds (asserted above).
+            unsafe {
+                let d = f16_at(w) * *x.d.get_unchecked(b);
+                _mm_prefetch::<_MM_HINT_T0>(w.add(PREFETCH) as *const i8);
+                let wv = _mm256_loadu_si256(w.add(2) as *const __m256i);
+                let xv = _mm256_loadu_si256(xq as *const __m256i);
+                // |w| · (x · sign(w)) = w · x, the unsigned operand first as maddubs wants.
+                let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                let p32 = _mm256_madd_epi16(p16, ones);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p32), acc);
+                w = w.add(2 + QK);
+                xq = xq.add(QK);
+            }
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q4_1(row: &[u8], x: &Q8Vector) -> f32 {
+        let nb = row.len() / (4 + QK / 2);
+        assert!(x.q.len() >= nb * QK && x.d.len() >= nb && x.s.len() >= nb);
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm_set1_epi8(0x0f);
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = _mm_setzero_ps();
+        let (mut w, mut xq) = (row.as_ptr(), x.q.as_ptr());
+        for b in 0..nb {
+            // SAFETY: block `b` of the row and of `x` are in bounds (asserted above).
+            unsafe {
+                let d = f16_at(w) * *x.d.get_unchecked(b);
+                let m = f16_at(w.add(2)) * *x.s.get_unchecked(b);
+                _mm_prefetch::<_MM_HINT_T0>(w.add(PREFETCH) as *const i8);
+                let q = _mm_loadu_si128(w.add(4) as *const __m128i);
+                let lo = _mm_and_si128(q, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+                let wv = _mm256_set_m128i(hi, lo);
+                let xv = _mm256_loadu_si256(xq as *const __m256i);
+                let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p32), acc);
+                mins = _mm_add_ss(mins, _mm_set_ss(m));
+                w = w.add(4 + QK / 2);
+                xq = xq.add(QK);
+            }
+        }
+        hsum(acc) + _mm_cvtss_f32(mins)
+    }
+
+    /// `super::rows_generic` with these kernels.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn rows(m: &QMatrix, first: usize, x: &[f32], xq: &Q8Vector, y: &mut [f32]) {
+        match &m.store {
+            Store::F32(w) => {
+                for (i, out) in y.iter_mut().enumerate() {
+                    let r = first + i;
+                    *out = dot_f32(&w[r * m.cols..(r + 1) * m.cols], x);
+                }
+            }
+            Store::Blocks { buf, start } => {
+                let rb = m.cols / QK * m.kind.block_bytes();
+                for (i, out) in y.iter_mut().enumerate() {
+                    let at = start + (first + i) * rb;
+                    let row = &buf[at..at + rb];
+                    *out = match m.kind {
+                        QKind::Q8_0 => dot_q8_0(row, xq),
+                        QKind::Q4_1 => dot_q4_1(row, xq),
+                        QKind::F32 => unreachable!("f32 matrices are not blocks"),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Whether this CPU runs the AVX2 kernels.
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: OnceLock<bool> = OnceLock::new();
+        *AVX2.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn rows(m: &QMatrix, first: usize, x: &[f32], xq: &Q8Vector, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked).
+        return unsafe { avx2::rows(m, first, x, xq, y) };
+    }
+    rows_generic(m, first, x, xq, y)
+}
+
+impl QMatrix {
+    /// `w` (`[rows, cols]` row-major) stored as `kind`. Quantized kinds need `cols` to be a
+    /// multiple of 32; other matrices stay f32.
+    pub fn from_f32(w: Vec<f32>, rows: usize, cols: usize, kind: QKind) -> Self {
+        assert_eq!(w.len(), rows * cols, "matrix data does not match its shape");
+        if kind == QKind::F32 || cols % QK != 0 {
+            return Self {
+                rows,
+                cols,
+                kind: QKind::F32,
+                store: Store::F32(w),
+            };
+        }
+        Self {
+            rows,
+            cols,
+            kind,
+            store: Store::Blocks {
+                buf: Arc::new(quantize_rows(&w, kind)),
+                start: 0,
+            },
+        }
+    }
+
+    /// Bytes the weights occupy.
+    pub fn bytes(&self) -> usize {
+        match &self.store {
+            Store::F32(w) => 4 * w.len(),
+            Store::Blocks { .. } => self.rows * self.cols / QK * self.kind.block_bytes(),
+        }
+    }
+
+    /// Row `r`, dequantized.
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        match &self.store {
+            Store::F32(w) => w[r * self.cols..(r + 1) * self.cols].to_vec(),
+            Store::Blocks { buf, start } => {
+                let rb = self.cols / QK * self.kind.block_bytes();
+                let at = start + r * rb;
+                let ty = match self.kind {
+                    QKind::Q8_0 => 8,
+                    QKind::Q4_1 => 3,
+                    QKind::F32 => 0,
+                };
+                crate::lm::gguf::dequantize(ty, &buf[at..at + rb], self.cols)
+                    .expect("a row holds whole blocks")
+            }
+        }
+    }
+
+    /// `y = W x`, with `xq` the quantized `x` (used by quantized kinds). Rows are split over
+    /// rayon's threads.
+    pub fn matvec(&self, x: &[f32], xq: &Q8Vector, y: &mut [f32]) {
+        matvec_many(&mut [(self, y)], x, xq);
+    }
+}
+
+/// `y_i = W_i x` for matrices that share `x` (q, k and v; gate and up), in one parallel
+/// region: each fork-join costs microseconds, and decoding does ~4 per layer per token.
+pub fn matvec_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], xq: &Q8Vector) {
+    for (m, y) in jobs.iter() {
+        assert_eq!((x.len(), y.len()), (m.cols, m.rows), "matrix-vector shapes");
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let total: usize = jobs.iter().map(|(m, _)| m.rows * m.cols).sum();
+    if threads == 1 || total < 1 << 14 {
+        for (m, y) in jobs.iter_mut() {
+            rows(m, 0, x, xq, y);
+        }
+        return;
+    }
+    // Several tasks per thread: a worker that wakes late still finds work, so both cores stay
+    // busy (one contiguous half per thread measured ~15% slower).
+    let task = (total / (8 * threads)).max(1 << 13);
+    let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
+    for (m, y) in jobs.iter_mut() {
+        let per = (task / m.cols).max(1);
+        for (c, ys) in y.chunks_mut(per).enumerate() {
+            tasks.push((*m, c * per, ys));
+        }
+    }
+    tasks
+        .into_par_iter()
+        .for_each(|(m, first, ys)| rows(m, first, x, xq, ys));
+}
+
+/// One layer of [`QLlama`].
+#[derive(Clone, Debug)]
+pub struct QLayer {
+    pub attn_norm: Vec<f32>,
+    pub wq: QMatrix,
+    pub wk: QMatrix,
+    pub wv: QMatrix,
+    pub wo: QMatrix,
+    pub ffn_norm: Vec<f32>,
+    pub w1: QMatrix,
+    pub w2: QMatrix,
+    pub w3: QMatrix,
+}
+
+/// A Llama for block-quantized CPU decoding (the same arithmetic as
+/// [`Llama`](crate::lm::Llama): RMSNorm, interleaved rotary pairs, grouped-query attention,
+/// SwiGLU).
+#[derive(Clone, Debug)]
+pub struct QLlama {
+    pub config: LlamaConfig,
+    /// `[vocab, dim]`.
+    pub embed: QMatrix,
+    pub layers: Vec<QLayer>,
+    pub norm: Vec<f32>,
+    /// `[vocab, dim]`; `None` when tied to `embed`.
+    pub lm_head: Option<QMatrix>,
+}
+
+impl QLlama {
+    /// From f32 weights in checkpoint layout, every matrix quantized to `kind`.
+    pub fn from_weights(config: LlamaConfig, w: LlamaWeights, kind: QKind) -> Self {
+        let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
+        let kv = config.n_kv_heads * config.head_dim();
+        let layers = w
+            .layers
+            .into_iter()
+            .map(|l| QLayer {
+                attn_norm: l.attn_norm,
+                wq: QMatrix::from_f32(l.wq, d, d, kind),
+                wk: QMatrix::from_f32(l.wk, kv, d, kind),
+                wv: QMatrix::from_f32(l.wv, kv, d, kind),
+                wo: QMatrix::from_f32(l.wo, d, d, kind),
+                ffn_norm: l.ffn_norm,
+                w1: QMatrix::from_f32(l.w1, h, d, kind),
+                w2: QMatrix::from_f32(l.w2, d, h, kind),
+                w3: QMatrix::from_f32(l.w3, h, d, kind),
+            })
+            .collect();
+        Self {
+            embed: QMatrix::from_f32(w.embed, v, d, kind),
+            layers,
+            norm: w.final_norm,
+            lm_head: w.lm_head.map(|head| QMatrix::from_f32(head, v, d, kind)),
+            config,
+        }
+    }
+
+    /// From a GGUF file, keeping its Q8_0 / Q4_1 blocks where they are (the file's buffer is
+    /// shared, not copied); other tensor types are read as f32.
+    pub fn from_gguf(g: Gguf) -> Result<Self, String> {
+        let config = g.config()?;
+        let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
+        let kv = config.n_kv_heads * config.head_dim();
+        // Which tensors stay as blocks, and where; the rest are dequantized now.
+        let mut plan = Vec::new();
+        let mut mats = std::collections::HashMap::new();
+        let mut want = vec![("token_embd.weight".to_string(), v, d)];
+        if !config.tie_embeddings {
+            want.push(("output.weight".into(), v, d));
+        }
+        for i in 0..config.n_layers {
+            for (n, rows, cols) in [
+                ("attn_q", d, d),
+                ("attn_k", kv, d),
+                ("attn_v", kv, d),
+                ("attn_output", d, d),
+                ("ffn_gate", h, d),
+                ("ffn_down", d, h),
+                ("ffn_up", h, d),
+            ] {
+                want.push((format!("blk.{i}.{n}.weight"), rows, cols));
+            }
+        }
+        for (name, rows, cols) in &want {
+            let (ty, at) = g.raw(name, &[*cols as u64, *rows as u64])?;
+            match QKind::from_ggml(ty) {
+                Some(kind) if cols % QK == 0 => plan.push((name.clone(), *rows, *cols, kind, at)),
+                _ => {
+                    let w = g.tensor(name, &[*cols as u64, *rows as u64])?;
+                    mats.insert(name.clone(), QMatrix::from_f32(w, *rows, *cols, QKind::F32));
+                }
+            }
+        }
+        let norms: Vec<(Vec<f32>, Vec<f32>)> = (0..config.n_layers)
+            .map(|i| {
+                Ok((
+                    g.tensor(&format!("blk.{i}.attn_norm.weight"), &[d as u64])?,
+                    g.tensor(&format!("blk.{i}.ffn_norm.weight"), &[d as u64])?,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        let norm = g.tensor("output_norm.weight", &[d as u64])?;
+        let buf = Arc::new(g.into_bytes());
+        for (name, rows, cols, kind, start) in plan {
+            let m = QMatrix {
+                rows,
+                cols,
+                kind,
+                store: Store::Blocks {
+                    buf: Arc::clone(&buf),
+                    start,
+                },
+            };
+            mats.insert(name, m);
+        }
+        let mut take = |name: &str| {
+            mats.remove(name)
+                .ok_or(format!("tensor `{name}` is missing"))
+        };
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for (i, (attn_norm, ffn_norm)) in norms.into_iter().enumerate() {
+            let mut t = |n: &str| take(&format!("blk.{i}.{n}.weight"));
+            layers.push(QLayer {
+                attn_norm,
+                wq: t("attn_q")?,
+                wk: t("attn_k")?,
+                wv: t("attn_v")?,
+                wo: t("attn_output")?,
+                ffn_norm,
+                w1: t("ffn_gate")?,
+                w2: t("ffn_down")?,
+                w3: t("ffn_up")?,
+            });
+        }
+        Ok(Self {
+            embed: take("token_embd.weight")?,
+            lm_head: if config.tie_embeddings {
+                None
+            } else {
+                Some(take("output.weight")?)
+            },
+            layers,
+            norm,
+            config,
+        })
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let vecs = |v: &Vec<f32>| 4 * v.len();
+        self.embed.bytes()
+            + self.lm_head.as_ref().map_or(0, QMatrix::bytes)
+            + vecs(&self.norm)
+            + self
+                .layers
+                .iter()
+                .map(|l| {
+                    vecs(&l.attn_norm)
+                        + vecs(&l.ffn_norm)
+                        + [&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3]
+                            .iter()
+                            .map(|m| m.bytes())
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
+    }
+
+    /// The storage of the layers' matrices (`q4_1` for SmolLM2's file, say).
+    pub fn weight_kind(&self) -> QKind {
+        self.layers.first().map_or(self.embed.kind, |l| l.wq.kind)
+    }
+
+    /// A fresh decoding state (empty KV cache).
+    pub fn session(&self) -> QSession<'_> {
+        let c = &self.config;
+        let kv = c.n_kv_heads * c.head_dim();
+        QSession {
+            model: self,
+            keys: vec![Vec::new(); c.n_layers],
+            values: vec![Vec::new(); c.n_layers],
+            pos: 0,
+            x: vec![0.0; c.dim],
+            h: vec![0.0; c.dim],
+            q: vec![0.0; c.dim],
+            k: vec![0.0; kv],
+            v: vec![0.0; kv],
+            att: vec![0.0; c.dim],
+            gate: vec![0.0; c.hidden_dim],
+            up: vec![0.0; c.hidden_dim],
+            scores: Vec::new(),
+            angles: Vec::new(),
+            hq: Q8Vector::default(),
+            logits: vec![0.0; c.vocab_size],
+        }
+    }
+
+    /// Samples a continuation of `prompt` (one row; BOS included if wanted): up to
+    /// `params.max_new_tokens` tokens (and the context length), stopping after any of
+    /// `stop_ids`. Greedy at temperature 0.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        stop_ids: &[u32],
+        rng: &mut Rng,
+    ) -> Sequence {
+        let mut s = self.session();
+        let mut out = Sequence {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            finished: false,
+        };
+        let room = self.config.max_seq_len.saturating_sub(prompt.len());
+        let Some((&last, head)) = prompt.split_last() else {
+            return out;
+        };
+        for &t in head {
+            s.feed(t);
+        }
+        let mut next = last;
+        for _ in 0..params.max_new_tokens.min(room) {
+            let logits = s.feed(next);
+            let tok = sample_next(logits, params, rng);
+            out.logprobs
+                .push(logprob_at(logits, params.temperature, tok));
+            out.tokens.push(tok as u32);
+            next = tok as u32;
+            if stop_ids.contains(&next) {
+                out.finished = true;
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// A decoding state: the KV cache and scratch buffers.
+pub struct QSession<'a> {
+    model: &'a QLlama,
+    /// Per layer, `[positions, kv_heads · head_dim]`.
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    /// Positions fed so far.
+    pub pos: usize,
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
+    angles: Vec<(f32, f32)>,
+    hq: Q8Vector,
+    logits: Vec<f32>,
+}
+
+/// `x / sqrt(mean(x²) + eps) · w` into `out`.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = (ms + eps).sqrt().recip();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * r * g;
+    }
+}
+
+/// The rotary angles' `(sin, cos)` at `pos` for a head of width `hd` (llama2.c's f32
+/// arithmetic, as [`Llama`](crate::lm::Llama)).
+fn rope_table(hd: usize, pos: usize, theta: f32, out: &mut Vec<(f32, f32)>) {
+    out.clear();
+    out.extend((0..hd / 2).map(|j| {
+        let f = 1.0f32 / theta.powf((2 * j) as f32 / hd as f32);
+        (pos as f32 * f).sin_cos()
+    }));
+}
+
+/// Rotates the interleaved pairs of each head of `x` by `table`'s angles.
+fn rope(x: &mut [f32], table: &[(f32, f32)]) {
+    for head in x.chunks_exact_mut(2 * table.len()) {
+        for (j, &(s, c)) in table.iter().enumerate() {
+            let (a, b) = (head[2 * j], head[2 * j + 1]);
+            head[2 * j] = a * c - b * s;
+            head[2 * j + 1] = a * s + b * c;
+        }
+    }
+}
+
+impl QSession<'_> {
+    /// Feeds one token at the next position; returns the logits for the token after it.
+    pub fn feed(&mut self, token: u32) -> &[f32] {
+        // On one of rayon's own threads, each matrix product is split by work stealing
+        // between spinning workers; from any other thread every product would be a round trip
+        // through the pool's sleep/wake-up (two context switches, tens of µs, ~200 per token).
+        if rayon::current_thread_index().is_none() {
+            rayon::scope(|_| {
+                self.forward(token);
+            });
+        } else {
+            self.forward(token);
+        }
+        &self.logits
+    }
+
+    fn forward(&mut self, token: u32) {
+        let m = self.model;
+        let c = &m.config;
+        let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim());
+        let kvd = nkv * hd;
+        let pos = self.pos;
+        self.x = m.embed.row(token as usize);
+        rope_table(hd, pos, c.rope_theta, &mut self.angles);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, l) in m.layers.iter().enumerate() {
+            rms_norm(&self.x, &l.attn_norm, c.norm_eps, &mut self.h);
+            self.hq.quantize(&self.h);
+            matvec_many(
+                &mut [
+                    (&l.wq, &mut self.q),
+                    (&l.wk, &mut self.k),
+                    (&l.wv, &mut self.v),
+                ],
+                &self.h,
+                &self.hq,
+            );
+            rope(&mut self.q, &self.angles);
+            rope(&mut self.k, &self.angles);
+            self.keys[li].extend_from_slice(&self.k);
+            self.values[li].extend_from_slice(&self.v);
+            let (keys, values) = (&self.keys[li], &self.values[li]);
+            let n = pos + 1;
+            self.scores.resize(n, 0.0);
+            for head in 0..nh {
+                let kvh = head / (nh / nkv);
+                let q = &self.q[head * hd..(head + 1) * hd];
+                let mut max = f32::NEG_INFINITY;
+                for (t, s) in self.scores.iter_mut().enumerate() {
+                    let k = &keys[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
+                    *s = dot_f32(q, k) * scale;
+                    max = max.max(*s);
+                }
+                let mut total = 0.0;
+                for s in self.scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    total += *s;
+                }
+                let out = &mut self.att[head * hd..(head + 1) * hd];
+                out.fill(0.0);
+                for (t, &p) in self.scores.iter().enumerate() {
+                    let v = &values[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
+                    let w = p / total;
+                    for (o, &x) in out.iter_mut().zip(v) {
+                        *o += w * x;
+                    }
+                }
+            }
+            self.hq.quantize(&self.att);
+            l.wo.matvec(&self.att, &self.hq, &mut self.h);
+            for (x, &o) in self.x.iter_mut().zip(&self.h) {
+                *x += o;
+            }
+            rms_norm(&self.x, &l.ffn_norm, c.norm_eps, &mut self.h);
+            self.hq.quantize(&self.h);
+            matvec_many(
+                &mut [(&l.w1, &mut self.gate), (&l.w3, &mut self.up)],
+                &self.h,
+                &self.hq,
+            );
+            for (g, &u) in self.gate.iter_mut().zip(&self.up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            self.hq.quantize(&self.gate);
+            l.w2.matvec(&self.gate, &self.hq, &mut self.h);
+            for (x, &o) in self.x.iter_mut().zip(&self.h) {
+                *x += o;
+            }
+        }
+        rms_norm(&self.x, &m.norm, c.norm_eps, &mut self.h);
+        self.hq.quantize(&self.h);
+        m.lm_head
+            .as_ref()
+            .unwrap_or(&m.embed)
+            .matvec(&self.h, &self.hq, &mut self.logits);
+        self.pos += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::Llama;
+    use burn::tensor::{Device, Int, Tensor, TensorData};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Each quantized product equals the dot product of the dequantized row with the
+        /// dequantized activations, up to f32 rounding.
+        #[test]
+        fn block_products_match_their_definition(
+            seed in 0u64..1000,
+            rows in 1usize..40,
+            blocks in 1usize..5,
+            q4 in any::<bool>(),
+        ) {
+            let cols = blocks * QK;
+            let mut r = crate::rng::rng(seed, 0);
+            let w: Vec<f32> = (0..rows * cols).map(|_| crate::components::regression::normal(&mut r)).collect();
+            let x: Vec<f32> = (0..cols).map(|_| 3.0 * crate::components::regression::normal(&mut r)).collect();
+            let kind = if q4 { QKind::Q4_1 } else { QKind::Q8_0 };
+            let m = QMatrix::from_f32(w.clone(), rows, cols, kind);
+            let mut xq = Q8Vector::default();
+            xq.quantize(&x);
+            let xd: Vec<f32> = (0..cols).map(|i| xq.d[i / QK] * xq.q[i] as f32).collect();
+            let mut y = vec![0.0; rows];
+            m.matvec(&x, &xq, &mut y);
+            let mut portable = vec![0.0; rows];
+            rows_generic(&m, 0, &x, &xq, &mut portable);
+            for (i, &got) in y.iter().enumerate() {
+                let row = m.row(i);
+                let want: f64 = row.iter().zip(&xd).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let size: f64 = row.iter().zip(&xd).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                prop_assert!((got as f64 - want).abs() <= 1e-5 * size.max(1.0), "row {i}: {got} vs {want}");
+                // The SIMD kernels (where this CPU has them) agree with the portable ones.
+                prop_assert!((got - portable[i]).abs() as f64 <= 1e-5 * size.max(1.0));
+                // And the quantized row is close to the original one.
+                let step = if q4 { 0.6 } else { 0.03 };
+                for (a, b) in row.iter().zip(&w[i * cols..(i + 1) * cols]) {
+                    prop_assert!((a - b).abs() <= step, "{a} vs {b}");
+                }
+            }
+        }
+    }
+
+    fn tiny() -> Llama {
+        let config = LlamaConfig {
+            vocab_size: 50,
+            dim: 64,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            hidden_dim: 96,
+            max_seq_len: 32,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            tie_embeddings: false,
+            value_head: false,
+        };
+        Llama::init(config, &mut crate::rng::rng(3, 0), &Device::flex()).unwrap()
+    }
+
+    /// The f32 kind computes exactly what the burn model computes, position by position; Q8_0
+    /// stays close to it.
+    #[test]
+    fn decoding_matches_the_burn_model() {
+        let model = tiny();
+        let ids: Vec<u32> = vec![1, 7, 3, 44, 9, 12, 30, 2];
+        let t = ids.len();
+        let tokens = Tensor::<2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, t]),
+            &Device::flex(),
+        );
+        let want: Vec<f32> = model
+            .forward(tokens, &[0], None)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        for (kind, tol) in [(QKind::F32, 1e-4), (QKind::Q8_0, 0.05)] {
+            let q = QLlama::from_weights(model.config.clone(), model.to_weights(), kind);
+            let mut s = q.session();
+            for (p, &id) in ids.iter().enumerate() {
+                let got = s.feed(id).to_vec();
+                let w = &want[p * 50..(p + 1) * 50];
+                let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let diff = got
+                    .iter()
+                    .zip(w)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    diff <= tol * scale.max(1.0),
+                    "{kind:?} position {p}: {diff}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn generate_stops_and_respects_limits() {
+        let model = tiny();
+        let q = QLlama::from_weights(model.config.clone(), model.to_weights(), QKind::Q8_0);
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_new_tokens: 10,
+            ..Default::default()
+        };
+        let mut r = crate::rng::rng(0, 0);
+        let a = q.generate(&[1, 2], &params, &[], &mut r);
+        assert_eq!(
+            (a.tokens.len(), a.logprobs.len(), a.finished),
+            (10, 10, false)
+        );
+        let first = a.tokens[0];
+        let b = q.generate(&[1, 2], &params, &[first], &mut r);
+        assert_eq!((b.tokens.clone(), b.finished), (vec![first], true));
+        assert!(q.generate(&[], &params, &[], &mut r).tokens.is_empty());
+        // Q8_0 weights take about a quarter of f32's.
+        let f = QLlama::from_weights(model.config.clone(), model.to_weights(), QKind::F32);
+        assert!(q.weight_bytes() * 3 < f.weight_bytes());
+    }
+}
