@@ -51,6 +51,8 @@ print("| impl | model | dtype | ms/step | tokens/s | TFLOP/s | MFU (vs bf16 peak
 print("|---|---|---|---|---|---|---|")
 for r in load("train.jsonl"):
     mfu = f"{100 * r['tflops'] / peak['tflops']:.1f}%" if peak else "n/a"
-    print(f"| {r['impl']} | {r['model']} | {r['dtype']} | {r['ms_per_step']:.1f} | "
+    held = r.get("param_dtype", "").lower()
+    dtype = r["dtype"] if held in ("", r["dtype"]) else f"{r['dtype']} (held as {held})"
+    print(f"| {r['impl']} | {r['model']} | {dtype} | {r['ms_per_step']:.1f} | "
           f"{r['tokens_per_s']:.0f} | {r['tflops']:.2f} | {mfu} |")
 PY

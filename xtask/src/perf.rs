@@ -16,31 +16,30 @@ use crate::{Libtorch, cargo, fetch_smollm2, setup_libtorch};
 /// `LIBTORCH_BYPASS_VERSION_CHECK`; `lmlab bench check` guards the result.
 pub const BUNDLE_TORCH: &str = "2.11.0";
 
-/// Builds the release `lmlab` runner with `--features tch` against `torch`, returning its path.
-fn build_tch_runner(root: &Path, torch: &Libtorch) -> anyhow::Result<PathBuf> {
-    eprintln!("building the release runner with --features tch (libtorch from the virtualenv)");
-    let status = Command::new(cargo())
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "lmlab",
-            "--bin",
-            "lmlab",
-            "--features",
-            "tch",
-        ])
-        .envs(torch.vars.iter().map(|(k, v)| (k, v)))
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building the runner with --features tch failed");
+/// Builds the release `lmlab` runner (with `--features tch` against `torch` when given) and
+/// copies it to `target/bench-bin/NAME`, so the two builds can be used side by side.
+fn build_runner(root: &Path, torch: Option<&Libtorch>, name: &str) -> anyhow::Result<PathBuf> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root)
+        .args(["build", "--release", "--package", "lmlab", "--bin", "lmlab"]);
+    if let Some(torch) = torch {
+        eprintln!("building the release runner with --features tch (libtorch from the virtualenv)");
+        cmd.args(["--features", "tch"])
+            .envs(torch.vars.iter().map(|(k, v)| (k, v)));
+    } else {
+        eprintln!("building the release runner (default features)");
+    }
+    if !cmd.status().context("running cargo build")?.success() {
+        bail!("building the runner failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release/lmlab"))
+    let dir = target.join("bench-bin");
+    std::fs::create_dir_all(&dir)?;
+    let dest = dir.join(name);
+    std::fs::copy(target.join("release/lmlab"), &dest)?;
+    Ok(dest)
 }
 
 /// Runs `cmd`, echoing it, and parses each stdout line that is a JSON object.
@@ -98,7 +97,10 @@ pub fn bench_compare(root: &Path) -> anyhow::Result<()> {
             bail!("pip could not install llama-cpp-python");
         }
     }
-    let bin = build_tch_runner(root, &torch)?;
+    // The default build for `cpu` and decoding (a libtorch build maps ~350 MB of libraries,
+    // which would swamp the peak-memory figure), the libtorch one for `tch:cpu`.
+    let cpu_bin = build_runner(root, None, "lmlab-cpu")?;
+    let tch_bin = build_runner(root, Some(&torch), "lmlab-tch")?;
     let smollm2 = fetch_smollm2()?;
     let data = std::env::var_os("LMLAB_DATA_DIR")
         .map(PathBuf::from)
@@ -106,11 +108,15 @@ pub fn bench_compare(root: &Path) -> anyhow::Result<()> {
     let stories = data.join("stories260k/stories260K.bin");
 
     let ours = |args: &[&str]| -> anyhow::Result<Value> {
-        let mut cmd = Command::new(&bin);
-        cmd.current_dir(root)
-            .args(args)
-            .envs(torch.vars.iter().map(|(k, v)| (k, v)));
-        Ok(json_lines(&mut cmd)?.remove(0))
+        let tch = args.iter().any(|a| a.starts_with("tch:"));
+        let mut cmd = Command::new(if tch { &tch_bin } else { &cpu_bin });
+        cmd.current_dir(root).args(args);
+        if tch {
+            cmd.envs(torch.vars.iter().map(|(k, v)| (k, v)));
+        }
+        let mut r = json_lines(&mut cmd)?.remove(0);
+        r["impl"] = "lmlab".into();
+        Ok(r)
     };
     let py = |script: &str, args: &[&str]| -> anyhow::Result<Value> {
         let mut cmd = Command::new(&python);
@@ -123,49 +129,58 @@ pub fn bench_compare(root: &Path) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for model in CPU_MODELS {
         for device in ["cpu", "tch:cpu"] {
-            let mut r = ours(&[
+            results.push(ours(&[
                 "bench", "train", "--model", model, "--device", device, "--steps", "10",
-            ])?;
-            r["impl"] = "lmlab".into();
-            results.push(r);
+            ])?);
         }
         results.push(py(
             "pytorch_reference.py",
             &["--model", model, "--steps", "10", "--threads", "2"],
         )?);
     }
-    let mut r = ours(&[
-        "bench",
-        "decode",
-        "--model",
-        &smollm2.display().to_string(),
-        "--tokens",
-        DECODE_TOKENS,
-    ])?;
-    r["impl"] = "lmlab".into();
-    results.push(r);
-    results.push(py(
-        "llamacpp_reference.py",
-        &[
-            "--model",
-            &smollm2.display().to_string(),
-            "--tokens",
-            DECODE_TOKENS,
-            "--threads",
-            "2",
-        ],
-    )?);
-    if stories.is_file() {
-        let mut r = ours(&[
+    // Our two decoding paths: weights kept in the file's blocks (Q8_0 for llama2.c files),
+    // and the burn model on dequantized f32 weights. Three rounds, ours and llama.cpp's
+    // alternating so that a slow spell of the machine hits both; the fastest of each is kept.
+    let decode = |path: &Path, tokens: &str, weights: &str| -> anyhow::Result<Value> {
+        let path = path.display().to_string();
+        ours(&[
             "bench",
             "decode",
             "--model",
-            &stories.display().to_string(),
+            &path,
             "--tokens",
-            "199",
-        ])?;
-        r["impl"] = "lmlab".into();
-        results.push(r);
+            tokens,
+            "--weights",
+            weights,
+        ])
+    };
+    let fastest = |runs: Vec<Value>| -> Value {
+        runs.into_iter()
+            .max_by(|a, b| num(a, "tokens_per_s").total_cmp(&num(b, "tokens_per_s")))
+            .expect("at least one run")
+    };
+    let (mut native, mut reference) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        native.push(decode(&smollm2, DECODE_TOKENS, "native")?);
+        reference.push(py(
+            "llamacpp_reference.py",
+            &[
+                "--model",
+                &smollm2.display().to_string(),
+                "--tokens",
+                DECODE_TOKENS,
+                "--threads",
+                "2",
+            ],
+        )?);
+    }
+    results.push(fastest(native));
+    results.push(decode(&smollm2, DECODE_TOKENS, "f32")?);
+    results.push(fastest(reference));
+    if stories.is_file() {
+        for weights in ["native", "f32"] {
+            results.push(decode(&stories, "199", weights)?);
+        }
     } else {
         eprintln!("skipping stories260K: {} is absent", stories.display());
     }
@@ -262,7 +277,7 @@ fn render_cpu_table(rs: &[Value]) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| greedy decoding, KV cache, 2 threads | weights in memory | tokens/s | ratio to llama.cpp (target ≥ 0.8) | peak RSS | RSS / weights (target ≤ 1.3) |"
+        "\n| greedy decoding, KV cache, 2 threads, fastest of 3 × 3 runs | weights in memory | tokens/s | ratio to llama.cpp (target ≥ 0.8) | peak RSS | RSS / weights (target ≤ 1.3) |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     let llama = find(rs, |r| r["impl"] == "llama.cpp");
@@ -291,14 +306,20 @@ fn render_cpu_table(rs: &[Value]) -> String {
             }
             _ => "(llama.cpp cannot read this format)".into(),
         };
+        // The memory target is about real checkpoints; for a 1 MB model the figure is the
+        // process itself.
         let x = rss / weights;
+        let verdict = if weights < 16.0 * 1024.0 * 1024.0 {
+            "— (a tiny model: the process itself)".to_string()
+        } else {
+            format!("{x:.2}× ({})", if x <= 1.3 { "met" } else { "missed" })
+        };
         let _ = writeln!(
             s,
-            "| lmlab `cpu`, {name} | {:.0} MiB {} | {tps:.1} | {ratio} | {:.0} MiB | {x:.2}× ({}) |",
+            "| lmlab `cpu`, {name} | {:.1} MiB {} | {tps:.1} | {ratio} | {:.0} MiB | {verdict} |",
             mib(weights),
             r["weights_dtype"].as_str().unwrap_or(""),
             mib(rss),
-            if x <= 1.3 { "met" } else { "missed" }
         );
     }
     s
@@ -309,7 +330,7 @@ fn render_cpu_table(rs: &[Value]) -> String {
 /// `target/gpu-bundle`), under 64 MiB.
 pub fn gpu_bundle(root: &Path, out: Option<&str>) -> anyhow::Result<PathBuf> {
     let torch = setup_libtorch(BUNDLE_TORCH)?;
-    let bin = build_tch_runner(root, &torch)?;
+    let bin = build_runner(root, Some(&torch), "lmlab-tch")?;
     let out = out.map_or_else(|| root.join("target/gpu-bundle"), PathBuf::from);
     if out.exists() {
         std::fs::remove_dir_all(&out)?;
@@ -373,7 +394,7 @@ mod tests {
             r#"{"bench":"train","impl":"lmlab","model":"4.4M","device":"tch:cpu","ms_per_step":95.0}"#,
             r#"{"bench":"train","impl":"lmlab","model":"4.4M","device":"cpu","ms_per_step":200.0}"#,
             r#"{"bench":"decode","impl":"llama.cpp","model":"/m.gguf","tokens_per_s":100.0,"peak_rss_bytes":1048576,"llama_cpp_python":"0.3"}"#,
-            r#"{"bench":"decode","impl":"lmlab","model":"/m.gguf","tokens_per_s":90.0,"peak_rss_bytes":2097152,"weights_bytes":1048576,"weights_dtype":"q8"}"#,
+            r#"{"bench":"decode","impl":"lmlab","model":"/m.gguf","tokens_per_s":90.0,"peak_rss_bytes":209715200,"weights_bytes":104857600,"weights_dtype":"q8"}"#,
         ]
         .iter()
         .map(|s| serde_json::from_str(s).unwrap())
@@ -386,6 +407,9 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("0.90× (met)"), "{t}");
-        assert!(t.contains("2.00× (missed)"), "{t}");
+        assert!(
+            t.contains("| 100.0 MiB q8 | 90.0 | 0.90× (met) | 200 MiB | 2.00× (missed) |"),
+            "{t}"
+        );
     }
 }

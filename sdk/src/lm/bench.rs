@@ -136,6 +136,8 @@ pub struct TrainTiming {
     /// `6 · params · tokens / time`, in TFLOP/s (the usual dense-transformer estimate).
     pub tflops: f64,
     pub steps: usize,
+    /// The parameters' dtype as the device holds them (`F32`, `BF16`).
+    pub param_dtype: String,
 }
 
 /// Times `steps` train steps (forward, backward, AdamW: the mean next-token NLL, as
@@ -149,6 +151,7 @@ pub fn time_train_steps(
 ) -> Result<TrainTiming, Error> {
     let device = device.clone().autodiff();
     let model = Llama::init(m.config.clone(), &mut rng(0, 0), &device).map_err(Error::Usage)?;
+    let param_dtype = format!("{:?}", model.embed.val().dtype());
     let mut trainer = Trainer::new(model, OptimConfig::default(), 1_000_000);
     let tokens =
         Tensor::<2, Int>::from_data(TensorData::new(bench_tokens(m), [m.batch, m.seq]), &device);
@@ -179,6 +182,7 @@ pub fn time_train_steps(
         tokens_per_s: predicted as f64 / secs,
         tflops: 6.0 * params as f64 * predicted as f64 / secs / 1e12,
         steps,
+        param_dtype,
     })
 }
 

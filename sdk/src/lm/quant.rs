@@ -438,17 +438,51 @@ impl QMatrix {
     /// `y = W x`, with `xq` the quantized `x` (used by quantized kinds). Rows are split over
     /// rayon's threads.
     pub fn matvec(&self, x: &[f32], xq: &Q8Vector, y: &mut [f32]) {
-        matvec_many(&mut [(self, y)], x, xq);
+        matvec_on(None, &mut [(self, y)], x, xq);
     }
 }
 
 /// `y_i = W_i x` for matrices that share `x` (q, k and v; gate and up), in one parallel
-/// region: each fork-join costs microseconds, and decoding does ~4 per layer per token.
+/// region on rayon's threads.
 pub fn matvec_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], xq: &Q8Vector) {
+    matvec_on(None, jobs, x, xq)
+}
+
+/// One task of a parallel matrix-vector product: rows `first..first + len` of `m` into the
+/// `len` floats at `out`.
+struct RowTask<'a> {
+    m: &'a QMatrix,
+    first: usize,
+    out: *mut f32,
+    len: usize,
+}
+
+/// The tasks of one product. Each task is claimed by exactly one thread (an atomic counter),
+/// so the disjoint output slices behind the raw pointers are never shared.
+struct RowTasks<'a>(Vec<RowTask<'a>>);
+
+// SAFETY: see `RowTasks`: every output slice is written by the one thread that claims it.
+unsafe impl Sync for RowTasks<'_> {}
+
+impl RowTasks<'_> {
+    fn get(&self, i: usize) -> Option<&RowTask<'_>> {
+        self.0.get(i)
+    }
+}
+
+/// [`matvec_many`] on `team`'s spinning threads when given, else on rayon's.
+fn matvec_on(
+    team: Option<&SpinTeam>,
+    jobs: &mut [(&QMatrix, &mut [f32])],
+    x: &[f32],
+    xq: &Q8Vector,
+) {
     for (m, y) in jobs.iter() {
         assert_eq!((x.len(), y.len()), (m.cols, m.rows), "matrix-vector shapes");
     }
-    let threads = rayon::current_num_threads().max(1);
+    let threads = team
+        .map_or_else(rayon::current_num_threads, SpinTeam::threads)
+        .max(1);
     let total: usize = jobs.iter().map(|(m, _)| m.rows * m.cols).sum();
     if threads == 1 || total < 1 << 14 {
         for (m, y) in jobs.iter_mut() {
@@ -456,19 +490,153 @@ pub fn matvec_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &[f32], xq: &Q8Vector
         }
         return;
     }
-    // Several tasks per thread: a worker that wakes late still finds work, so both cores stay
-    // busy (one contiguous half per thread measured ~15% slower).
+    // Several tasks per thread: a thread that starts late still finds work, so both cores
+    // stay busy (one contiguous half per thread measured ~15% slower with rayon).
     let task = (total / (8 * threads)).max(1 << 13);
-    let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
-    for (m, y) in jobs.iter_mut() {
-        let per = (task / m.cols).max(1);
-        for (c, ys) in y.chunks_mut(per).enumerate() {
-            tasks.push((*m, c * per, ys));
+    match team {
+        Some(team) => {
+            let mut tasks = Vec::new();
+            for (m, y) in jobs.iter_mut() {
+                let per = (task / m.cols).max(1);
+                for (c, ys) in y.chunks_mut(per).enumerate() {
+                    tasks.push(RowTask {
+                        m,
+                        first: c * per,
+                        out: ys.as_mut_ptr(),
+                        len: ys.len(),
+                    });
+                }
+            }
+            let tasks = RowTasks(tasks);
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            team.run(&|_| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(t) = tasks.get(i) else { break };
+                    // SAFETY: task `i` is claimed once; its slice lies inside one `y`.
+                    let ys = unsafe { std::slice::from_raw_parts_mut(t.out, t.len) };
+                    rows(t.m, t.first, x, xq, ys);
+                }
+            });
+        }
+        None => {
+            let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
+            for (m, y) in jobs.iter_mut() {
+                let per = (task / m.cols).max(1);
+                for (c, ys) in y.chunks_mut(per).enumerate() {
+                    tasks.push((*m, c * per, ys));
+                }
+            }
+            tasks
+                .into_par_iter()
+                .for_each(|(m, first, ys)| rows(m, first, x, xq, ys));
         }
     }
-    tasks
-        .into_par_iter()
-        .for_each(|(m, first, ys)| rows(m, first, x, xq, ys));
+}
+
+/// Threads that spin between jobs, for decoding: a token is ~120 short matrix products, and
+/// rayon's workers fall asleep between them and take tens of µs to wake (llama.cpp's threads
+/// spin the same way). The caller is thread 0; helpers `1..threads` run inside
+/// [`SpinTeam::with`]'s scope and stop when it ends.
+pub struct SpinTeam {
+    threads: usize,
+    epoch: std::sync::atomic::AtomicUsize,
+    pending: std::sync::atomic::AtomicUsize,
+    stop: std::sync::atomic::AtomicBool,
+    failed: std::sync::atomic::AtomicBool,
+    /// The current job: a pointer to a `&(dyn Fn(usize) + Sync)` on the caller's stack.
+    job: std::sync::atomic::AtomicPtr<()>,
+}
+
+type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+impl SpinTeam {
+    /// Runs `body` with a team of `threads` threads (the caller and `threads − 1` helpers).
+    pub fn with<R>(threads: usize, body: impl FnOnce(&SpinTeam) -> R) -> R {
+        use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
+        let team = SpinTeam {
+            threads: threads.max(1),
+            epoch: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+        };
+        /// Stops the helpers however `body` ends, so the scope can join them.
+        struct Stop<'a>(&'a SpinTeam);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .stop
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        std::thread::scope(|s| {
+            for i in 1..team.threads {
+                let team = &team;
+                s.spawn(move || team.help(i));
+            }
+            let _stop = Stop(&team);
+            body(&team)
+        })
+    }
+
+    /// Threads in the team, the caller included.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f(i)` on every thread `i` of the team and returns when all have finished.
+    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        let job: Job<'_> = f;
+        let slot: *const Job<'_> = &job;
+        self.job.store(slot as *mut (), Release);
+        self.pending.store(self.threads - 1, Release);
+        self.epoch.fetch_add(1, Release);
+        f(0);
+        while self.pending.load(Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+        assert!(
+            !self.failed.load(Acquire),
+            "a decoding thread panicked (see its message above)"
+        );
+    }
+
+    fn help(&self, i: usize) {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        let mut seen = 0;
+        loop {
+            let mut spins = 0u32;
+            loop {
+                let e = self.epoch.load(Acquire);
+                if e != seen {
+                    seen = e;
+                    break;
+                }
+                if self.stop.load(Acquire) {
+                    return;
+                }
+                spins = spins.wrapping_add(1);
+                if spins % (1 << 16) == 0 {
+                    // Another process may want this core; between tokens a brief yield is free.
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            let slot = self.job.load(Acquire) as *const Job<'_>;
+            // SAFETY: `run` published the slot before bumping the epoch (release/acquire) and
+            // keeps the job alive until `pending` reaches 0, which this thread has not yet
+            // signalled.
+            let f: Job<'_> = unsafe { *slot };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))).is_err() {
+                self.failed.store(true, Release);
+            }
+            self.pending.fetch_sub(1, Release);
+        }
+    }
 }
 
 /// One layer of [`QLlama`].
@@ -643,12 +811,18 @@ impl QLlama {
         self.layers.first().map_or(self.embed.kind, |l| l.wq.kind)
     }
 
-    /// A fresh decoding state (empty KV cache).
+    /// A fresh decoding state (empty KV cache) whose products run on rayon's threads.
     pub fn session(&self) -> QSession<'_> {
+        self.session_on(None)
+    }
+
+    /// A fresh decoding state whose products run on `team` (or rayon's threads).
+    pub fn session_on<'a>(&'a self, team: Option<&'a SpinTeam>) -> QSession<'a> {
         let c = &self.config;
         let kv = c.n_kv_heads * c.head_dim();
         QSession {
             model: self,
+            team,
             keys: vec![Vec::new(); c.n_layers],
             values: vec![Vec::new(); c.n_layers],
             pos: 0,
@@ -677,7 +851,20 @@ impl QLlama {
         stop_ids: &[u32],
         rng: &mut Rng,
     ) -> Sequence {
-        let mut s = self.session();
+        SpinTeam::with(rayon::current_num_threads(), |team| {
+            self.generate_on(team, prompt, params, stop_ids, rng)
+        })
+    }
+
+    fn generate_on(
+        &self,
+        team: &SpinTeam,
+        prompt: &[u32],
+        params: &SamplingParams,
+        stop_ids: &[u32],
+        rng: &mut Rng,
+    ) -> Sequence {
+        let mut s = self.session_on(Some(team));
         let mut out = Sequence {
             tokens: Vec::new(),
             logprobs: Vec::new(),
@@ -710,6 +897,7 @@ impl QLlama {
 /// A decoding state: the KV cache and scratch buffers.
 pub struct QSession<'a> {
     model: &'a QLlama,
+    team: Option<&'a SpinTeam>,
     /// Per layer, `[positions, kv_heads · head_dim]`.
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
@@ -759,13 +947,79 @@ fn rope(x: &mut [f32], table: &[(f32, f32)]) {
     }
 }
 
+/// The attention geometry of one layer.
+struct Heads {
+    n_heads: usize,
+    /// Query heads per key/value head.
+    group: usize,
+    head_dim: usize,
+    kv_dim: usize,
+    scale: f32,
+}
+
+impl Heads {
+    /// Head `head`'s attention output over every cached position (`keys` and `values` are
+    /// `[positions, kv_dim]`) into `out`, with `scores` as scratch.
+    fn attend(
+        &self,
+        head: usize,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        debug_assert!(head < self.n_heads);
+        let (hd, kvd) = (self.head_dim, self.kv_dim);
+        let kvh = head / self.group;
+        let n = keys.len() / kvd;
+        let q = &q[head * hd..(head + 1) * hd];
+        scores.resize(n, 0.0);
+        let mut max = f32::NEG_INFINITY;
+        for (t, s) in scores.iter_mut().enumerate() {
+            let k = &keys[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
+            *s = dot_f32(q, k) * self.scale;
+            max = max.max(*s);
+        }
+        let mut total = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        out.fill(0.0);
+        for (t, &p) in scores.iter().enumerate() {
+            let v = &values[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
+            let w = p / total;
+            for (o, &x) in out.iter_mut().zip(v) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+/// A pointer to floats that threads write disjoint parts of.
+struct SyncPtr(*mut f32);
+
+// SAFETY: users hand each thread disjoint ranges (see `slice`).
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// # Safety
+    /// `at..at + len` must lie inside the allocation and be written by no other thread.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
+
 impl QSession<'_> {
     /// Feeds one token at the next position; returns the logits for the token after it.
     pub fn feed(&mut self, token: u32) -> &[f32] {
         // On one of rayon's own threads, each matrix product is split by work stealing
         // between spinning workers; from any other thread every product would be a round trip
         // through the pool's sleep/wake-up (two context switches, tens of µs, ~200 per token).
-        if rayon::current_thread_index().is_none() {
+        if self.team.is_none() && rayon::current_thread_index().is_none() {
             rayon::scope(|_| {
                 self.forward(token);
             });
@@ -777,6 +1031,7 @@ impl QSession<'_> {
 
     fn forward(&mut self, token: u32) {
         let m = self.model;
+        let team = self.team;
         let c = &m.config;
         let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim());
         let kvd = nkv * hd;
@@ -800,41 +1055,45 @@ impl QSession<'_> {
             rope(&mut self.k, &self.angles);
             self.keys[li].extend_from_slice(&self.k);
             self.values[li].extend_from_slice(&self.v);
-            let (keys, values) = (&self.keys[li], &self.values[li]);
-            let n = pos + 1;
-            self.scores.resize(n, 0.0);
-            for head in 0..nh {
-                let kvh = head / (nh / nkv);
-                let q = &self.q[head * hd..(head + 1) * hd];
-                let mut max = f32::NEG_INFINITY;
-                for (t, s) in self.scores.iter_mut().enumerate() {
-                    let k = &keys[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
-                    *s = dot_f32(q, k) * scale;
-                    max = max.max(*s);
+            let (keys, values) = (&self.keys[li][..], &self.values[li][..]);
+            let geometry = Heads {
+                n_heads: nh,
+                group: nh / nkv,
+                head_dim: hd,
+                kv_dim: kvd,
+                scale,
+            };
+            match team {
+                Some(team) if team.threads() > 1 => {
+                    // Heads split over the team; each writes only its own slice of `att`.
+                    let out = SyncPtr(self.att.as_mut_ptr());
+                    let q = &self.q[..];
+                    team.run(&|i| {
+                        let mut scores = Vec::new();
+                        for head in (i..nh).step_by(team.threads()) {
+                            // SAFETY: heads are disjoint `hd`-wide slices of `att`, and each
+                            // head is handled by exactly one thread.
+                            let o = unsafe { out.slice(head * hd, hd) };
+                            geometry.attend(head, q, keys, values, &mut scores, o);
+                        }
+                    });
                 }
-                let mut total = 0.0;
-                for s in self.scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
-                }
-                let out = &mut self.att[head * hd..(head + 1) * hd];
-                out.fill(0.0);
-                for (t, &p) in self.scores.iter().enumerate() {
-                    let v = &values[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
-                    let w = p / total;
-                    for (o, &x) in out.iter_mut().zip(v) {
-                        *o += w * x;
+                _ => {
+                    for head in 0..nh {
+                        let o = &mut self.att[head * hd..(head + 1) * hd];
+                        geometry.attend(head, &self.q, keys, values, &mut self.scores, o);
                     }
                 }
             }
             self.hq.quantize(&self.att);
-            l.wo.matvec(&self.att, &self.hq, &mut self.h);
+            matvec_on(team, &mut [(&l.wo, &mut self.h)], &self.att, &self.hq);
             for (x, &o) in self.x.iter_mut().zip(&self.h) {
                 *x += o;
             }
             rms_norm(&self.x, &l.ffn_norm, c.norm_eps, &mut self.h);
             self.hq.quantize(&self.h);
-            matvec_many(
+            matvec_on(
+                team,
                 &mut [(&l.w1, &mut self.gate), (&l.w3, &mut self.up)],
                 &self.h,
                 &self.hq,
@@ -843,17 +1102,15 @@ impl QSession<'_> {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
             self.hq.quantize(&self.gate);
-            l.w2.matvec(&self.gate, &self.hq, &mut self.h);
+            matvec_on(team, &mut [(&l.w2, &mut self.h)], &self.gate, &self.hq);
             for (x, &o) in self.x.iter_mut().zip(&self.h) {
                 *x += o;
             }
         }
         rms_norm(&self.x, &m.norm, c.norm_eps, &mut self.h);
         self.hq.quantize(&self.h);
-        m.lm_head
-            .as_ref()
-            .unwrap_or(&m.embed)
-            .matvec(&self.h, &self.hq, &mut self.logits);
+        let head = m.lm_head.as_ref().unwrap_or(&m.embed);
+        matvec_on(team, &mut [(head, &mut self.logits)], &self.h, &self.hq);
         self.pos += 1;
     }
 }
@@ -977,6 +1234,13 @@ mod tests {
         let b = q.generate(&[1, 2], &params, &[first], &mut r);
         assert_eq!((b.tokens.clone(), b.finished), (vec![first], true));
         assert!(q.generate(&[], &params, &[], &mut r).tokens.is_empty());
+        // A spinning team computes exactly what rayon's threads compute.
+        SpinTeam::with(3, |team| {
+            let (mut a, mut b) = (q.session(), q.session_on(Some(team)));
+            for id in [1, 2, 30, 4] {
+                assert_eq!(a.feed(id), b.feed(id));
+            }
+        });
         // Q8_0 weights take about a quarter of f32's.
         let f = QLlama::from_weights(model.config.clone(), model.to_weights(), QKind::F32);
         assert!(q.weight_bytes() * 3 < f.weight_bytes());
