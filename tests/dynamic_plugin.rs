@@ -13,11 +13,15 @@ use common::{assert_user_error, lmlab, only_run_dir, root, run};
 /// plugin's library from that same build, so it shares the runner's SDK build.
 fn example_plugin() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root())
-        .args(["test", "--workspace", "--no-run", "--quiet"])
-        .status()
-        .expect("cargo runs");
+    // The features the test run was built with (`cargo xtask test --tch` says), so this is
+    // the same build and not a second one of the whole burn stack.
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root())
+        .args(["test", "--workspace", "--no-run", "--quiet"]);
+    if let Ok(features) = std::env::var("LMLAB_TEST_FEATURES") {
+        cmd.args(["--features", &features]);
+    }
+    let status = cmd.status().expect("cargo runs");
     assert!(status.success(), "building the workspace");
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_lmlab"));
     let deps = exe.parent().unwrap().join("deps");

@@ -107,6 +107,10 @@ fn run() -> anyhow::Result<ExitCode> {
                     .args(&features)
                     .args(extra)
                     .envs(envs.iter().map(|(k, v)| (k, v)));
+                if tch {
+                    // Tests that run cargo themselves build with the same features.
+                    cmd.env("LMLAB_TEST_FEATURES", "lmlab/tch");
+                }
                 if let Some(d) = device {
                     cmd.env("LMLAB_TEST_DEVICE", d);
                 }

@@ -57,12 +57,16 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(&cargo)
-        .current_dir(tmp.path())
+    // With the features the test run was built with (`LMLAB_TEST_FEATURES`, set by
+    // `cargo xtask test --tch`), or it would build the burn stack a second time.
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(tmp.path())
         .env("CARGO_TARGET_DIR", &target)
-        .args(["test", "--workspace", "--lib", "--", "--test-threads=2"])
-        .output()
-        .unwrap();
+        .args(["test", "--workspace", "--lib"]);
+    if let Ok(features) = std::env::var("LMLAB_TEST_FEATURES") {
+        cmd.args(["--features", &features]);
+    }
+    let out = cmd.args(["--", "--test-threads=2"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
