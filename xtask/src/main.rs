@@ -318,20 +318,7 @@ fn setup_libtorch(version: &str) -> anyhow::Result<Libtorch> {
                 "installing torch=={version} from PyPI into {} (a few GB)",
                 venv.display()
             );
-            let status = Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .arg(format!("torch=={version}"))
-                .status()
-                .context("running pip in the virtualenv")?;
-            if !status.success() {
-                bail!("pip could not install torch=={version}");
-            }
+            pip_install(&python, &format!("torch=={version}"))?;
             match installed() {
                 Some((v, d)) if v == version => d,
                 other => bail!("after installing, the virtualenv reports torch {other:?}"),
@@ -369,6 +356,25 @@ fn setup_libtorch(version: &str) -> anyhow::Result<Libtorch> {
         vars,
         python,
     })
+}
+
+/// `python -m pip install --quiet SPEC` (a virtualenv's python).
+fn pip_install(python: &Path, spec: &str) -> anyhow::Result<()> {
+    let status = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            spec,
+        ])
+        .status()
+        .context("running pip in the virtualenv")?;
+    if !status.success() {
+        bail!("pip could not install {spec}");
+    }
+    Ok(())
 }
 
 /// A PyPI torch in a cached virtualenv: `env.sh`, the same variables for child processes, and

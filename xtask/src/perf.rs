@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::{Libtorch, cargo, fetch_smollm2, setup_libtorch};
+use crate::{Libtorch, cargo, fetch_smollm2, pip_install, setup_libtorch};
 
 /// The torch both commands build against: the GPU machine's (PyTorch 2.11 + CUDA 13), so one
 /// release build serves the CPU comparison and the bundle. tch 0.22 targets 2.9, hence
@@ -83,19 +83,7 @@ pub fn bench_compare(root: &Path) -> anyhow::Result<()> {
         .is_ok_and(|s| s.success());
     if !has_llama_cpp {
         eprintln!("installing llama-cpp-python into the virtualenv (builds llama.cpp, ~6 minutes)");
-        let status = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "llama-cpp-python",
-            ])
-            .status()?;
-        if !status.success() {
-            bail!("pip could not install llama-cpp-python");
-        }
+        pip_install(&python, "llama-cpp-python")?;
     }
     // The default build for `cpu` and decoding (a libtorch build maps ~350 MB of libraries,
     // which would swamp the peak-memory figure), the libtorch one for `tch:cpu`.

@@ -275,26 +275,9 @@ impl Gguf {
 
     /// A tensor as f32 values, checking its dimensions (innermost first).
     pub fn tensor(&self, name: &str, dims: &[u64]) -> Result<Vec<f32>, String> {
-        let info = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| format!("tensor `{name}` is missing"))?;
-        if info.dims != dims {
-            return Err(format!(
-                "tensor `{name}` has dimensions {:?}, expected {dims:?}",
-                info.dims
-            ));
-        }
-        let n: u64 = dims.iter().product();
-        let start = self
-            .data_start
-            .checked_add(info.offset as usize)
-            .ok_or("offset overflow")?;
-        let bytes = self
-            .data
-            .get(start..)
-            .ok_or_else(|| format!("tensor `{name}` starts past the end of the file"))?;
-        dequantize(info.ggml_type, bytes, n as usize).map_err(|e| format!("tensor `{name}`: {e}"))
+        let (ty, start) = self.raw(name, dims)?;
+        let n = dims.iter().product::<u64>() as usize;
+        dequantize(ty, &self.data[start..], n).map_err(|e| format!("tensor `{name}`: {e}"))
     }
 
     /// A tensor's ggml type and where its bytes start in [`into_bytes`](Self::into_bytes)'s
@@ -318,7 +301,7 @@ impl Gguf {
             Q4_1 => n / 32 * 20,
             other => {
                 return Err(format!(
-                    "tensor `{name}`: ggml type {other} is not supported"
+                    "tensor `{name}`: ggml type {other} is not supported (F32, F16, BF16, Q8_0, Q4_1 are)"
                 ));
             }
         };
