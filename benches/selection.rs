@@ -8,8 +8,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use lmlab::Sequence;
 use lmlab::burn::tensor::Device;
-use lmlab::lm::fit::{Pair, final_values, response_logprobs};
+use lmlab::lm::fit::{final_values, response_logprobs};
+use lmlab::lm::policy::ModelSize;
 use lmlab::lm::tokenizer::train_bpe;
 use lmlab::lm::{Llama, LlamaConfig};
 use lmlab::metrics::{best_of_k, majority_vote};
@@ -36,19 +38,27 @@ fn selection(c: &mut Criterion) {
     let texts: Vec<String> = cands.iter().map(|s| format!("{prompt}{s}")).collect();
     let tok = train_bpe(texts.iter().map(String::as_str).cycle().take(2000), 200).unwrap();
     let device = Device::flex();
-    // The `v-star` scheduler's default model size, with a value head for the ORM.
-    let size = lmlab_plugin_v_star::VStarConfig::default().model;
+    // The `v-star` recipe's model size, with a value head for the ORM.
+    let recipe: toml::Table = toml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/v-star.toml"))
+            .expect("recipes/v-star.toml"),
+    )
+    .expect("the recipe parses");
+    let size: ModelSize = recipe["policy"]["model"]
+        .clone()
+        .try_into()
+        .expect("[policy.model] is a model size");
     let config = LlamaConfig {
         value_head: true,
         ..size.llama_config(362.max(tok.vocab_size()))
     };
     let model = Llama::init(config, &mut rng(0, 0), &device).unwrap();
-    let pairs: Vec<Pair> = cands
+    let pairs: Vec<Sequence> = cands
         .iter()
         .map(|s| {
             let mut r = tok.encode(s, false);
             r.push(tok.eos());
-            (tok.encode(&prompt, true), r)
+            Sequence::new(tok.encode(&prompt, true), r)
         })
         .collect();
     let correct: Vec<bool> = cands.iter().map(|s| s.ends_with("#### 19")).collect();

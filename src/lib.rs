@@ -10,3 +10,4 @@ pub use lmlab_sdk::*;
 pub use lmlab_plugin_async_rlhf;
 pub use lmlab_plugin_ordered_memory;
 pub use lmlab_plugin_v_star;
+pub use lmlab_plugin_weakest_token;

@@ -29,6 +29,16 @@ fn committed_schemas_are_current() {
         .collect();
     written.sort();
     assert!(written.contains(&"recipe.schema.json".to_string()));
+    let mut committed: Vec<String> = std::fs::read_dir(root().join("schemas"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    committed.sort();
+    assert_eq!(
+        committed, written,
+        "schemas/ holds exactly what `cargo xtask schema` writes (no stale files): run it and delete the extra ones"
+    );
     for name in &written {
         let fresh = std::fs::read_to_string(out.path().join(name)).unwrap();
         let committed =

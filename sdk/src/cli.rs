@@ -278,6 +278,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{:<13} {:<22} {}", kind.as_str(), f.name, f.description);
                 }
             }
+            for m in crate::rl::methods::all() {
+                let roles: Vec<&str> = m.roles().iter().map(|r| r.role).collect();
+                println!(
+                    "{:<13} {:<22} {} (objectives: {}; advantages: {}{})",
+                    "rl_method",
+                    m.name(),
+                    m.label(),
+                    roles.join(", "),
+                    m.advantages(),
+                    if m.needs_critic() {
+                        "; critic from the reward model"
+                    } else {
+                        ""
+                    }
+                );
+            }
             Ok(())
         }
         Command::Recipe(args) => run_recipe(&recipes_dir, args),
@@ -359,12 +375,7 @@ fn run_recipe(recipes_dir: &Path, args: RecipeArgs) -> anyhow::Result<()> {
         }
     };
     if run_dir.is_none() {
-        if args.smoke {
-            recipe.apply_smoke()?;
-        }
-        for s in &args.set {
-            recipe.apply_set(s)?;
-        }
+        recipe.apply_overrides(&args.set, args.smoke)?;
         if let Some(seed) = args.seed {
             recipe.seed = seed;
         }

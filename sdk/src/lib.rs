@@ -8,7 +8,12 @@
 //!   [`register_component!`], or from a `cdylib` loaded at run time, see [`dynamic`]);
 //! - the [`recipe`] runner: parse a recipe, apply `--set` overrides, build components, run;
 //! - [`run`] directories (`runs/<recipe>/<time>/`: resolved config, `metrics.jsonl`, summary);
-//! - the generic [`train`] machinery (AdamW, schedules, clipping, atomic checkpoints, resume);
+//! - the generic [`train`] machinery (AdamW, schedules, clipping, atomic checkpoints, resume)
+//!   and the one [`fit`] loop every trainer uses;
+//! - what methods share: [`sampling`] (samplers and labelling), [`verifiers`] and
+//!   [`reward_models`] (fixed and fitted), [`rl`] (rollouts, the learner, RL methods by name),
+//!   [`eval`] (pass@k, Best-of-k, majority, AUROC), [`experiment`] (seeds × grids, resume per
+//!   unit) and [`report`] (tables, claims and verdicts);
 //! - standard [`components`] shared by every plugin.
 //!
 //! Tensors are burn 0.22 tensors: the [`Device`](burn::tensor::Device) picks the backend at run
@@ -19,6 +24,9 @@ pub mod components;
 pub mod device;
 pub mod dynamic;
 pub mod error;
+pub mod eval;
+pub mod experiment;
+pub mod fit;
 pub mod lm;
 pub mod metrics;
 pub mod objective;
@@ -28,28 +36,34 @@ pub mod policy;
 pub mod progress;
 pub mod recipe;
 pub mod registry;
+pub mod report;
 pub mod reward;
+pub mod reward_models;
+pub mod rl;
 pub mod rng;
 pub mod run;
 pub mod sampler;
+pub mod sampling;
 pub mod scheduler;
 pub mod schema;
+pub mod stages;
 pub mod task;
 pub mod tasks;
 pub mod tensor_map;
 pub mod train;
 pub mod verifier;
+pub mod verifiers;
 
 pub use error::{Error, Result};
 pub use objective::{LossOutput, Objective};
-pub use policy::{Completion, Policy, SamplingParams, SequenceLogProbs};
-pub use registry::{Built, Components, Kind};
-pub use reward::RewardModel;
+pub use policy::{Completion, Policy, PolicyInit, SamplingParams, Sequence, SequenceLogProbs};
+pub use registry::{Built, Components, Kind, Role};
+pub use reward::{RewardModel, RewardSpec};
 pub use sampler::Sampler;
 pub use scheduler::{RunContext, Scheduler};
 pub use task::{Split, Task};
 pub use tensor_map::TensorMap;
-pub use verifier::Verifier;
+pub use verifier::{Candidate, Verifier, VerifierSpec};
 
 /// The shared data folder: `LMLAB_DATA_DIR`, default `../shared/data`.
 pub fn data_dir() -> std::path::PathBuf {

@@ -5,12 +5,53 @@ use burn::tensor::Tensor;
 use crate::TensorMap;
 
 /// A scalar loss and the named numbers worth logging with it.
+///
+/// Metrics stay tensors (shape `[1]`) until they are logged: reading a value on the host is a
+/// device sync, which the [fit loop](crate::fit::fit) does once every few steps for all of
+/// them together.
 #[derive(Clone, Debug)]
 pub struct LossOutput {
     /// The loss, shape `[1]`; differentiable when its inputs are.
     pub loss: Tensor<1>,
-    /// Named metrics (already reduced to numbers), logged to `metrics.jsonl`.
-    pub metrics: Vec<(String, f64)>,
+    /// Named metrics, each a `[1]` tensor, logged to `metrics.jsonl`.
+    pub metrics: Vec<(String, Tensor<1>)>,
+}
+
+impl LossOutput {
+    /// A loss without metrics.
+    pub fn new(loss: Tensor<1>) -> Self {
+        Self {
+            loss,
+            metrics: Vec::new(),
+        }
+    }
+
+    /// With one more metric (detached from the graph).
+    pub fn with_metric(mut self, name: impl Into<String>, value: Tensor<1>) -> Self {
+        self.metrics
+            .push((name.into(), value.detach().reshape([1])));
+        self
+    }
+
+    /// With these metrics appended.
+    pub fn with_metrics(mut self, metrics: Vec<(String, Tensor<1>)>) -> Self {
+        self.metrics.extend(metrics);
+        self
+    }
+
+    /// The loss with itself as the metric `name`: the common case.
+    pub fn reporting(loss: Tensor<1>, name: &str) -> Self {
+        Self::new(loss.clone()).with_metric(name, loss)
+    }
+
+    /// The value of metric `name`, read on the host (tests and one-off reports; a trainer lets
+    /// the fit loop read them).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone().into_scalar::<f32>() as f64)
+    }
 }
 
 /// A loss as a pure function from the tensors a trainer hands it (policy log-probs, reference
@@ -34,9 +75,7 @@ pub struct LossOutput {
 ///     }
 ///     fn loss(&self, batch: &TensorMap) -> anyhow::Result<LossOutput> {
 ///         let diff = batch.float2("prediction")? - batch.float2("target")?;
-///         let loss = diff.abs().mean();
-///         let value = loss.clone().into_scalar::<f32>();
-///         Ok(LossOutput { loss, metrics: vec![("mae".into(), value as f64)] })
+///         Ok(LossOutput::reporting(diff.abs().mean(), "mae"))
 ///     }
 /// }
 ///

@@ -1,6 +1,8 @@
 //! The [`Policy`] trait: a language model you can sample from and score.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
+
+use crate::lm::Tokenizer;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -38,9 +40,35 @@ impl Default for SamplingParams {
     }
 }
 
+/// A prompt and a response as token ids (the prompt with BOS first; the response with EOS last
+/// when it ended): what a policy scores and a trainer batches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sequence {
+    pub prompt: Vec<u32>,
+    pub response: Vec<u32>,
+}
+
+impl Sequence {
+    pub fn new(prompt: Vec<u32>, response: Vec<u32>) -> Self {
+        Self { prompt, response }
+    }
+
+    /// Prompt and response tokens together.
+    pub fn len(&self) -> usize {
+        self.prompt.len() + self.response.len()
+    }
+
+    /// Whether it has no tokens at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One sampled completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
+    /// The prompt's token ids, as the policy saw them.
+    pub prompt: Vec<u32>,
     /// Generated token ids (prompt excluded).
     pub token_ids: Vec<u32>,
     /// The decoded text of `token_ids`.
@@ -51,13 +79,20 @@ pub struct Completion {
     pub finished: bool,
 }
 
+impl Completion {
+    /// Its prompt and response ids.
+    pub fn sequence(&self) -> Sequence {
+        Sequence::new(self.prompt.clone(), self.token_ids.clone())
+    }
+}
+
 /// Per-token and summed log-probabilities of responses given prompts, differentiable when the
 /// policy is trainable.
 #[derive(Clone, Debug)]
 pub struct SequenceLogProbs {
     /// `[batch, positions]` log p(token), zero where `mask` is zero. Positions are the
     /// policy's choice (all of prompt + response for [`LmPolicy`](crate::lm::policy::LmPolicy),
-    /// just the response for others): only masked-in entries mean anything.
+    /// just the response for others): only masked-in entries mean anything, in order.
     pub token_logprobs: Tensor<2>,
     /// `[batch, positions]` 1 for response tokens, 0 for prompt and padding.
     pub mask: Tensor<2>,
@@ -65,7 +100,30 @@ pub struct SequenceLogProbs {
     pub sum: Tensor<1>,
 }
 
-/// A language model you can sample from and score: two verbs, as small as lm-eval's.
+impl SequenceLogProbs {
+    /// The summed log-probability of each sequence, on the host.
+    pub fn sums(&self) -> anyhow::Result<Vec<f32>> {
+        crate::rl::host(self.sum.clone())
+    }
+
+    /// Each sequence's response-token log-probabilities, on the host.
+    pub fn per_token(&self) -> anyhow::Result<Vec<Vec<f32>>> {
+        let [b, w] = self.mask.dims();
+        let lp = crate::rl::host(self.token_logprobs.clone())?;
+        let mask = crate::rl::host(self.mask.clone())?;
+        Ok((0..b)
+            .map(|i| {
+                (0..w)
+                    .filter(|&j| mask[i * w + j] > 0.0)
+                    .map(|j| lp[i * w + j])
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// A language model you can sample from and score: the verbs of lm-eval's model API, token
+/// ids first.
 ///
 /// Temperature is applied the same way in both: [`log_probs`](Self::log_probs) with the
 /// sampling temperature recomputes (within float error) the `logprobs` that
@@ -74,34 +132,38 @@ pub struct SequenceLogProbs {
 /// # Example
 ///
 /// ```
-/// use lmlab_sdk::{Completion, Policy, SamplingParams, SequenceLogProbs};
+/// use lmlab_sdk::{Completion, Policy, SamplingParams, Sequence, SequenceLogProbs};
 /// use lmlab_sdk::burn::tensor::{Device, Tensor, TensorData};
+/// use lmlab_sdk::lm::tokenizer::{CharTokenizer, Tokenizer};
 ///
 /// /// Answers every prompt with "a" or "b", each with probability 1/2.
-/// struct CoinFlip;
+/// struct CoinFlip(Tokenizer);
 ///
 /// impl Policy for CoinFlip {
-///     fn generate(&mut self, prompts: &[String], p: &SamplingParams)
+///     fn tokenizer(&self) -> &Tokenizer { &self.0 }
+///     fn num_params(&self) -> usize { 0 }
+///     fn generate(&self, prompts: &[String], p: &SamplingParams)
 ///         -> anyhow::Result<Vec<Vec<Completion>>> {
-///         Ok(prompts.iter().map(|_| (0..p.n as u64).map(|i| {
-///             let tok = ((p.seed + i) % 2) as u32;
-///             Completion { token_ids: vec![tok], text: ["a", "b"][tok as usize].into(),
-///                          logprobs: vec![0.5f32.ln()], finished: true }
+///         Ok(prompts.iter().map(|prompt| (0..p.n as u64).map(|i| {
+///             let tok = self.0.encode(["a", "b"][((p.seed + i) % 2) as usize], false)[0];
+///             Completion { prompt: self.0.encode(prompt, true), token_ids: vec![tok],
+///                          text: self.0.decode(&[tok], None), logprobs: vec![0.5f32.ln()],
+///                          finished: true }
 ///         }).collect()).collect())
 ///     }
-///     fn log_probs(&self, _prompts: &[String], responses: &[String], _temperature: f32)
+///     fn log_probs(&self, seqs: &[Sequence], _temperature: f32)
 ///         -> anyhow::Result<SequenceLogProbs> {
 ///         let device = Device::flex();
-///         let len = responses.iter().map(|r| r.len()).max().unwrap_or(0);
+///         let len = seqs.iter().map(|s| s.response.len()).max().unwrap_or(0);
 ///         let (mut lp, mut mask) = (vec![], vec![]);
-///         for r in responses {
+///         for s in seqs {
 ///             for i in 0..len {
-///                 let real = i < r.len();
+///                 let real = i < s.response.len();
 ///                 lp.push(if real { 0.5f32.ln() } else { 0.0 });
 ///                 mask.push(real as u8 as f32);
 ///             }
 ///         }
-///         let shape = [responses.len(), len];
+///         let shape = [seqs.len(), len];
 ///         let token_logprobs = Tensor::<2>::from_data(TensorData::new(lp, shape), &device);
 ///         let mask = Tensor::<2>::from_data(TensorData::new(mask, shape), &device);
 ///         let sum = token_logprobs.clone().sum_dim(1).squeeze_dim(1);
@@ -109,26 +171,72 @@ pub struct SequenceLogProbs {
 ///     }
 /// }
 ///
-/// let mut policy = CoinFlip;
+/// let policy = CoinFlip(Tokenizer::Char(CharTokenizer::new("ab")));
 /// let out = policy.generate(&["x".into()], &SamplingParams { n: 2, ..Default::default() }).unwrap();
 /// assert_eq!(out[0].len(), 2);
-/// let scored = policy.log_probs(&["x".into()], &[out[0][0].text.clone()], 1.0).unwrap();
-/// assert!((scored.sum.into_scalar::<f32>() - out[0][0].logprobs[0]).abs() < 1e-6);
+/// let scored = policy.log_probs(&[out[0][0].sequence()], 1.0).unwrap();
+/// assert!((scored.sums().unwrap()[0] - out[0][0].logprobs[0]).abs() < 1e-6);
 /// ```
-pub trait Policy: Send {
-    /// `params.n` completions for each prompt, in prompt order.
+pub trait Policy: Send + Sync {
+    /// The tokenizer its ids are in.
+    fn tokenizer(&self) -> &Tokenizer;
+
+    /// Its parameter count (what sampling FLOPs are counted with: `2 · params · tokens`).
+    fn num_params(&self) -> usize;
+
+    /// `params.n` completions for each prompt (text; BOS is added), in prompt order.
     fn generate(
-        &mut self,
+        &self,
         prompts: &[String],
         params: &SamplingParams,
     ) -> anyhow::Result<Vec<Vec<Completion>>>;
 
-    /// log p(response | prompt) per token and summed, for `prompts[i]`, `responses[i]`, with
-    /// logits divided by `temperature` (use `1.0` for the model's own distribution).
-    fn log_probs(
+    /// log p(response | prompt) per token and summed for each sequence, with logits divided
+    /// by `temperature` (`1.0` for the model's own distribution).
+    fn log_probs(&self, seqs: &[Sequence], temperature: f32) -> anyhow::Result<SequenceLogProbs>;
+
+    /// [`log_probs`](Self::log_probs) of texts: prompts encoded with BOS, responses without.
+    /// Decode → re-encode does not round-trip under BPE, so score the ids a completion carries
+    /// when there are any.
+    fn log_probs_text(
         &self,
         prompts: &[String],
         responses: &[String],
         temperature: f32,
-    ) -> anyhow::Result<SequenceLogProbs>;
+    ) -> anyhow::Result<SequenceLogProbs> {
+        anyhow::ensure!(
+            prompts.len() == responses.len(),
+            "{} prompts for {} responses",
+            prompts.len(),
+            responses.len()
+        );
+        let t = self.tokenizer();
+        let seqs: Vec<Sequence> = prompts
+            .iter()
+            .zip(responses)
+            .map(|(p, r)| Sequence::new(t.encode(p, true), t.encode(r, false)))
+            .collect();
+        self.log_probs(&seqs, temperature)
+    }
+}
+
+/// What a recipe's `[policy]` table builds: the model a scheduler starts from, made when the
+/// scheduler needs it (a model trained from scratch needs a tokenizer built from the task's
+/// texts and a seed; a checkpoint brings both).
+pub trait PolicyInit: Send + Sync {
+    /// The tokenizer: built from `texts` (a model trained from scratch) or read from the
+    /// checkpoint (`texts` is then not called).
+    fn tokenizer(&self, texts: &mut dyn FnMut() -> Vec<String>) -> anyhow::Result<Tokenizer>;
+
+    /// A fresh policy with `tokenizer` on `device` (an autodiff device to train it), its
+    /// initial weights drawn from `rng` when it has any to draw.
+    fn init(
+        &self,
+        tokenizer: &Tokenizer,
+        rng: &mut crate::rng::Rng,
+        device: &Device,
+    ) -> anyhow::Result<crate::lm::policy::LmPolicy>;
+
+    /// One line for a summary ("a 162K-parameter Llama trained from scratch").
+    fn describe(&self, params: usize) -> String;
 }

@@ -68,6 +68,8 @@ pub struct Recipe {
     pub smoke: BTreeMap<String, toml::Value>,
     /// Component tables by role.
     pub components: BTreeMap<String, ComponentSpec>,
+    /// Tables whose plugin a `--set table.use=…` replaced (they start from its defaults).
+    pub swapped: std::collections::BTreeSet<String>,
 }
 
 /// Finds `name` in `dir` (`<dir>/<name>.toml`), or takes `name` as a path to a `.toml` file.
@@ -163,6 +165,7 @@ pub fn parse(text: &str, name: &str, file: &str) -> Result<Recipe, Error> {
         device: "cpu".into(),
         smoke: BTreeMap::new(),
         components: BTreeMap::new(),
+        swapped: Default::default(),
     };
     for (key, value) in table {
         recipe.set_top_level(&key, value)?;
@@ -370,7 +373,7 @@ impl Recipe {
         let factory = registry::find(spec.kind, &spec.plugin)
             .ok_or_else(|| format!("plugin `{}` is not registered", spec.plugin))?;
         let schema = schema::component_schema(factory);
-        let ty = schema::field_type(&schema, &parts[1..])
+        let ty = schema::field_type_in(&schema, &parts[1..], &spec.config)
             .map_err(|e| format!("[{role}] (plugin `{}`): {e}", spec.plugin))?;
         schema::parse_typed(text, ty).map_err(|e| {
             format!(
@@ -392,6 +395,22 @@ impl Recipe {
             self.components.get(role).cloned().ok_or_else(|| {
                 self.field_error(role, None, "no such table in the recipe".into())
             })?;
+        // `table.use = other` swaps the component: the table starts over from the new
+        // plugin's defaults (its old fields belonged to the old plugin).
+        if parts.len() == 2 && parts[1] == "use" && value.as_str() != Some(spec.plugin.as_str()) {
+            let mut table = toml::Table::new();
+            table.insert("use".into(), value);
+            if Kind::parse(role) != Some(spec.kind) {
+                table.insert(
+                    "kind".into(),
+                    toml::Value::String(spec.kind.as_str().into()),
+                );
+            }
+            let new_spec = self.component_spec(role, table)?;
+            self.components.insert(role.to_string(), new_spec);
+            self.swapped.insert(role.to_string());
+            return Ok(());
+        }
         // Rebuild the table with the change and re-run the same checks as the file.
         let mut table = spec.config.clone();
         table.insert("use".into(), toml::Value::String(spec.plugin.clone()));
@@ -399,11 +418,22 @@ impl Recipe {
             "kind".into(),
             toml::Value::String(spec.kind.as_str().into()),
         );
+        // A sub-table the recipe does not write starts from the component's own default for
+        // it (`--set scheduler.rm.steps=10` keeps the rest of `rm`'s defaults), not from the
+        // sub-table type's defaults.
+        let defaults = registry::find(spec.kind, &spec.plugin)
+            .and_then(|f| (f.resolve)(&spec.config).ok())
+            .unwrap_or_default();
+        let mut default_node = Some(&defaults);
         let mut node = &mut table;
         for key in &parts[1..parts.len() - 1] {
+            let default = default_node
+                .and_then(|d| d.get(*key))
+                .and_then(toml::Value::as_table);
+            default_node = default;
             let entry = node
                 .entry(key.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                .or_insert_with(|| toml::Value::Table(default.cloned().unwrap_or_default()));
             node = match entry {
                 toml::Value::Table(t) => t,
                 _ => {
@@ -421,23 +451,193 @@ impl Recipe {
         Ok(())
     }
 
-    /// Applies the recipe's `[smoke]` overrides.
+    /// Applies the recipe's `[smoke]` overrides. An override of a table whose plugin a
+    /// `--set table.use=…` swapped applies only where the new plugin has the field.
     pub fn apply_smoke(&mut self) -> Result<(), Error> {
         let smoke = std::mem::take(&mut self.smoke);
         for (path, value) in &smoke {
-            self.set_value(path, value.clone()).map_err(|e| match e {
-                Error::Field { .. } => e,
-                other => self.field_error("smoke", Some(path), other.to_string()),
-            })?;
+            let table = path.split('.').next().unwrap_or("");
+            let swapped = self.swapped.contains(table);
+            if swapped && path.ends_with(".use") {
+                continue;
+            }
+            match self.set_value(path, value.clone()) {
+                Ok(()) => {}
+                Err(Error::Field { .. }) if swapped => {
+                    tracing::info!(override = path.as_str(), "a --smoke override the swapped plugin does not take; skipped");
+                }
+                Err(e @ Error::Field { .. }) => return Err(e),
+                Err(other) => return Err(self.field_error("smoke", Some(path), other.to_string())),
+            }
         }
         self.smoke = smoke;
         Ok(())
     }
 
-    /// Builds every component through the registry.
+    /// The command line's overrides in order: `--set table.use=…` (component swaps) first,
+    /// then the `[smoke]` overrides when `smoke`, then the other `--set`s.
+    pub fn apply_overrides(&mut self, sets: &[String], smoke: bool) -> Result<(), Error> {
+        let is_swap = |s: &String| {
+            s.split_once('=').is_some_and(|(p, _)| {
+                p.trim().split('.').count() == 2 && p.trim().ends_with(".use")
+            })
+        };
+        for s in sets.iter().filter(|s| is_swap(s)) {
+            self.apply_set(s)?;
+        }
+        if smoke {
+            self.apply_smoke()?;
+        }
+        for s in sets.iter().filter(|s| !is_swap(s)) {
+            self.apply_set(s)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the scheduler, checks the recipe against its roles ([`check_roles`](Self::check_roles)),
+    /// builds every other component, and checks each against its role (its Rust type, and for
+    /// objectives the tensors the scheduler hands them): a wrong recipe is an error before
+    /// anything runs.
     pub fn build(&self, device: &burn::tensor::Device) -> Result<Components, Error> {
+        let mut built = self.build_tables(device, |role| role == "scheduler")?;
+        let Some(scheduler) = built.remove("scheduler") else {
+            return Err(self.field_error(
+                "scheduler",
+                None,
+                format!(
+                    "missing: a recipe needs a [scheduler] table; registered schedulers: {}",
+                    registry::names(Kind::Scheduler).join(", ")
+                ),
+            ));
+        };
+        let name = scheduler.name.clone();
+        let roles = match scheduler.get::<Box<dyn crate::Scheduler>>() {
+            Some(s) => s.roles(),
+            None => {
+                return Err(self.field_error(
+                    "scheduler",
+                    None,
+                    format!(
+                        "plugin `{name}` does not build a scheduler ({})",
+                        scheduler.type_name()
+                    ),
+                ));
+            }
+        };
+        self.check_roles(&name, &roles)?;
+        let mut built = self.build_tables(device, |role| role != "scheduler")?;
+        for role in &roles {
+            let Some(b) = built.get(&role.name) else {
+                continue;
+            };
+            if !role.accepts(b) {
+                return Err(self.field_error(
+                    &role.name,
+                    None,
+                    format!(
+                        "scheduler `{name}` takes `{}` here ({}), but plugin `{}` provides `{}`",
+                        role.type_name(),
+                        role.about,
+                        b.name,
+                        b.type_name()
+                    ),
+                ));
+            }
+            if let (Some(inputs), Some(objective)) =
+                (&role.inputs, b.get::<Box<dyn crate::Objective>>())
+            {
+                registry::check_inputs(objective.as_ref(), inputs).map_err(|m| {
+                    self.field_error(
+                        &role.name,
+                        None,
+                        format!(
+                            "objective `{}` {m} by scheduler `{name}` ({})",
+                            b.name, role.about
+                        ),
+                    )
+                })?;
+            }
+        }
+        built.insert("scheduler".into(), scheduler);
+        Ok(Components::new(built))
+    }
+
+    /// Checks the recipe's tables against a scheduler's roles: every required role is there,
+    /// every table is a role, and each has the role's kind.
+    pub fn check_roles(&self, scheduler: &str, roles: &[registry::Role]) -> Result<(), Error> {
+        for role in roles {
+            if role.required && !self.components.contains_key(&role.name) {
+                let names = registry::names(role.kind);
+                return Err(self.field_error(
+                    &role.name,
+                    None,
+                    format!(
+                        "missing: scheduler `{scheduler}` needs a [{}] table, a {} ({}); e.g. `use = \"{}\"`{}; registered {} plugins: {}",
+                        role.name,
+                        role.kind,
+                        role.about,
+                        names.first().copied().unwrap_or("..."),
+                        if Kind::parse(&role.name) == Some(role.kind) {
+                            String::new()
+                        } else {
+                            format!(" with `kind = \"{}\"`", role.kind)
+                        },
+                        role.kind,
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        let role_names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+        for (table, spec) in &self.components {
+            if table == "scheduler" {
+                continue;
+            }
+            let Some(role) = roles.iter().find(|r| &r.name == table) else {
+                let hint = closest(table, role_names.iter().copied());
+                return Err(self.field_error(
+                    table,
+                    None,
+                    format!(
+                        "scheduler `{scheduler}` takes no [{table}] table{}; its tables are {}",
+                        hint.first()
+                            .map(|h| format!(" (did you mean `{h}`?)"))
+                            .unwrap_or_default(),
+                        role_names
+                            .iter()
+                            .map(|r| format!("[{r}]"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            };
+            if spec.kind != role.kind {
+                return Err(self.field_error(
+                    table,
+                    None,
+                    format!(
+                        "this table is a {} (plugin `{}`), but scheduler `{scheduler}` takes a {} here ({}); {} plugins: {}",
+                        spec.kind,
+                        spec.plugin,
+                        role.kind,
+                        role.about,
+                        role.kind,
+                        registry::names(role.kind).join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the tables `which` selects through the registry.
+    fn build_tables(
+        &self,
+        device: &burn::tensor::Device,
+        which: impl Fn(&str) -> bool,
+    ) -> Result<BTreeMap<String, Built>, Error> {
         let mut built: BTreeMap<String, Built> = BTreeMap::new();
-        for (role, spec) in &self.components {
+        for (role, spec) in self.components.iter().filter(|(r, _)| which(r)) {
             let factory = registry::find(spec.kind, &spec.plugin).ok_or_else(|| {
                 self.field_error(
                     role,
@@ -465,7 +665,7 @@ impl Recipe {
             })?;
             built.insert(role.clone(), b);
         }
-        Ok(Components::new(built))
+        Ok(built)
     }
 
     /// The resolved recipe (every component with its defaults filled in) as TOML: what a run
@@ -544,6 +744,18 @@ steps = 100
             r.components["scheduler"].config["steps"],
             toml::Value::Integer(5)
         );
+    }
+
+    #[test]
+    fn a_set_into_an_unwritten_sub_table_keeps_the_components_defaults_for_it() {
+        let mut r = parse(RECIPE, "t", "t.toml").unwrap();
+        r.apply_set("scheduler.optim.warmup_steps=3").unwrap();
+        let optim = r.components["scheduler"].config["optim"]
+            .as_table()
+            .unwrap();
+        assert_eq!(optim["warmup_steps"].as_integer(), Some(3));
+        // `supervised`'s default learning rate (0.05), not `OptimConfig`'s (0.001).
+        assert_eq!(optim["lr"].as_float(), Some(0.05));
     }
 
     #[test]

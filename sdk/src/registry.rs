@@ -83,6 +83,35 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error in `field`.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    /// An error of the table as a whole.
+    pub fn table(message: impl Into<String>) -> Self {
+        Self {
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    /// The same error, for a sub-table `prefix` (`optim` → `generator.optim.lr`).
+    pub fn within(self, prefix: &str) -> Self {
+        Self {
+            field: Some(match self.field {
+                Some(f) => format!("{prefix}.{f}"),
+                None => prefix.to_string(),
+            }),
+            message: self.message,
+        }
+    }
+}
+
 /// A built component: the boxed trait object, its resolved configuration (defaults filled in),
 /// and where it came from.
 pub struct Built {
@@ -113,6 +142,16 @@ impl Built {
         self.type_name
     }
 
+    /// The `TypeId` of the value this holds.
+    pub fn value_type_id(&self) -> std::any::TypeId {
+        (*self.value).type_id()
+    }
+
+    /// The value, if it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.value.downcast_ref::<T>()
+    }
+
     /// The value as `T`, or `self` back when it is something else.
     pub fn downcast<T: Any>(self) -> Result<T, Self> {
         match self.value.downcast::<T>() {
@@ -135,6 +174,8 @@ pub struct ComponentFactory {
     pub crate_name: &'static str,
     /// The JSON schema of its configuration table.
     pub schema: fn() -> schemars::Schema,
+    /// The table with every default filled in (what `config.toml` shows), or what is wrong.
+    pub resolve: fn(&toml::Table) -> Result<toml::Table, ConfigError>,
     pub build: BuildFn,
 }
 
@@ -277,6 +318,7 @@ macro_rules! register_component {
                 description: $description,
                 crate_name: env!("CARGO_CRATE_NAME"),
                 schema: $crate::registry::schema_of::<$config>,
+                resolve: |table| $crate::registry::decode_config::<$config>(table).map(|(_, r)| r),
                 build: |table, ctx| {
                     $crate::registry::build_with::<$config, _>(
                         $crate::registry::Kind::$kind, $name, table, ctx, $build,
@@ -308,6 +350,11 @@ impl Components {
         self.items.get(role).map(|b| &b.resolved)
     }
 
+    /// The registered plugin `role` was built from.
+    pub fn plugin(&self, role: &str) -> Option<&str> {
+        self.items.get(role).map(|b| b.name.as_str())
+    }
+
     /// Whether `role` was built.
     pub fn has(&self, role: &str) -> bool {
         self.items.contains_key(role)
@@ -337,5 +384,229 @@ impl Components {
         } else {
             Ok(None)
         }
+    }
+}
+
+/// An objective configured inline in another component's table:
+/// `objective = { use = "dpo", beta = 0.1 }`. It holds the resolved table (every default
+/// filled in, `use` included) and is built through the registry like a table of its own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InlineObjective {
+    table: toml::Table,
+}
+
+/// The objective component of that name, resolved with its defaults.
+fn resolve_objective(table: &toml::Table) -> Result<toml::Table, String> {
+    let name = match table.get("use") {
+        Some(toml::Value::String(n)) => n.clone(),
+        Some(v) => return Err(format!("`use` must be a string, found {}", v.type_str())),
+        None => {
+            return Err(format!(
+                "an inline objective needs `use = \"...\"`; registered objectives: {}",
+                names(Kind::Objective).join(", ")
+            ));
+        }
+    };
+    let factory = find(Kind::Objective, &name).ok_or_else(|| {
+        let all = names(Kind::Objective);
+        let hint = crate::error::closest(&name, all.iter().copied());
+        format!(
+            "unknown objective `{name}`{}; registered objectives: {}",
+            hint.first()
+                .map(|h| format!(" (did you mean `{h}`?)"))
+                .unwrap_or_default(),
+            all.join(", ")
+        )
+    })?;
+    let mut config = table.clone();
+    config.remove("use");
+    let mut resolved =
+        (factory.resolve)(&config).map_err(|e| format!("objective `{name}`: {e}"))?;
+    resolved.insert("use".into(), toml::Value::String(name));
+    Ok(resolved)
+}
+
+impl InlineObjective {
+    /// The registered objective `name` with its defaults.
+    pub fn named(name: &str) -> Self {
+        let mut table = toml::Table::new();
+        table.insert("use".into(), toml::Value::String(name.into()));
+        let table = resolve_objective(&table).unwrap_or(table);
+        Self { table }
+    }
+
+    /// Its plugin name.
+    pub fn name(&self) -> &str {
+        self.table
+            .get("use")
+            .and_then(toml::Value::as_str)
+            .unwrap_or("")
+    }
+
+    /// Builds it, and checks that it reads only tensors in `provided` (what the component that
+    /// holds it hands it); the error names the field `objective`.
+    pub fn build(
+        &self,
+        ctx: &BuildContext<'_>,
+        provided: &[&str],
+    ) -> Result<Box<dyn crate::Objective>, ConfigError> {
+        let name = self.name().to_string();
+        let factory = find(Kind::Objective, &name).ok_or_else(|| {
+            ConfigError::field("objective", format!("unknown objective `{name}`"))
+        })?;
+        let mut config = self.table.clone();
+        config.remove("use");
+        let built = (factory.build)(&config, ctx)
+            .map_err(|e| ConfigError::field("objective", format!("objective `{name}`: {e:#}")))?;
+        let objective: Box<dyn crate::Objective> = built.downcast().map_err(|b| {
+            ConfigError::field(
+                "objective",
+                format!("`{name}` is not an objective ({})", b.type_name()),
+            )
+        })?;
+        check_inputs(objective.as_ref(), provided)
+            .map_err(|m| ConfigError::field("objective", format!("objective `{name}` {m}")))?;
+        Ok(objective)
+    }
+}
+
+/// `Err` naming the inputs `objective` reads that `provided` lacks.
+pub fn check_inputs(objective: &dyn crate::Objective, provided: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = objective
+        .inputs()
+        .iter()
+        .copied()
+        .filter(|i| !provided.contains(i))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "reads {}, but is handed only {}",
+        missing
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        provided
+            .iter()
+            .map(|m| format!("`{m}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+impl serde::Serialize for InlineObjective {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.table.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for InlineObjective {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let table = toml::Table::deserialize(d)?;
+        resolve_objective(&table)
+            .map(|table| Self { table })
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for InlineObjective {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "InlineObjective".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "description": "An objective configured inline: `{ use = \"name\", field = value, … }` (the fields are the objective's own).",
+            "required": ["use"],
+            "properties": { "use": { "type": "string", "description": "The registered objective." } },
+            "additionalProperties": true,
+            "x-lmlab-inline": "objective"
+        })
+    }
+}
+
+/// A component a scheduler takes from the recipe: the table name, its kind, the Rust type it
+/// is taken as, whether it must be there, and (for objectives) the tensors the scheduler hands
+/// it. The runner checks a recipe against its scheduler's roles before anything runs.
+#[derive(Clone, Debug)]
+pub struct Role {
+    pub name: String,
+    pub kind: Kind,
+    pub required: bool,
+    /// What the role is for, in messages.
+    pub about: String,
+    type_id: std::any::TypeId,
+    type_name: &'static str,
+    /// For objectives: the tensors the scheduler hands it.
+    pub inputs: Option<Vec<&'static str>>,
+}
+
+impl Role {
+    /// A required role taken as `T` (e.g. `Box<dyn Sampler>`).
+    pub fn of<T: Any>(name: impl Into<String>, kind: Kind, about: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            required: true,
+            about: about.into(),
+            type_id: std::any::TypeId::of::<T>(),
+            type_name: std::any::type_name::<T>(),
+            inputs: None,
+        }
+    }
+
+    /// A task whose problems and outputs are those of `T` (e.g. `TextTask`).
+    pub fn task<T: ?Sized + Any>(name: impl Into<String>, about: impl Into<String>) -> Self {
+        Self::of::<Box<T>>(name, Kind::Task, about)
+    }
+
+    /// A policy (`[policy] use = "llama"`, `"checkpoint"`, …).
+    pub fn policy(name: impl Into<String>, about: impl Into<String>) -> Self {
+        Self::of::<Box<dyn crate::policy::PolicyInit>>(name, Kind::Policy, about)
+    }
+
+    /// A sampler.
+    pub fn sampler(name: impl Into<String>, about: impl Into<String>) -> Self {
+        Self::of::<Box<dyn crate::Sampler>>(name, Kind::Sampler, about)
+    }
+
+    /// A verifier (fixed or fitted).
+    pub fn verifier(name: impl Into<String>, about: impl Into<String>) -> Self {
+        Self::of::<Box<dyn crate::verifier::VerifierSpec>>(name, Kind::Verifier, about)
+    }
+
+    /// A reward model (fixed or fitted).
+    pub fn reward_model(name: impl Into<String>, about: impl Into<String>) -> Self {
+        Self::of::<Box<dyn crate::reward::RewardSpec>>(name, Kind::RewardModel, about)
+    }
+
+    /// An objective that the scheduler hands `inputs`.
+    pub fn objective(
+        name: impl Into<String>,
+        inputs: &[&'static str],
+        about: impl Into<String>,
+    ) -> Self {
+        let mut r = Self::of::<Box<dyn crate::Objective>>(name, Kind::Objective, about);
+        r.inputs = Some(inputs.to_vec());
+        r
+    }
+
+    /// The same role, optional.
+    pub fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+
+    /// Whether `built` is what this role takes.
+    pub fn accepts(&self, built: &Built) -> bool {
+        built.value_type_id() == self.type_id
+    }
+
+    /// The Rust type the role takes.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
     }
 }

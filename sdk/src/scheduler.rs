@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use indicatif::ProgressBar;
 
 use crate::error::Error;
-use crate::registry::Components;
+use crate::registry::{Components, Role};
 use crate::run::RunDir;
 
 /// Everything a scheduler needs from the runner: the run directory (metrics, summary, plots,
@@ -65,18 +65,26 @@ impl RunContext {
 /// tensors to the objective, steps the optimiser, logs, checkpoints, and writes the summary.
 /// Sync, async with bounded staleness and iterated rounds (STaR, V-STaR) are schedulers.
 ///
-/// A scheduler takes the components it needs from [`Components`] by role (the recipe's table
-/// names); asking for a role the recipe lacks, or of the wrong type, is an error that says so.
+/// A scheduler declares its [`Role`]s: the recipe tables it takes (name, kind, Rust type,
+/// required or not, and for objectives the tensors it hands them). The runner checks a recipe
+/// against them before anything is built or run (already at `--dry-run`): a missing role, a
+/// table of the wrong kind or type, an objective reading tensors the scheduler does not hand
+/// it, and a table no role takes are errors naming the file and table. The scheduler then
+/// takes its components from [`Components`] by role.
 ///
 /// # Example
 ///
 /// ```
 /// use lmlab_sdk::{Components, RunContext, Scheduler, Split, Task};
+/// use lmlab_sdk::registry::Role;
 ///
 /// /// Counts a task's test problems and logs the count.
 /// struct Census;
 ///
 /// impl Scheduler for Census {
+///     fn roles(&self) -> Vec<Role> {
+///         vec![Role::task::<dyn Task<Problem = u32, Output = str>>("task", "the problems to count")]
+///     }
 ///     fn run(&mut self, ctx: &mut RunContext, parts: &mut Components) -> anyhow::Result<()> {
 ///         let task: Box<dyn Task<Problem = u32, Output = str>> = parts.take("task", "census")?;
 ///         let n = task.problems(Split::Test)?.len();
@@ -106,6 +114,9 @@ impl RunContext {
 /// assert!(std::fs::read_to_string(ctx.run.path().join("summary.md")).unwrap().starts_with("3 "));
 /// ```
 pub trait Scheduler: Send {
+    /// The recipe tables it takes.
+    fn roles(&self) -> Vec<Role>;
+
     /// Runs the loop to completion (or from the last checkpoint when `ctx.resume`).
     fn run(&mut self, ctx: &mut RunContext, components: &mut Components) -> anyhow::Result<()>;
 }

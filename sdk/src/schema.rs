@@ -193,6 +193,63 @@ pub fn field_type(schema: &Value, path: &[&str]) -> Result<FieldType, String> {
     Ok(type_of(root, &node))
 }
 
+/// The schema node at `path`, if every step is a known field.
+fn node_at(schema: &Value, path: &[&str]) -> Option<Value> {
+    let mut node = resolve(schema, schema).clone();
+    for key in path {
+        let props = properties(schema, &node)?;
+        node = resolve(schema, props.get(*key)?).clone();
+    }
+    Some(node)
+}
+
+/// [`field_type`] for a component table whose configuration `config` may hold components
+/// inline (`objective = { use = "dpo", beta = 0.1 }`): a path into an inline component is typed
+/// by that component's own schema (the `use` written in `config`, else the default's).
+pub fn field_type_in(
+    schema: &Value,
+    path: &[&str],
+    config: &toml::Table,
+) -> Result<FieldType, String> {
+    for i in 1..path.len() {
+        let Some(node) = node_at(schema, &path[..i]) else {
+            break;
+        };
+        let Some(kind) = node.get("x-lmlab-inline").and_then(Value::as_str) else {
+            continue;
+        };
+        let here = path[..i]
+            .iter()
+            .try_fold(config, |t, k| t.get(*k).and_then(toml::Value::as_table));
+        let name = here
+            .and_then(|t| t.get("use"))
+            .and_then(toml::Value::as_str)
+            .map(str::to_string)
+            .or_else(|| {
+                node.get("default")
+                    .and_then(|d| d.get("use"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| format!("`{}` names no {kind} (`use`)", path[..i].join(".")))?;
+        let kind = registry::Kind::parse(kind).ok_or_else(|| format!("unknown kind {kind}"))?;
+        let factory = registry::find(kind, &name).ok_or_else(|| {
+            format!(
+                "`{}`: {kind} `{name}` is not registered",
+                path[..i].join(".")
+            )
+        })?;
+        let empty = toml::Table::new();
+        return field_type_in(
+            &component_schema(factory),
+            &path[i..],
+            here.unwrap_or(&empty),
+        )
+        .map_err(|e| format!("in `{}` ({kind} `{name}`): {e}", path[..i].join(".")));
+    }
+    field_type(schema, path)
+}
+
 fn resolve<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
     let mut node = node;
     for _ in 0..16 {

@@ -63,6 +63,23 @@ pub trait Task: Send + Sync {
 
     /// Whether `output` solves `problem`, exactly as the task defines it.
     fn check(&self, problem: &Self::Problem, output: &Self::Output) -> bool;
+
+    /// The final answer of `output` in a canonical form, for voting (`6.0` and `06` the same);
+    /// `None` when it has none or the task does not parse answers.
+    fn answer(&self, _output: &Self::Output) -> Option<String> {
+        None
+    }
+
+    /// A programmatic (gold) reward of `output`, when the task defines one; `finished` says
+    /// whether generation ended by itself (EOS) rather than at the length limit.
+    fn reward(
+        &self,
+        _problem: &Self::Problem,
+        _output: &Self::Output,
+        _finished: bool,
+    ) -> Option<f32> {
+        None
+    }
 }
 
 /// The train and test splits of `task`, refusing an empty one; `user` (e.g. "scheduler

@@ -106,3 +106,13 @@ impl TensorMap {
     getter!(int1, I1, Tensor<1, Int>, "an integer tensor of rank 1");
     getter!(int2, I2, Tensor<2, Int>, "an integer tensor of rank 2");
 }
+/// A `[n]` float tensor of `values` on `device`.
+pub fn t1(values: Vec<f32>, device: &burn::tensor::Device) -> Tensor<1> {
+    let n = values.len();
+    Tensor::from_data(burn::tensor::TensorData::new(values, [n]), device)
+}
+
+/// A `[rows, cols]` float tensor of row-major `values` on `device`.
+pub fn t2(values: Vec<f32>, rows: usize, cols: usize, device: &burn::tensor::Device) -> Tensor<2> {
+    Tensor::from_data(burn::tensor::TensorData::new(values, [rows, cols]), device)
+}

@@ -17,6 +17,7 @@ use burn::tensor::{Bytes, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::registry::ConfigError;
 use crate::run::write_atomic;
 
 /// How the learning rate decays after warmup.
@@ -73,6 +74,45 @@ impl Default for OptimConfig {
             plateau_factor: 0.5,
             plateau_patience: 2,
         }
+    }
+}
+
+impl OptimConfig {
+    /// Errors naming the field when the settings cannot train: `lr` positive, `β₁`, `β₂` in
+    /// `[0, 1)`, `eps` positive, `weight_decay` non-negative, `min_lr_ratio` in `[0, 1]`,
+    /// `grad_clip_norm` positive, `plateau_factor` in `(0, 1]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |f: &str, m: &str| Err(ConfigError::field(f, m));
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", "must be a positive number");
+        }
+        for (f, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(f, "must be in [0, 1)");
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad("eps", "must be a positive number");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", "must be a non-negative number");
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad("min_lr_ratio", "must be in [0, 1]");
+        }
+        if self
+            .grad_clip_norm
+            .is_some_and(|c| !(c.is_finite() && c > 0.0))
+        {
+            return bad(
+                "grad_clip_norm",
+                "must be a positive number (or absent: no clipping)",
+            );
+        }
+        if !(self.plateau_factor > 0.0 && self.plateau_factor <= 1.0) {
+            return bad("plateau_factor", "must be in (0, 1]");
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +195,20 @@ impl Default for Stage {
                 ..OptimConfig::default()
             },
         }
+    }
+}
+
+impl Stage {
+    /// Errors naming the field: at least one step and one example per batch, and a valid
+    /// optimiser (`optim.lr`, …).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.steps == 0 {
+            return Err(ConfigError::field("steps", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(ConfigError::field("batch_size", "must be at least 1"));
+        }
+        self.optim.validate().map_err(|e| e.within("optim"))
     }
 }
 
@@ -402,6 +456,98 @@ mod tests {
                 prop_assert_eq!(p.bad, bad);
             }
         }
+    }
+
+    #[test]
+    fn optimiser_settings_are_validated_by_field() {
+        let ok = OptimConfig::default();
+        assert!(ok.validate().is_ok());
+        for (cfg, field) in [
+            (
+                OptimConfig {
+                    lr: 0.0,
+                    ..ok.clone()
+                },
+                "lr",
+            ),
+            (
+                OptimConfig {
+                    lr: f64::NAN,
+                    ..ok.clone()
+                },
+                "lr",
+            ),
+            (
+                OptimConfig {
+                    beta1: 2.0,
+                    ..ok.clone()
+                },
+                "beta1",
+            ),
+            (
+                OptimConfig {
+                    beta2: 1.0,
+                    ..ok.clone()
+                },
+                "beta2",
+            ),
+            (
+                OptimConfig {
+                    eps: 0.0,
+                    ..ok.clone()
+                },
+                "eps",
+            ),
+            (
+                OptimConfig {
+                    weight_decay: -1.0,
+                    ..ok.clone()
+                },
+                "weight_decay",
+            ),
+            (
+                OptimConfig {
+                    min_lr_ratio: 1.5,
+                    ..ok.clone()
+                },
+                "min_lr_ratio",
+            ),
+            (
+                OptimConfig {
+                    grad_clip_norm: Some(0.0),
+                    ..ok.clone()
+                },
+                "grad_clip_norm",
+            ),
+            (
+                OptimConfig {
+                    plateau_factor: 0.0,
+                    ..ok.clone()
+                },
+                "plateau_factor",
+            ),
+        ] {
+            assert_eq!(cfg.validate().unwrap_err().field.as_deref(), Some(field));
+        }
+        let st = Stage {
+            optim: OptimConfig { lr: -1.0, ..ok },
+            ..Stage::default()
+        };
+        assert_eq!(
+            st.validate().unwrap_err().field.as_deref(),
+            Some("optim.lr")
+        );
+        assert_eq!(
+            Stage {
+                steps: 0,
+                ..Stage::default()
+            }
+            .validate()
+            .unwrap_err()
+            .field
+            .as_deref(),
+            Some("steps")
+        );
     }
 
     #[test]

@@ -1,31 +1,70 @@
-//! The [`Verifier`] trait.
+//! The [`Verifier`] trait, the [`Candidate`]s it scores, and [`VerifierSpec`], what a recipe's
+//! `[verifier]` table builds (a fixed verifier, or a fitter that trains one).
 
-/// A score meant to rank the candidate solutions of one problem: higher means more likely
-/// correct. Oracle checkers, outcome reward models, DPO verifiers and generative verifiers all
-/// implement it, so Best-of-k code never cares which one it has.
+use serde::{Deserialize, Serialize};
+
+use crate::fit::{FitCx, Fitted};
+use crate::policy::Completion;
+use crate::tasks::TextProblem;
+
+/// One sampled solution of a problem, checked by the task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The index of its problem in the list it was sampled for.
+    pub problem: usize,
+    pub completion: Completion,
+    /// Whether the task's checker accepts it.
+    pub correct: bool,
+    /// Its final answer in the task's canonical form (for voting), if it has one.
+    pub answer: Option<String>,
+}
+
+/// Scores that rank the candidates of each problem: higher means more likely correct. Oracle
+/// checkers, majority vote, likelihoods, outcome reward models, DPO verifiers and generative
+/// verifiers all implement it, so Best-of-k code never cares which one it has.
 ///
 /// # Example
 ///
 /// ```
-/// use lmlab_sdk::Verifier;
+/// use lmlab_sdk::tasks::TextProblem;
+/// use lmlab_sdk::verifier::{Candidate, Verifier};
 ///
-/// /// Scores 1 when the candidate's final answer (after `####`) is the known one.
-/// struct Oracle { answer: String }
+/// /// Prefers shorter solutions.
+/// struct Shortest;
 ///
-/// impl Verifier for Oracle {
-///     fn scores(&self, _problem: &str, candidates: &[String]) -> anyhow::Result<Vec<f32>> {
-///         Ok(candidates.iter().map(|c| {
-///             let last = c.rsplit("####").next().unwrap_or("").trim();
-///             (last == self.answer) as u8 as f32
-///         }).collect())
+/// impl Verifier for Shortest {
+///     fn scores(&self, _: &[TextProblem], candidates: &[Candidate]) -> anyhow::Result<Vec<f32>> {
+///         Ok(candidates.iter().map(|c| -(c.completion.token_ids.len() as f32)).collect())
 ///     }
 /// }
-///
-/// let v = Oracle { answer: "4".into() };
-/// let s = v.scores("2+2?", &["2+2=4 #### 4".into(), "#### 5".into()]).unwrap();
-/// assert_eq!(s, vec![1.0, 0.0]);
+/// # let _ = Shortest;
 /// ```
 pub trait Verifier: Send + Sync {
-    /// One score per candidate for `problem`.
-    fn scores(&self, problem: &str, candidates: &[String]) -> anyhow::Result<Vec<f32>>;
+    /// One score per candidate; `problems[c.problem]` is candidate `c`'s problem.
+    fn scores(
+        &self,
+        problems: &[TextProblem],
+        candidates: &[Candidate],
+    ) -> anyhow::Result<Vec<f32>>;
+}
+
+/// What a recipe's verifier table builds. Fixed verifiers (oracle, majority, likelihood) ignore
+/// the data; fitted ones (DPO, ORM, GenRM) train from the policy in the [`FitCx`] on the
+/// labelled candidates the scheduler hands over when the run reaches that point.
+pub trait VerifierSpec: Send + Sync {
+    /// How it is called in tables and progress bars ("DPO verifier", "ORM").
+    fn label(&self) -> String;
+
+    /// Whether it trains.
+    fn fitted(&self) -> bool {
+        false
+    }
+
+    /// The verifier, trained when it is fitted.
+    fn fit(
+        &self,
+        cx: &mut FitCx<'_>,
+        problems: &[TextProblem],
+        candidates: &[Candidate],
+    ) -> anyhow::Result<Fitted<dyn Verifier>>;
 }

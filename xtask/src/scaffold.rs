@@ -24,84 +24,15 @@ serde.workspace = true
 schemars.workspace = true
 "#;
 
-const LIB_RS: &str = r#"//! lmlab plugin `{name}`.
-//!
-//! It registers one component, the reward model `{name}`: a programmatic reward that prefers
-//! responses of a target length. Replace it with your method's components (see
-//! CONTRIBUTING.md): one trait implementation, a config struct, and a `register_component!`.
+/// The plugin a scaffold starts from: CONTRIBUTING.md's example verifier, renamed.
+const LIB_RS: &str = include_str!("../../plugins/weakest-token/src/lib.rs");
+const TEST_RS: &str = include_str!("../../plugins/weakest-token/tests/verifier.rs");
 
-use lmlab_sdk::RewardModel;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-/// Configuration of `{name}`: what a recipe's table may set.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// The preferred response length, in characters.
-    pub target_len: usize,
+/// The example with `name` in place of `weakest-token`.
+fn renamed(text: &str, name: &str) -> String {
+    text.replace("weakest-token", name)
+        .replace("weakest_token", &name.replace('-', "_"))
 }
-
-impl Default for Config {
-    fn default() -> Self {
-        Self { target_len: 20 }
-    }
-}
-
-/// Reward `−|len(response) − target_len| / target_len`: 0 at the target length, lower away
-/// from it.
-pub struct LengthReward {
-    config: Config,
-}
-
-impl RewardModel for LengthReward {
-    fn rewards(&self, _prompts: &[String], responses: &[String]) -> anyhow::Result<Vec<f32>> {
-        let target = self.config.target_len.max(1) as f32;
-        Ok(responses
-            .iter()
-            .map(|r| -((r.chars().count() as f32 - target).abs()) / target)
-            .collect())
-    }
-}
-
-lmlab_sdk::register_component! {
-    kind: RewardModel,
-    name: "{name}",
-    description: "prefers responses of a target length (scaffolded example)",
-    config: Config,
-    build: |config: Config, _ctx| Ok(Box::new(LengthReward { config }) as Box<dyn RewardModel>),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lmlab_sdk::registry::{self, BuildContext, Kind};
-
-    #[test]
-    fn builds_from_the_registry_and_rewards_the_target_length() {
-        let factory = registry::find(Kind::RewardModel, "{name}").expect("registered");
-        let table: lmlab_sdk::toml::Table = lmlab_sdk::toml::from_str("target_len = 4").unwrap();
-        let device = lmlab_sdk::burn::tensor::Device::flex();
-        let ctx = BuildContext { device: &device, seed: 0, role: "reward_model" };
-        let built = (factory.build)(&table, &ctx).unwrap();
-        let rm: Box<dyn RewardModel> = built.downcast().ok().expect("a reward model");
-        let r = rm
-            .rewards(&["p".into(), "p".into()], &["abcd".into(), "abcdefgh".into()])
-            .unwrap();
-        assert_eq!(r, vec![0.0, -1.0]);
-    }
-
-    #[test]
-    fn unknown_fields_are_refused() {
-        let factory = registry::find(Kind::RewardModel, "{name}").unwrap();
-        let table: lmlab_sdk::toml::Table = lmlab_sdk::toml::from_str("target_lenn = 4").unwrap();
-        let device = lmlab_sdk::burn::tensor::Device::flex();
-        let ctx = BuildContext { device: &device, seed: 0, role: "reward_model" };
-        let err = (factory.build)(&table, &ctx).err().expect("refused");
-        assert!(err.to_string().contains("target_lenn"), "{err}");
-    }
-}
-"#;
 
 /// Markers in the umbrella crate where bundled plugins are listed.
 const DEP_MARKER: &str = "# bundled plugins (cargo xtask plugin new adds here)";
@@ -123,8 +54,10 @@ pub fn new_plugin(root: &Path, name: &str) -> anyhow::Result<()> {
         bail!("{} already exists", dir.display());
     }
     std::fs::create_dir_all(dir.join("src"))?;
+    std::fs::create_dir_all(dir.join("tests"))?;
     std::fs::write(dir.join("Cargo.toml"), CARGO_TOML.replace("{name}", name))?;
-    std::fs::write(dir.join("src/lib.rs"), LIB_RS.replace("{name}", name))?;
+    std::fs::write(dir.join("src/lib.rs"), renamed(LIB_RS, name))?;
+    std::fs::write(dir.join("tests/verifier.rs"), renamed(TEST_RS, name))?;
 
     // Link it into the umbrella crate so the runner knows it.
     let crate_name = format!("lmlab-plugin-{name}");

@@ -1,5 +1,6 @@
-//! `cargo xtask plugin new demo` in a temporary copy of the workspace makes a crate that
-//! builds, registers its component with the runner, and passes its own test.
+//! `cargo xtask plugin new demo` in a temporary copy of the workspace makes a crate (the
+//! CONTRIBUTING example verifier, renamed) that builds, registers its component with the
+//! runner, and passes its own test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,13 +48,17 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(tmp.path().join("plugins/demo/src/lib.rs").is_file());
+    let lib = std::fs::read_to_string(tmp.path().join("plugins/demo/src/lib.rs")).unwrap();
+    assert!(
+        lib.contains("name: \"demo\"") && !lib.contains("weakest"),
+        "{lib}"
+    );
     let manifest = std::fs::read_to_string(tmp.path().join("Cargo.toml")).unwrap();
     assert!(manifest.contains("lmlab-plugin-demo = { path = \"plugins/demo\" }"));
 
     // Build as the whole workspace does (same feature unification), so this workspace's
-    // compiled dependencies are reused, and run the new plugin's test (the other library
-    // tests already ran in this test run; running their copies again cost minutes in CI).
+    // compiled dependencies are reused, and run the new plugin's test (only the `verifier`
+    // test targets: the other tests already ran in this test run).
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
@@ -63,7 +68,7 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(tmp.path())
         .env("CARGO_TARGET_DIR", &target)
-        .args(["test", "--workspace", "--lib"]);
+        .args(["test", "--workspace", "--test", "verifier"]);
     if let Ok(features) = std::env::var("LMLAB_TEST_FEATURES") {
         cmd.args(["--features", &features]);
     }
@@ -71,7 +76,7 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
         .args([
             "--",
             "--test-threads=2",
-            "builds_from_the_registry_and_rewards_the_target_length",
+            "demo_scores_the_least_likely_response_token",
         ])
         .output()
         .unwrap();
@@ -82,7 +87,7 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("builds_from_the_registry_and_rewards_the_target_length ... ok"),
+        stdout.contains("demo_scores_the_least_likely_response_token ... ok"),
         "the scaffolded plugin's test ran and passed: {stdout}"
     );
 

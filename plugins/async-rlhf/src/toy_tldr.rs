@@ -11,6 +11,7 @@
 //! their gold rewards.
 
 use lmlab_sdk::rng::{Rng, rng};
+use lmlab_sdk::tasks::TextProblem;
 use lmlab_sdk::{Split, Task};
 use rand::Rng as _;
 use schemars::JsonSchema;
@@ -113,6 +114,16 @@ impl Document {
     pub fn ideal(&self) -> String {
         self.text.chars().filter(char::is_ascii_uppercase).collect()
     }
+
+    /// As a text problem: the prompt, the reference as its solution, the ideal as its answer.
+    pub fn problem(&self) -> TextProblem {
+        TextProblem {
+            id: self.id.clone(),
+            prompt: self.prompt(),
+            solution: self.reference.clone(),
+            answer: self.ideal(),
+        }
+    }
 }
 
 /// A labelled preference pair on a training document.
@@ -147,18 +158,17 @@ pub fn key_f1(summary: &str, keys: &str) -> f32 {
     2.0 * p * r / (p + r)
 }
 
-/// The gold reward of a response to `doc`: `key_f1 − length_penalty · max(0, |y| − |ideal|)`
-/// when it finished (EOS), −1 when it did not.
-pub fn gold_reward(doc: &Document, response: &str, finished: bool, length_penalty: f32) -> f32 {
+/// The gold reward of a response whose ideal summary is `ideal`:
+/// `key_f1 − length_penalty · max(0, |y| − |ideal|)` when it finished (EOS), −1 when it did not.
+pub fn gold_reward(ideal: &str, response: &str, finished: bool, length_penalty: f32) -> f32 {
     if !finished {
         return -1.0;
     }
-    let ideal = doc.ideal();
     let extra = response
         .chars()
         .count()
         .saturating_sub(ideal.chars().count());
-    key_f1(response, &ideal) - length_penalty * extra as f32
+    key_f1(response, ideal) - length_penalty * extra as f32
 }
 
 /// The generated task.
@@ -261,7 +271,9 @@ impl ToyTldrTask {
                 let doc = &train[d];
                 let a = self.corrupt(doc, r.random_range(0.0..0.8), &mut r);
                 let b = self.corrupt(doc, r.random_range(0.0..0.8), &mut r);
-                let margin = (gold_reward(doc, &a, true, lp) - gold_reward(doc, &b, true, lp))
+                let ideal = doc.ideal();
+                let margin = (gold_reward(&ideal, &a, true, lp)
+                    - gold_reward(&ideal, &b, true, lp))
                     / self.config.preference_temperature;
                 let p_a = 1.0 / (1.0 + (-margin).exp());
                 let (chosen, rejected) = if r.random::<f32>() < p_a {
@@ -280,21 +292,34 @@ impl ToyTldrTask {
 
     /// The gold reward with this task's length penalty.
     pub fn gold(&self, doc: &Document, response: &str, finished: bool) -> f32 {
-        gold_reward(doc, response, finished, self.config.length_penalty)
+        gold_reward(&doc.ideal(), response, finished, self.config.length_penalty)
     }
 }
 
 impl Task for ToyTldrTask {
-    type Problem = Document;
+    type Problem = TextProblem;
     type Output = str;
 
-    fn problems(&self, split: Split) -> anyhow::Result<Vec<Document>> {
-        Ok(self.documents(split))
+    fn problems(&self, split: Split) -> anyhow::Result<Vec<TextProblem>> {
+        Ok(self
+            .documents(split)
+            .iter()
+            .map(Document::problem)
+            .collect())
     }
 
     /// Solved when the output is exactly the ideal summary.
-    fn check(&self, doc: &Document, output: &str) -> bool {
-        output == doc.ideal()
+    fn check(&self, p: &TextProblem, output: &str) -> bool {
+        output == p.answer
+    }
+
+    fn reward(&self, p: &TextProblem, output: &str, finished: bool) -> Option<f32> {
+        Some(gold_reward(
+            &p.answer,
+            output,
+            finished,
+            self.config.length_penalty,
+        ))
     }
 }
 
@@ -340,7 +365,11 @@ mod tests {
                 (2..=4).contains(&k) && (8..=14).contains(&d.text.len()),
                 "{d:?}"
             );
-            assert!(t.check(d, &d.ideal()));
+            assert!(t.check(&d.problem(), &d.ideal()));
+            assert_eq!(
+                t.reward(&d.problem(), &d.reference, true),
+                Some(t.gold(d, &d.reference, true))
+            );
             assert_eq!(t.gold(d, &d.ideal(), true), 1.0);
             assert_eq!(t.gold(d, &d.ideal(), false), -1.0);
         }

@@ -12,23 +12,27 @@
 //!   generated inputs and on the real test set, and the unlabeled bracket F1 of the trees
 //!   Ordered Memory's pointer induces ([`tree`]).
 //!
-//! Nothing here is LM-specific: the models train through [`Objective`] and the SDK's
-//! [`Trainer`] (optimiser, schedules including reduce-on-plateau, checkpoints, resume).
+//! Nothing here is LM-specific: the models train through [`Objective`] in the SDK's fit loop
+//! ([`lmlab_sdk::fit`]: optimiser, schedules including reduce-on-plateau, checkpoints), each
+//! (model, seed) is a unit of an [`Experiment`] (threads, resume per unit from its checkpoint),
+//! and the summary is written with [`lmlab_sdk::report`].
 
 pub mod listops;
 pub mod model;
 pub mod tree;
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use lmlab_sdk::burn::module::Module;
 use lmlab_sdk::burn::tensor::{Device, Tensor};
+use lmlab_sdk::experiment::{Experiment, Unit, UnitCx};
+use lmlab_sdk::fit::{FitLog, FitOptions, Hooks, StepLog, fit, train_record};
 use lmlab_sdk::metrics::mean_std;
 use lmlab_sdk::plot::{Series, line_plot};
+use lmlab_sdk::report::{Claim, Fmt, Table, claims_table, footer};
 use lmlab_sdk::rng::{Rng, rng};
-use lmlab_sdk::train::{LrSchedule, OptimConfig, Trainer, latest_checkpoint};
-use lmlab_sdk::{Components, Objective, RunContext, Scheduler, TensorMap};
+use lmlab_sdk::train::{LrSchedule, OptimConfig, Trainer};
+use lmlab_sdk::{Components, Objective, Role, RunContext, Scheduler, TensorMap};
 use rand::Rng as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -266,22 +270,16 @@ pub struct OrderedMemoryScheduler {
 /// The evaluation sets: (name, examples, evaluated with the long-input model).
 type EvalSets = Vec<(String, Vec<Example>, bool)>;
 
-/// What the training threads share.
-struct Shared<'a> {
-    run: std::sync::Mutex<&'a mut lmlab_sdk::run::RunDir>,
-    checkpoints: std::path::PathBuf,
-    device: Device,
-    resume: bool,
-    objective: &'a dyn Objective,
-    progress: lmlab_sdk::progress::ProgressBar,
-    /// Set when a training fails, so the others stop.
-    failed: std::sync::atomic::AtomicBool,
+/// One training: the experiment's unit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Training {
+    pub model: String,
+    pub seed: u64,
 }
 
-impl<'a> Shared<'a> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, &'a mut lmlab_sdk::run::RunDir> {
-        // A thread that panicked while logging left a whole record or none: carry on.
-        self.run.lock().unwrap_or_else(|p| p.into_inner())
+impl Unit for Training {
+    fn name(&self) -> String {
+        format!("{}-seed{}", self.model, self.seed)
     }
 }
 
@@ -289,6 +287,62 @@ struct Data<'a> {
     train: &'a [Example],
     validation: &'a [Example],
     sets: &'a EvalSets,
+}
+
+/// Logs, evaluates, observes the plateau schedule and checkpoints, as the fit loop steps.
+struct TrainHooks<'a, 'c> {
+    cx: &'a UnitCx<'c>,
+    t: &'a TrainConfig,
+    validation: &'a [Example],
+    eval_batch: usize,
+    curve: Vec<(u64, f64)>,
+    seconds: f64,
+    started: std::time::Instant,
+    last_loss: f64,
+}
+
+impl<M: Classifier> Hooks<M> for TrainHooks<'_, '_> {
+    fn sync_at(&self, step: u64) -> bool {
+        let every = |n: u64| n > 0 && step.is_multiple_of(n);
+        every(self.t.eval_every.max(1)) || every(self.t.checkpoint_every) || step == self.t.steps
+    }
+
+    fn logged(&mut self, _: &Trainer<M>, steps: &[StepLog]) -> anyhow::Result<()> {
+        for s in steps {
+            self.last_loss = s.loss;
+            if s.step.is_multiple_of(self.t.log_every.max(1)) {
+                self.cx.log(train_record(s))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn after_step(&mut self, trainer: &mut Trainer<M>, _: &FitLog) -> anyhow::Result<()> {
+        let (t, step) = (self.t, trainer.step);
+        self.cx.progress().inc(1);
+        if step.is_multiple_of(t.eval_every.max(1)) || step == t.steps {
+            let device = self.cx.device();
+            let v = evaluate(
+                &trainer.model.valid(),
+                "validation",
+                self.validation,
+                self.eval_batch,
+                device,
+            );
+            let reduced = trainer.observe(v.accuracy);
+            self.curve.push((step, v.accuracy));
+            let rec = serde_json::json!({ "step": step, "split": "validation", "accuracy": v.accuracy, "lr_reduced": reduced });
+            self.cx.log(rec)?;
+        }
+        if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || step == t.steps {
+            self.seconds += self.started.elapsed().as_secs_f64();
+            self.started = std::time::Instant::now();
+            let state = serde_json::json!({ "curve": self.curve, "seconds": self.seconds, "loss": self.last_loss });
+            trainer.save_checkpoint(&self.cx.checkpoints(), &state, 2)?;
+        }
+        // Another training failed: stop at a step boundary (the checkpoints stay).
+        self.cx.check()
+    }
 }
 
 impl OrderedMemoryScheduler {
@@ -313,8 +367,8 @@ impl OrderedMemoryScheduler {
 
     fn train_model<M: Classifier>(
         &self,
-        ctx: &Shared,
-        name: &str,
+        cx: &UnitCx,
+        objective: &dyn Objective,
         seed: u64,
         model: M,
         data: &Data,
@@ -322,122 +376,98 @@ impl OrderedMemoryScheduler {
         let t = &self.config.train;
         let params = model.num_params();
         let mut trainer = Trainer::new(model, t.optim.clone(), t.steps);
-        let dir = ctx.checkpoints.join(format!("{name}-seed{seed}"));
-        let mut curve: Vec<(u64, f64)> = Vec::new();
-        let mut seconds = 0.0;
-        let mut last_loss = f64::NAN;
-        if ctx.resume && latest_checkpoint(&dir)?.is_some() {
-            let state = trainer
-                .load_latest(&dir)?
-                .unwrap_or(serde_json::Value::Null);
-            curve = serde_json::from_value(state["curve"].clone()).unwrap_or_default();
-            seconds = state["seconds"].as_f64().unwrap_or(0.0);
-            last_loss = state["loss"].as_f64().unwrap_or(f64::NAN);
-            let step = trainer.step;
-            ctx.lock().retain_metrics(|r| {
-                !(r["seed"] == seed && r["model"] == name)
-                    || r["step"].as_u64().is_none_or(|s| s <= step)
-            })?;
-            ctx.progress.inc(step);
-            tracing::info!(model = name, seed, step, "resumed from checkpoint");
-        }
-        let device = ctx.device.clone();
-        let train_device = device.clone().autodiff();
-        let mut started = std::time::Instant::now();
-        while trainer.step < t.steps {
-            // Another training failed: stop at a step boundary (the checkpoints stay).
-            anyhow::ensure!(
-                !ctx.failed.load(std::sync::atomic::Ordering::SeqCst),
-                "{WHO}: {name} (seed {seed}) stopped because another training failed"
+        cx.progress().inc_length(t.steps);
+        let mut hooks = TrainHooks {
+            cx,
+            t,
+            validation: data.validation,
+            eval_batch: self.config.eval_batch_size,
+            curve: Vec::new(),
+            seconds: 0.0,
+            started: std::time::Instant::now(),
+            last_loss: f64::NAN,
+        };
+        if let Some(state) = cx.resume(&mut trainer)? {
+            hooks.curve = serde_json::from_value(state["curve"].clone()).unwrap_or_default();
+            hooks.seconds = state["seconds"].as_f64().unwrap_or(0.0);
+            hooks.last_loss = state["loss"].as_f64().unwrap_or(f64::NAN);
+            cx.progress().inc(trainer.step);
+            tracing::info!(
+                unit = cx.name(),
+                step = trainer.step,
+                "resumed from checkpoint"
             );
-            let step = trainer.step;
-            let idx = self.batch_indices(seed, step, data.train);
-            let ex: Vec<&Example> = idx.iter().map(|&i| &data.train[i]).collect();
-            let batch = Batch::new(&ex, &train_device);
-            let mut drop_rng = rng(seed, (1 << 40) + step);
-            let logits = trainer.model.logits(&batch, &mut Some(&mut drop_rng));
-            let out = ctx.objective.loss(
-                &TensorMap::new()
-                    .with("logits", logits)
-                    .with("labels", batch.labels.clone()),
-            )?;
-            let loss = out.loss.clone().into_scalar::<f32>() as f64;
-            anyhow::ensure!(
-                loss.is_finite(),
-                "{WHO}: {name}'s loss became {loss} at step {} (seed {seed})",
-                step + 1
-            );
-            let lr = trainer.step(out.loss);
-            last_loss = loss;
-            let step = trainer.step;
-            ctx.progress.inc(1);
-            if step.is_multiple_of(t.log_every.max(1)) {
-                let mut rec = serde_json::json!({
-                    "seed": seed, "model": name, "step": step, "split": "train", "loss": loss, "lr": lr,
-                });
-                for (k, v) in &out.metrics {
-                    rec[k] = (*v).into();
-                }
-                ctx.lock().log(&rec)?;
-            }
-            if step.is_multiple_of(t.eval_every.max(1)) || step == t.steps {
-                let v = evaluate(
-                    &trainer.model.valid(),
-                    "validation",
-                    data.validation,
-                    self.config.eval_batch_size,
-                    &device,
-                );
-                let reduced = trainer.observe(v.accuracy);
-                curve.push((step, v.accuracy));
-                ctx.lock().log(&serde_json::json!({
-                    "seed": seed, "model": name, "step": step, "split": "validation",
-                    "accuracy": v.accuracy, "lr_reduced": reduced,
-                }))?;
-            }
-            if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every))
-                || step == t.steps
-            {
-                seconds += started.elapsed().as_secs_f64();
-                started = std::time::Instant::now();
-                let state =
-                    serde_json::json!({ "curve": curve, "seconds": seconds, "loss": last_loss });
-                trainer.save_checkpoint(&dir, &state, 2)?;
-            }
         }
-        seconds += started.elapsed().as_secs_f64();
-
+        let train_device = cx.device().clone().autodiff();
+        let what = format!("{WHO}: {}", cx.name());
+        let opts = FitOptions::new(&what).sync_every(t.log_every);
+        fit(
+            &mut trainer,
+            &opts,
+            |model: &M, step| {
+                let idx = self.batch_indices(seed, step, data.train);
+                let ex: Vec<&Example> = idx.iter().map(|&i| &data.train[i]).collect();
+                let batch = Batch::new(&ex, &train_device);
+                let mut drop_rng = rng(seed, (1 << 40) + step);
+                let logits = model.logits(&batch, &mut Some(&mut drop_rng));
+                objective.loss(
+                    &TensorMap::new()
+                        .with("logits", logits)
+                        .with("labels", batch.labels.clone()),
+                )
+            },
+            &mut hooks,
+        )?;
+        let seconds = hooks.seconds + hooks.started.elapsed().as_secs_f64();
         let model = trainer.model.valid();
         let long_model = model.clone().for_long_inputs(self.config.eval_slots);
         let mut sets = Vec::new();
         for (set_name, examples, long) in data.sets {
             let m = if *long { &long_model } else { &model };
-            let started = std::time::Instant::now();
-            let r = evaluate(m, set_name, examples, self.config.eval_batch_size, &device);
+            let r = evaluate(
+                m,
+                set_name,
+                examples,
+                self.config.eval_batch_size,
+                cx.device(),
+            );
             tracing::info!(
-                model = name,
-                seed,
+                unit = cx.name(),
                 set = set_name,
                 accuracy = r.accuracy,
-                seconds = started.elapsed().as_secs_f64(),
                 "evaluated"
             );
             sets.push(r);
         }
+        let model = cx
+            .name()
+            .rsplit_once("-seed")
+            .map_or(String::new(), |x| x.0.to_string());
         Ok(ModelResult {
             seed,
-            model: name.to_string(),
+            model,
             params,
             steps: t.steps,
             train_seconds: seconds,
-            curve,
-            final_train_loss: last_loss,
+            curve: hooks.curve,
+            final_train_loss: hooks.last_loss,
             sets,
         })
     }
 }
 
 impl Scheduler for OrderedMemoryScheduler {
+    fn roles(&self) -> Vec<Role> {
+        vec![
+            Role::of::<Box<ListOpsTask>>("task", lmlab_sdk::Kind::Task, "the `listops` data"),
+            Role::objective(
+                "objective",
+                &["logits", "labels"],
+                "the classification loss",
+            ),
+        ]
+    }
+
     fn run(&mut self, ctx: &mut RunContext, parts: &mut Components) -> anyhow::Result<()> {
         let cfg = self.config.clone();
         let task: Box<ListOpsTask> = parts.take("task", WHO)?;
@@ -465,13 +495,6 @@ impl Scheduler for OrderedMemoryScheduler {
             validation: &validation,
             sets: &sets,
         };
-
-        // Trainings already finished (a resumed run) are read back, not redone.
-        let mut results: Vec<ModelResult> = if ctx.resume {
-            ctx.run.logged_results("result")?
-        } else {
-            Vec::new()
-        };
         let device = ctx.device.clone().autodiff();
         let om_params = OrderedMemory::init(&cfg.om, &mut rng(0, 0), &device).num_params();
         let embed = cfg.lstm.embed.unwrap_or(cfg.om.hidden);
@@ -479,83 +502,32 @@ impl Scheduler for OrderedMemoryScheduler {
             .lstm
             .hidden
             .unwrap_or_else(|| LstmClassifier::matched_hidden(embed, om_params));
-        // The jobs not done yet, Ordered Memory's (the long ones) first.
-        let mut jobs = Vec::new();
-        for name in ["ordered-memory", "lstm"] {
-            for &s in &cfg.seeds {
-                let seed = ctx.seed.wrapping_add(s);
-                if !results.iter().any(|r| r.seed == seed && r.model == name) {
-                    jobs.push((name, seed));
-                }
+        // Ordered Memory's trainings (the long ones) first.
+        let base = ctx.seed;
+        let units: Vec<Training> = ["ordered-memory", "lstm"]
+            .iter()
+            .flat_map(|m| {
+                cfg.seeds.iter().map(move |&s| Training {
+                    model: m.to_string(),
+                    seed: base.wrapping_add(s),
+                })
+            })
+            .collect();
+        let progress = ctx.progress(0, "training");
+        let exp = Experiment::new("result")
+            .threads(cfg.threads)
+            .progress(progress);
+        let out = exp.run(ctx, &units, |u: &Training, cx| {
+            let mut init = rng(u.seed, if u.model == "lstm" { 11 } else { 10 });
+            if u.model == "lstm" {
+                let m = LstmClassifier::init(&cfg.lstm, embed, lstm_hidden, &mut init, &device);
+                self.train_model(cx, objective.as_ref(), u.seed, m, &data)
+            } else {
+                let m = OrderedMemory::init(&cfg.om, &mut init, &device);
+                self.train_model(cx, objective.as_ref(), u.seed, m, &data)
             }
-        }
-        let computed = jobs.len();
-        let progress = ctx.progress(cfg.train.steps * jobs.len() as u64, "training");
-        let checkpoints = ctx.run.checkpoints_dir();
-        let shared = Shared {
-            run: std::sync::Mutex::new(&mut ctx.run),
-            checkpoints,
-            device: ctx.device.clone(),
-            resume: ctx.resume,
-            objective: objective.as_ref(),
-            progress: progress.clone(),
-            failed: Default::default(),
-        };
-        let queue = std::sync::Mutex::new(jobs.into_iter());
-        let new_results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..cfg.threads.max(1))
-                .map(|_| {
-                    scope.spawn(|| -> anyhow::Result<()> {
-                        loop {
-                            if shared.failed.load(std::sync::atomic::Ordering::SeqCst) {
-                                return Ok(());
-                            }
-                            let Some((name, seed)) = queue.lock().expect("job queue").next() else {
-                                return Ok(());
-                            };
-                            let mut init = rng(seed, if name == "lstm" { 11 } else { 10 });
-                            let res = if name == "lstm" {
-                                let m = LstmClassifier::init(&cfg.lstm, embed, lstm_hidden, &mut init, &device);
-                                self.train_model(&shared, name, seed, m, &data)
-                            } else {
-                                let m = OrderedMemory::init(&cfg.om, &mut init, &device);
-                                self.train_model(&shared, name, seed, m, &data)
-                            };
-                            let res = match res {
-                                Ok(r) => r,
-                                Err(e) => {
-                                    shared.failed.store(true, std::sync::atomic::Ordering::SeqCst);
-                                    return Err(e);
-                                }
-                            };
-                            shared.lock().log(&serde_json::json!({ "stage": "result", "seed": seed, "model": name, "result": res }))?;
-                        }
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join().unwrap_or_else(|_| {
-                        Err(anyhow::anyhow!("{WHO}: a training thread panicked"))
-                    })
-                })
-                .collect()
-        });
-        progress.finish_and_clear();
-        drop(shared);
-        // The root cause first, not a training that stopped because of it.
-        let mut errors: Vec<anyhow::Error> =
-            new_results.into_iter().filter_map(Result::err).collect();
-        errors.sort_by_key(|e| {
-            e.to_string()
-                .contains("stopped because another training failed")
-        });
-        if let Some(e) = errors.into_iter().next() {
-            return Err(e);
-        }
-        // Everything, as logged (the new results and those of an earlier, resumed run).
-        results = ctx.run.logged_results("result")?;
+        })?;
+        let mut results: Vec<ModelResult> = out.results.into_iter().map(|r| r.1).collect();
         results.sort_by(|a, b| (a.seed, &a.model).cmp(&(b.seed, &b.model)));
         let summary = Summary {
             cfg: &cfg,
@@ -567,7 +539,7 @@ impl Scheduler for OrderedMemoryScheduler {
             missing: &missing,
             lstm_hidden,
             gen_seconds,
-            computed,
+            computed: out.computed,
         };
         summary.plots(&ctx.run.plots_dir())?;
         let md = summary.markdown(ctx)?;
@@ -589,23 +561,6 @@ struct Summary<'a> {
     computed: usize,
 }
 
-/// An accuracy plot of named series.
-fn plot(
-    path: &Path,
-    title: &str,
-    x: &str,
-    named: Vec<(String, Vec<(f64, f64)>)>,
-) -> anyhow::Result<()> {
-    let series: Vec<Series> = named
-        .iter()
-        .map(|(n, p)| Series {
-            name: n,
-            points: p.clone(),
-        })
-        .collect();
-    line_plot(path, title, x, "accuracy (%)", &series)
-}
-
 const MODELS: [(&str, &str); 2] = [("ordered-memory", "Ordered Memory"), ("lstm", "LSTM")];
 
 impl Summary<'_> {
@@ -619,19 +574,6 @@ impl Summary<'_> {
             .iter()
             .filter_map(|r| r.sets.iter().find(|s| s.name == set).and_then(&f))
             .collect()
-    }
-
-    fn cell(xs: &[f64], percent: bool) -> String {
-        if xs.is_empty() {
-            return "—".into();
-        }
-        let k = if percent { 100.0 } else { 1.0 };
-        let (m, s) = mean_std(xs);
-        if xs.len() > 1 {
-            format!("{:.1} ± {:.1}", k * m, k * s)
-        } else {
-            format!("{:.1}", k * m)
-        }
     }
 
     fn plots(&self, dir: &Path) -> anyhow::Result<()> {
@@ -654,56 +596,56 @@ impl Summary<'_> {
             named,
         )?;
         let mut named = Vec::new();
-        for (model, label) in MODELS {
-            for (set, _, _) in self.sets {
-                let xs: Vec<(f64, f64)> = LENGTH_BUCKETS
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, (_, _, b))| {
-                        let v = self.per_seed(model, set, |s| {
-                            s.by_length.iter().find(|x| x.0 == *b).map(|x| x.2)
-                        });
-                        (!v.is_empty()).then(|| (i as f64, 100.0 * mean_std(&v).0))
-                    })
-                    .collect();
-                if !xs.is_empty() {
-                    named.push((format!("{label}, {set}"), xs));
-                }
+        for ((model, label), (set, _, _)) in MODELS
+            .iter()
+            .flat_map(|m| self.sets.iter().map(move |s| (m, s)))
+        {
+            let bucket = |b: &str| {
+                self.per_seed(model, set, |s| {
+                    s.by_length.iter().find(|x| x.0 == b).map(|x| x.2)
+                })
+            };
+            let xs: Vec<(f64, f64)> = LENGTH_BUCKETS
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, _, b))| {
+                    Some(bucket(b))
+                        .filter(|v| !v.is_empty())
+                        .map(|v| (i as f64, 100.0 * mean_std(&v).0))
+                })
+                .collect();
+            if !xs.is_empty() {
+                named.push((format!("{label}, {set}"), xs));
             }
         }
+        let title =
+            "Accuracy by length bucket (0: ≤20, 1: 21–60, 2: 61–150, 3: 151–400, 4: >400 tokens)";
         plot(
             &dir.join("accuracy_by_length.svg"),
-            "Accuracy by length bucket (0: ≤20, 1: 21–60, 2: 61–150, 3: 151–400, 4: >400 tokens)",
+            title,
             "length bucket",
             named,
         )
     }
 
     fn markdown(&self, ctx: &RunContext) -> anyhow::Result<String> {
-        let cfg = self.cfg;
+        let (cfg, tc, pct) = (self.cfg, self.task, Fmt::Percent(1));
         let t = &cfg.train;
-        let tc = self.task;
-        let mut s = String::new();
-        writeln!(s, "# {} — Ordered Memory vs LSTM on ListOps\n", ctx.recipe)?;
-        writeln!(
-            s,
-            "Paper: Shen et al., 2019, \"Ordered Memory\" (NeurIPS). Claims tested: Ordered Memory solves ListOps (99.97% in the paper) far better than an LSTM (71.5% in the paper's table), degrades less on longer inputs, and its pointer induces the gold trees.\n"
-        )?;
+        let mut s = format!("# {} — Ordered Memory vs LSTM on ListOps\n\n", ctx.recipe);
+        s += "Paper: Shen et al., 2019, \"Ordered Memory\" (NeurIPS). Claims tested: Ordered Memory solves ListOps (99.97% in the paper) far better than an LSTM (71.5% in the paper's table), degrades less on longer inputs, and its pointer induces the gold trees.\n\n## Setup\n\n";
         let params = |m: &str| self.of(m).first().map(|r| r.params).unwrap_or(0);
-        writeln!(s, "## Setup\n")?;
-        writeln!(
-            s,
-            "- Data: generated ListOps (the original generator, `MAX_DEPTH = {}`, so operators nest at most {} deep; {}–{} arguments; {}–{} tokens without parentheses): {} training and {} validation expressions, all distinct from the test sets (generated in {:.1} s).",
+        let ranges = format!(
+            "{}–{} arguments; {}–{} tokens without parentheses",
+            tc.min_args, tc.max_args, tc.min_len, tc.max_len
+        );
+        s += &format!(
+            "- Data: generated ListOps (the original generator, `MAX_DEPTH = {}`, so operators nest at most {} deep; {ranges}): {} training and {} validation expressions, all distinct from the test sets (generated in {:.1} s).\n",
             tc.max_depth,
             tc.max_depth - 1,
-            tc.min_args,
-            tc.max_args,
-            tc.min_len,
-            tc.max_len,
             self.n_train,
             self.n_validation,
             self.gen_seconds
-        )?;
+        );
         for (name, ex, long) in self.sets {
             let depth = ex.iter().map(|e| e.depth).max().unwrap_or(0);
             let maxlen = ex.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
@@ -715,99 +657,83 @@ impl Summary<'_> {
                 ),
                 _ => "real test set (evaluation only)".to_string(),
             };
-            writeln!(
-                s,
-                "- `{name}`: {what}, {} examples, up to {maxlen} tokens and depth {depth}{}.",
-                ex.len(),
-                if *long && cfg.eval_slots.is_some() {
-                    format!(
-                        "; Ordered Memory evaluated with {} slots",
-                        cfg.eval_slots.unwrap_or(0)
-                    )
-                } else {
-                    String::new()
-                }
-            )?;
+            let slots = cfg
+                .eval_slots
+                .filter(|_| *long)
+                .map(|n| format!("; Ordered Memory evaluated with {n} slots"))
+                .unwrap_or_default();
+            s += &format!(
+                "- `{name}`: {what}, {} examples, up to {maxlen} tokens and depth {depth}{slots}.\n",
+                ex.len()
+            );
         }
         for m in self.missing {
-            writeln!(s, "- Not evaluated: {m}.")?;
+            s += &format!("- Not evaluated: {m}.\n");
         }
-        writeln!(
-            s,
-            "- Ordered Memory: D = {}, {} slots, cell hidden {}, {} parameters. LSTM: embedding {}, hidden {} (the largest with at most Ordered Memory's parameter count unless set), {} parameters.",
+        let om = format!(
+            "D = {}, {} slots, cell hidden {}, {} parameters",
             cfg.om.hidden,
             cfg.om.slots,
             cfg.om.cell_hidden.unwrap_or(4 * cfg.om.hidden),
-            params("ordered-memory"),
+            params("ordered-memory")
+        );
+        let lstm = format!(
+            "embedding {}, hidden {} (the largest with at most Ordered Memory's parameter count unless set), {} parameters",
             cfg.lstm.embed.unwrap_or(cfg.om.hidden),
             self.lstm_hidden,
             params("lstm")
-        )?;
-        writeln!(
-            s,
-            "- Same budget for both: {} steps of batch {} (length-bucketed), Adam(β₁ = {}, β₂ = {}) lr {} ({:?} schedule{}), gradient clipping {}, dropout (OM: cell {}, memory {}, input {}, output {}; LSTM: input {}, output {}). The final model is evaluated.",
-            t.steps,
-            t.batch_size,
-            t.optim.beta1,
-            t.optim.beta2,
-            t.optim.lr,
-            t.optim.schedule,
-            if t.optim.schedule == LrSchedule::Plateau {
-                format!(
-                    " on validation accuracy every {} steps, ×{} after {} evaluations without improvement",
-                    t.eval_every, t.optim.plateau_factor, t.optim.plateau_patience
-                )
-            } else {
-                String::new()
-            },
-            t.optim
-                .grad_clip_norm
-                .map_or("none".to_string(), |v| format!("at norm {v}")),
+        );
+        s += &format!("- Ordered Memory: {om}. LSTM: {lstm}.\n");
+        let plateau = if t.optim.schedule == LrSchedule::Plateau {
+            format!(
+                " on validation accuracy every {} steps, ×{} after {} evaluations without improvement",
+                t.eval_every, t.optim.plateau_factor, t.optim.plateau_patience
+            )
+        } else {
+            String::new()
+        };
+        let clip = t
+            .optim
+            .grad_clip_norm
+            .map_or("none".to_string(), |v| format!("at norm {v}"));
+        let dropout = format!(
+            "OM: cell {}, memory {}, input {}, output {}; LSTM: input {}, output {}",
             cfg.om.dropout,
             cfg.om.dropout_memory,
             cfg.om.dropout_input,
             cfg.om.dropout_output,
             cfg.lstm.dropout_input,
             cfg.lstm.dropout_output
-        )?;
-        writeln!(
-            s,
-            "- Seeds: {:?} (offsets from the run's seed {}); the data are the same for every seed.\n",
+        );
+        s += &format!(
+            "- Same budget for both: {} steps of batch {} (length-bucketed), Adam(β₁ = {}, β₂ = {}) lr {} ({:?} schedule{plateau}), gradient clipping {clip}, dropout ({dropout}). The final model is evaluated.\n",
+            t.steps, t.batch_size, t.optim.beta1, t.optim.beta2, t.optim.lr, t.optim.schedule
+        );
+        s += &format!(
+            "- Seeds: {:?} (offsets from the run's seed {}); the data are the same for every seed.\n\n",
             cfg.seeds, ctx.seed
-        )?;
+        );
 
-        writeln!(
-            s,
-            "## Results (mean ± std over {} seeds)\n",
-            self.of("ordered-memory").len()
-        )?;
-        write!(s, "| model |")?;
-        for (name, _, _) in self.sets {
-            write!(s, " accuracy `{name}` (%) |")?;
-        }
-        for (name, _, _) in self.sets {
-            write!(s, " parse F1 `{name}` (%) |")?;
-        }
-        writeln!(s, " train time (s) |")?;
-        writeln!(s, "|---|{}---|", "---|".repeat(2 * self.sets.len()))?;
+        let names: Vec<&str> = self.sets.iter().map(|x| x.0.as_str()).collect();
+        let cols = std::iter::once("model".to_string())
+            .chain(names.iter().map(|n| format!("accuracy `{n}` (%)")))
+            .chain(names.iter().map(|n| format!("parse F1 `{n}` (%)")))
+            .chain(["train time (s)".into()]);
+        let mut table = Table::new(cols);
         for (model, label) in MODELS {
-            write!(s, "| {label} |")?;
-            for (name, _, _) in self.sets {
-                write!(
-                    s,
-                    " {} |",
-                    Self::cell(&self.per_seed(model, name, |r| Some(r.accuracy)), true)
-                )?;
-            }
-            for (name, _, _) in self.sets {
-                write!(
-                    s,
-                    " {} |",
-                    Self::cell(&self.per_seed(model, name, |r| r.f1), true)
-                )?;
-            }
+            let acc = names
+                .iter()
+                .map(|n| pct.cell(&self.per_seed(model, n, |r| Some(r.accuracy))));
+            let f1 = names
+                .iter()
+                .map(|n| pct.cell(&self.per_seed(model, n, |r| r.f1)));
             let secs: Vec<f64> = self.of(model).iter().map(|r| r.train_seconds).collect();
-            writeln!(s, " {} |", Self::cell(&secs, false))?;
+            table.row(
+                std::iter::once(label.to_string())
+                    .chain(acc)
+                    .chain(f1)
+                    .chain([Fmt::Fixed(1).cell(&secs)]),
+            );
         }
         for (label, f) in [
             (
@@ -816,194 +742,169 @@ impl Summary<'_> {
             ),
             ("right-branching trees", right_branching),
         ] {
-            write!(
-                s,
-                "| {label} (no model) |{}",
-                " — |".repeat(self.sets.len())
-            )?;
-            for (_, ex, _) in self.sets {
+            let f1 = self.sets.iter().map(|(_, ex, _)| {
                 let mut b = BracketScore::default();
-                for e in ex {
-                    b.add(&f(e.tokens.len()), &e.gold);
-                }
-                match b.f1() {
-                    Some(v) => write!(s, " {:.1} |", 100.0 * v)?,
-                    None => write!(s, " — |")?,
-                }
-            }
-            writeln!(s, " — |")?;
+                ex.iter().for_each(|e| b.add(&f(e.tokens.len()), &e.gold));
+                b.f1().map_or("—".to_string(), |v| pct.num(v))
+            });
+            table.row(
+                std::iter::once(format!("{label} (no model)"))
+                    .chain(names.iter().map(|_| "—".to_string()))
+                    .chain(f1)
+                    .chain(["—".to_string()]),
+            );
         }
-        writeln!(
-            s,
-            "\nParse F1: unlabeled brackets of the tree induced by Ordered Memory's pointer (`d_t = argmax p_t`, greedy bracketing as the reference code's `build_tree`) against the gold tree, micro-averaged as EVALB does (the whole-expression bracket included). The gold trees bracket each operator's arguments left to right, so the left-branching baseline is strong. The LSTM induces no tree.\n"
-        )?;
-
-        writeln!(s, "### Per seed\n")?;
-        writeln!(
-            s,
-            "| seed | model | {} final train loss | steps |",
-            self.sets
-                .iter()
-                .map(|(n, _, _)| format!("acc `{n}` |"))
-                .collect::<String>()
-        )?;
-        writeln!(s, "|---|---|{}---|---|", "---|".repeat(self.sets.len()))?;
+        s += &format!(
+            "## Results (mean ± std over {} seeds)\n\n{}\n",
+            self.of("ordered-memory").len(),
+            table.markdown()
+        );
+        s += "Parse F1: unlabeled brackets of the tree induced by Ordered Memory's pointer (`d_t = argmax p_t`, greedy bracketing as the reference code's `build_tree`) against the gold tree, micro-averaged as EVALB does (the whole-expression bracket included). The gold trees bracket each operator's arguments left to right, so the left-branching baseline is strong. The LSTM induces no tree.\n\n";
+        let mut table = Table::new(
+            ["seed".to_string(), "model".into()]
+                .into_iter()
+                .chain(names.iter().map(|n| format!("acc `{n}`")))
+                .chain(["final train loss".into(), "steps".into()]),
+        );
         for r in self.results {
-            write!(s, "| {} | {} |", r.seed, r.model)?;
-            for (name, _, _) in self.sets {
-                match r.sets.iter().find(|x| &x.name == name) {
-                    Some(x) => write!(s, " {:.1} |", 100.0 * x.accuracy)?,
-                    None => write!(s, " — |")?,
-                }
-            }
-            writeln!(s, " {:.3} | {} |", r.final_train_loss, r.steps)?;
+            let acc = names.iter().map(|n| {
+                r.sets
+                    .iter()
+                    .find(|x| &x.name == n)
+                    .map_or("—".to_string(), |x| pct.num(x.accuracy))
+            });
+            table.row(
+                [r.seed.to_string(), r.model.clone()]
+                    .into_iter()
+                    .chain(acc)
+                    .chain([format!("{:.3}", r.final_train_loss), r.steps.to_string()]),
+            );
         }
-
-        writeln!(s, "\n### Accuracy by length (mean over seeds, %)\n")?;
-        writeln!(
-            s,
-            "| model | set | {} |",
-            LENGTH_BUCKETS
-                .iter()
-                .map(|b| b.2)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        )?;
-        writeln!(s, "|---|---|{}", "---|".repeat(LENGTH_BUCKETS.len()))?;
-        for (model, label) in MODELS {
-            for (name, _, _) in self.sets {
-                write!(s, "| {label} | `{name}` |")?;
-                for (_, _, b) in LENGTH_BUCKETS {
-                    let v = self.per_seed(model, name, |r| {
-                        r.by_length.iter().find(|x| x.0 == b).map(|x| x.2)
-                    });
-                    let n = self
-                        .of(model)
-                        .first()
-                        .and_then(|r| r.sets.iter().find(|x| &x.name == name))
-                        .and_then(|x| x.by_length.iter().find(|x| x.0 == b))
-                        .map(|x| x.1);
-                    match n {
-                        Some(n) => write!(s, " {:.1} (n={n}) |", 100.0 * mean_std(&v).0)?,
-                        None => write!(s, " — |")?,
-                    }
-                }
-                writeln!(s)?;
-            }
+        s += &format!("### Per seed\n\n{}\n", table.markdown());
+        let cols = ["model".to_string(), "set".into()]
+            .into_iter()
+            .chain(LENGTH_BUCKETS.iter().map(|b| b.2.to_string()));
+        let mut table = Table::new(cols);
+        for ((model, label), name) in MODELS
+            .iter()
+            .flat_map(|m| names.iter().map(move |n| (m, n)))
+        {
+            let cells = LENGTH_BUCKETS.iter().map(|(_, _, b)| {
+                let v = self.per_seed(model, name, |r| {
+                    r.by_length.iter().find(|x| x.0 == *b).map(|x| x.2)
+                });
+                let n = self
+                    .of(model)
+                    .first()
+                    .and_then(|r| r.sets.iter().find(|x| &x.name == name))
+                    .and_then(|x| x.by_length.iter().find(|x| x.0 == *b))
+                    .map(|x| x.1);
+                n.map_or("—".to_string(), |n| {
+                    format!("{} (n={n})", pct.num(mean_std(&v).0))
+                })
+            });
+            table.row(
+                [label.to_string(), format!("`{name}`")]
+                    .into_iter()
+                    .chain(cells),
+            );
         }
+        s += &format!(
+            "### Accuracy by length (mean over seeds, %)\n\n{}\n",
+            table.markdown()
+        );
+        s += &format!(
+            "## Claims at our scale\n\n{}\n",
+            claims_table(&self.claims())
+        );
+        s += "Plots: `plots/learning_curves.svg` (validation accuracy per seed), `plots/accuracy_by_length.svg`.\n\n";
+        let total: f64 = self.results.iter().map(|r| r.train_seconds).sum();
+        s += &footer(total, self.results.len(), self.computed, ctx.elapsed_secs());
+        Ok(s)
+    }
 
-        writeln!(s, "\n## Claims at our scale\n")?;
-        let om_test = self.per_seed("ordered-memory", "test", |r| Some(r.accuracy));
-        let lstm_test = self.per_seed("lstm", "test", |r| Some(r.accuracy));
-        let (om_m, _) = mean_std(&om_test);
-        writeln!(
-            s,
-            "- **Ordered Memory reaches ≥ 95% in distribution**: {:.1}% (min over seeds {:.1}%): **{}**.",
-            100.0 * om_m,
-            100.0 * om_test.iter().cloned().fold(f64::INFINITY, f64::min),
-            if om_test.iter().all(|&a| a >= 0.95) {
-                "holds"
-            } else if om_m >= 0.95 {
-                "holds on average, not for every seed"
-            } else {
-                "does not hold"
-            }
-        )?;
-        let diff: Vec<f64> = om_test.iter().zip(&lstm_test).map(|(a, b)| a - b).collect();
-        let (dm, ds) = mean_std(&diff);
-        let one_seed = if diff.len() < 2 {
-            " (one seed: no spread to judge noise by)"
-        } else {
-            ""
-        };
-        writeln!(
-            s,
-            "- **Ordered Memory ≫ LSTM** (in distribution): paired difference {:+.1} ± {:.1} points: **{}**{one_seed}.",
-            100.0 * dm,
-            100.0 * ds,
-            if dm >= 0.10 && dm > ds {
-                "holds"
-            } else if dm > ds {
-                "Ordered Memory is better, by less than 10 points"
-            } else {
-                "does not hold (within seed noise or reversed)"
-            }
-        )?;
-        for (name, _, long) in self.sets {
-            if !*long {
-                continue;
-            }
-            let drop = |m: &str| -> Vec<f64> {
-                let t = self.per_seed(m, "test", |r| Some(r.accuracy));
-                let l = self.per_seed(m, name, |r| Some(r.accuracy));
-                t.iter().zip(&l).map(|(a, b)| a - b).collect()
+    fn claims(&self) -> Vec<Claim> {
+        let pct = Fmt::Percent(1);
+        let acc = |m: &str, set: &str| self.per_seed(m, set, |r| Some(r.accuracy));
+        let (om, lstm) = (acc("ordered-memory", "test"), acc("lstm", "test"));
+        let mut claims = vec![Claim::at_least(
+            "Ordered Memory reaches ≥ 95% in distribution",
+            &om,
+            0.95,
+            pct,
+        )];
+        let better = Claim::paired("", &om, &lstm, pct);
+        let mut much = Claim::paired_by(
+            "Ordered Memory ≫ LSTM (in distribution, by ≥ 10 points)",
+            &om,
+            &lstm,
+            pct,
+            0.10,
+        );
+        if !much.holds && better.holds && !better.within_noise {
+            much = much.note("Ordered Memory is better, by less than 10 points");
+        }
+        claims.push(much);
+        for (name, _, _) in self.sets.iter().filter(|x| x.2) {
+            let drop = |m: &str| {
+                acc(m, "test")
+                    .iter()
+                    .zip(acc(m, name))
+                    .map(|(a, b)| a - b)
+                    .collect::<Vec<f64>>()
             };
-            let (od, _) = mean_std(&drop("ordered-memory"));
-            let (ld, _) = mean_std(&drop("lstm"));
-            let paired: Vec<f64> = drop("lstm")
-                .iter()
-                .zip(drop("ordered-memory"))
-                .map(|(l, o)| l - o)
-                .collect();
-            let (pm, ps) = mean_std(&paired);
-            writeln!(
-                s,
-                "- **Ordered Memory degrades less with length** (`test` → `{name}`): accuracy drop {:.1} points for Ordered Memory vs {:.1} for the LSTM (paired difference {:+.1} ± {:.1}): **{}**{one_seed}.",
-                100.0 * od,
-                100.0 * ld,
-                100.0 * pm,
-                100.0 * ps,
-                if pm > 0.0 && pm > ps {
-                    "holds"
-                } else {
-                    "does not hold at our scale (within seed noise or reversed)"
-                }
-            )?;
+            let what = format!(
+                "Ordered Memory degrades less with length (`test` → `{name}`: accuracy drop of the LSTM minus Ordered Memory's)"
+            );
+            claims.push(Claim::paired(
+                what,
+                &drop("lstm"),
+                &drop("ordered-memory"),
+                pct,
+            ));
         }
         let f1 = self.per_seed("ordered-memory", "test", |r| r.f1);
         if !f1.is_empty() {
             let mut left = BracketScore::default();
             if let Some((_, ex, _)) = self.sets.iter().find(|(n, _, _)| n == "test") {
-                for e in ex {
-                    left.add(&left_branching(e.tokens.len()), &e.gold);
-                }
+                ex.iter()
+                    .for_each(|e| left.add(&left_branching(e.tokens.len()), &e.gold));
             }
-            let (fm, _) = mean_std(&f1);
-            let lf = left.f1().unwrap_or(0.0);
-            writeln!(
-                s,
-                "- **The pointer induces the gold trees** (the paper: the induced ListOps trees match the gold structure): parse F1 {:.1}% in distribution against {:.1}% for left-branching trees: **{}**.",
-                100.0 * fm,
-                100.0 * lf,
-                if fm >= 0.95 {
-                    "holds"
-                } else if fm > lf {
-                    "partly: better than the left-branching baseline, not the gold trees"
-                } else {
-                    "does not hold at our scale"
-                }
-            )?;
+            let (fm, lf) = (mean_std(&f1).0, left.f1().unwrap_or(0.0));
+            let measured = format!(
+                "parse F1 {}% in distribution, left-branching trees {}%",
+                pct.num(fm),
+                pct.num(lf)
+            );
+            let mut c = Claim::check(
+                "the pointer induces the gold trees (parse F1 ≥ 95%)",
+                measured,
+                fm >= 0.95,
+            );
+            if !c.holds && fm > lf {
+                c = c.note("partly: better than the left-branching baseline, not the gold trees");
+            }
+            claims.push(c);
         }
-        writeln!(
-            s,
-            "\nPlots: `plots/learning_curves.svg` (validation accuracy per seed), `plots/accuracy_by_length.svg`.\n"
-        )?;
-        let total: f64 = self.results.iter().map(|r| r.train_seconds).sum();
-        writeln!(
-            s,
-            "Wall time: {:.0} s for this invocation ({} of {} model runs computed here{}); training took {:.0} s in all.",
-            ctx.elapsed_secs(),
-            self.computed,
-            self.results.len(),
-            if self.computed < self.results.len() {
-                ", the rest read back from a resumed run"
-            } else {
-                ""
-            },
-            total
-        )?;
-        Ok(s)
+        claims
     }
+}
+
+/// An accuracy plot of named series.
+fn plot(
+    path: &Path,
+    title: &str,
+    x: &str,
+    named: Vec<(String, Vec<(f64, f64)>)>,
+) -> anyhow::Result<()> {
+    let series: Vec<Series> = named
+        .iter()
+        .map(|(n, p)| Series {
+            name: n,
+            points: p.clone(),
+        })
+        .collect();
+    line_plot(path, title, x, "accuracy (%)", &series)
 }
 
 lmlab_sdk::register_component! {
@@ -1012,7 +913,8 @@ lmlab_sdk::register_component! {
     description: "Ordered Memory vs a parameter-matched LSTM on ListOps: accuracy in distribution, on longer and real inputs, and induced-tree F1, over seeds",
     config: OrderedMemoryConfig,
     build: |config: OrderedMemoryConfig, _ctx| {
-        let err = |f: &str, m: &str| -> anyhow::Error { lmlab_sdk::registry::ConfigError { field: Some(f.into()), message: m.into() }.into() };
+        use lmlab_sdk::registry::ConfigError;
+        let err = |f: &str, m: &str| -> anyhow::Error { ConfigError::field(f, m).into() };
         if config.seeds.is_empty() { return Err(err("seeds", "give at least one seed")); }
         if config.om.hidden == 0 { return Err(err("om.hidden", "must be at least 1")); }
         if config.om.slots < 2 { return Err(err("om.slots", "must be at least 2")); }
@@ -1027,8 +929,7 @@ lmlab_sdk::register_component! {
         if t.batch_size == 0 { return Err(err("train.batch_size", "must be at least 1")); }
         if config.threads == 0 || config.threads > 64 { return Err(err("threads", "must be between 1 and 64")); }
         if config.eval_batch_size == 0 { return Err(err("eval_batch_size", "must be at least 1")); }
-        if !(t.optim.lr.is_finite() && t.optim.lr > 0.0) { return Err(err("train.optim.lr", "must be a positive number")); }
-        if !(t.optim.plateau_factor > 0.0 && t.optim.plateau_factor <= 1.0) { return Err(err("train.optim.plateau_factor", "must be in (0, 1]")); }
+        t.optim.validate().map_err(|e| e.within("train.optim"))?;
         Ok(Box::new(OrderedMemoryScheduler { config }) as Box<dyn Scheduler>)
     },
 }

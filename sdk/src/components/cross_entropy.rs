@@ -36,19 +36,9 @@ impl Objective for CrossEntropy {
             anyhow::bail!("label {bad} is outside 0..{c}");
         }
         let picked = log_softmax(z.clone(), 1).gather(1, y.clone().unsqueeze_dim(1));
-        let loss = -picked.mean();
-        let accuracy = z
-            .argmax(1)
-            .squeeze_dim::<1>(1)
-            .equal(y)
-            .float()
-            .mean()
-            .into_scalar::<f32>() as f64;
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        Ok(LossOutput {
-            loss: loss.reshape([1]),
-            metrics: vec![("loss".into(), value), ("accuracy".into(), accuracy)],
-        })
+        let loss = (-picked.mean()).reshape([1]);
+        let accuracy = z.argmax(1).squeeze_dim::<1>(1).equal(y).float().mean();
+        Ok(LossOutput::reporting(loss, "loss").with_metric("accuracy", accuracy))
     }
 }
 
@@ -116,6 +106,6 @@ mod tests {
         let out = CrossEntropy
             .loss(&inputs(&[2.0, 0.0, 0.0, 1.0], 2, &[0, 0]))
             .unwrap();
-        assert_eq!(out.metrics[1], ("accuracy".into(), 0.5));
+        assert_eq!(out.metric("accuracy"), Some(0.5));
     }
 }

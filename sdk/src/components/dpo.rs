@@ -79,22 +79,10 @@ impl Objective for Dpo {
     fn loss(&self, batch: &TensorMap) -> anyhow::Result<LossOutput> {
         let margin = Self::delta(batch)? * self.beta as f64;
         let loss = softplus(margin.clone().neg()).mean();
-        let accuracy = margin
-            .clone()
-            .greater_elem(0.0)
-            .float()
-            .mean()
-            .into_scalar::<f32>() as f64;
-        let mean_margin = margin.mean().into_scalar::<f32>() as f64;
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        Ok(LossOutput {
-            loss,
-            metrics: vec![
-                ("loss".into(), value),
-                ("accuracy".into(), accuracy),
-                ("margin".into(), mean_margin),
-            ],
-        })
+        let accuracy = margin.clone().greater_elem(0.0).float().mean();
+        Ok(LossOutput::reporting(loss, "loss")
+            .with_metric("accuracy", accuracy)
+            .with_metric("margin", margin.mean()))
     }
 }
 
@@ -136,18 +124,8 @@ impl Objective for Bce {
             y.dims()
         );
         let loss = (softplus(z.clone()) - z.clone() * y.clone()).mean();
-        let accuracy = z
-            .greater_elem(0.0)
-            .float()
-            .equal(y)
-            .float()
-            .mean()
-            .into_scalar::<f32>() as f64;
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        Ok(LossOutput {
-            loss,
-            metrics: vec![("loss".into(), value), ("accuracy".into(), accuracy)],
-        })
+        let accuracy = z.greater_elem(0.0).float().equal(y).float().mean();
+        Ok(LossOutput::reporting(loss, "loss").with_metric("accuracy", accuracy))
     }
 }
 

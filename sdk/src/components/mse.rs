@@ -29,11 +29,7 @@ impl Objective for Mse {
             target.dims()
         );
         let loss = (prediction - target).powi_scalar(2).mean();
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        Ok(LossOutput {
-            loss,
-            metrics: vec![("mse".into(), value)],
-        })
+        Ok(LossOutput::reporting(loss, "mse"))
     }
 }
 

@@ -218,10 +218,6 @@ fn same_shape(batch: &TensorMap, names: &[&str]) -> anyhow::Result<Vec<Tensor<2>
     Ok(ts)
 }
 
-fn scalar(t: Tensor<1>) -> f64 {
-    t.into_scalar::<f32>() as f64
-}
-
 /// PPO's clipped policy loss over tokens (inputs `logprobs`, `old_logprobs`, `advantages`,
 /// `mask`, each `[B, T]`):
 ///
@@ -251,16 +247,11 @@ impl Objective for Ppo {
         );
         let (per_token, clipped, log_ratio) = clipped_surrogate(lp, old, adv, self.clip);
         let loss = masked_mean(per_token, &mask)?;
-        let clipfrac = scalar(masked_mean(clipped, &mask)?);
-        let approx_kl = scalar(masked_mean(log_ratio.powi_scalar(2) * 0.5, &mask)?);
-        Ok(LossOutput {
-            metrics: vec![
-                ("loss".into(), scalar(loss.clone())),
-                ("clipfrac".into(), clipfrac),
-                ("approx_kl".into(), approx_kl),
-            ],
-            loss,
-        })
+        let clipfrac = masked_mean(clipped, &mask)?;
+        let approx_kl = masked_mean(log_ratio.powi_scalar(2) * 0.5, &mask)?;
+        Ok(LossOutput::reporting(loss, "loss")
+            .with_metric("clipfrac", clipfrac)
+            .with_metric("approx_kl", approx_kl))
     }
 }
 
@@ -290,13 +281,8 @@ impl Objective for ClippedValue {
         let b = (v_clipped - ret).powi_scalar(2);
         let clipped = b.clone().greater(a.clone()).float();
         let loss = masked_mean(a.max_pair(b), &mask)? * 0.5;
-        Ok(LossOutput {
-            metrics: vec![
-                ("loss".into(), scalar(loss.clone())),
-                ("clipfrac".into(), scalar(masked_mean(clipped, &mask)?)),
-            ],
-            loss,
-        })
+        Ok(LossOutput::reporting(loss, "loss")
+            .with_metric("clipfrac", masked_mean(clipped, &mask)?))
     }
 }
 
@@ -326,13 +312,7 @@ impl Objective for Rloo {
         );
         let (per_seq, clipped, _) = clipped_surrogate(lp, old, adv, self.clip);
         let loss = per_seq.mean();
-        Ok(LossOutput {
-            metrics: vec![
-                ("loss".into(), scalar(loss.clone())),
-                ("clipfrac".into(), scalar(clipped.mean())),
-            ],
-            loss,
-        })
+        Ok(LossOutput::reporting(loss, "loss").with_metric("clipfrac", clipped.mean()))
     }
 }
 
@@ -362,16 +342,8 @@ impl Objective for BradleyTerry {
         );
         let margin = c - r;
         let loss = softplus(margin.clone().neg()).mean();
-        Ok(LossOutput {
-            metrics: vec![
-                ("loss".into(), scalar(loss.clone())),
-                (
-                    "accuracy".into(),
-                    scalar(margin.greater_elem(0.0).float().mean()),
-                ),
-            ],
-            loss,
-        })
+        Ok(LossOutput::reporting(loss, "loss")
+            .with_metric("accuracy", margin.greater_elem(0.0).float().mean()))
     }
 }
 
@@ -410,6 +382,10 @@ crate::register_component! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scalar(t: Tensor<1>) -> f64 {
+        t.into_scalar::<f32>() as f64
+    }
     use burn::tensor::{Device, TensorData};
     use proptest::prelude::*;
 

@@ -29,17 +29,13 @@ impl Objective for Sft {
             lp.dims(),
             mask.dims()
         );
+        // An empty mask gives a NaN loss, which the fit loop reports with its step; the LM
+        // batching (`lm::fit::sft_loss`) refuses batches without response tokens up front.
         let count = mask.clone().sum();
-        let n = count.clone().into_scalar::<f32>();
-        anyhow::ensure!(n > 0.0, "the mask selects no token");
-        // mask_where keeps masked-out values (even NaN or −inf) out of the sum.
-        let selected = lp.mask_fill(mask.clone().equal_elem(0.0), 0.0);
-        let loss = -(selected.sum() / count);
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        Ok(LossOutput {
-            loss,
-            metrics: vec![("nll".into(), value), ("tokens".into(), n as f64)],
-        })
+        // mask_fill keeps masked-out values (even NaN or −inf) out of the sum.
+        let selected = lp.mask_fill(mask.equal_elem(0.0), 0.0);
+        let loss = -(selected.sum() / count.clone());
+        Ok(LossOutput::reporting(loss, "nll").with_metric("tokens", count))
     }
 }
 
@@ -82,12 +78,15 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_mask_is_an_error() {
-        let r = Sft.loss(
-            &TensorMap::new()
-                .with("logprobs", t2(vec![-1.0; 4], 2, 2))
-                .with("mask", t2(vec![0.0; 4], 2, 2)),
-        );
-        assert!(r.is_err());
+    fn an_empty_mask_gives_a_nan_loss_for_the_fit_loop_to_report() {
+        // No host read inside the loss: the fit loop's finite check names the step instead.
+        let out = Sft
+            .loss(
+                &TensorMap::new()
+                    .with("logprobs", t2(vec![-1.0; 4], 2, 2))
+                    .with("mask", t2(vec![0.0; 4], 2, 2)),
+            )
+            .unwrap();
+        assert!(out.loss.into_scalar::<f32>().is_nan());
     }
 }

@@ -168,6 +168,17 @@ fn evaluate(
 const WHO: &str = "scheduler `supervised`";
 
 impl Scheduler for Supervised {
+    fn roles(&self) -> Vec<crate::Role> {
+        vec![
+            crate::Role::task::<RegressionTask>("task", "the regression examples"),
+            crate::Role::objective(
+                "objective",
+                &["prediction", "target"],
+                "the regression loss",
+            ),
+        ]
+    }
+
     fn run(&mut self, ctx: &mut RunContext, parts: &mut Components) -> anyhow::Result<()> {
         let cfg = self.config.clone();
         let task: Box<RegressionTask> = parts.take("task", WHO)?;
@@ -198,43 +209,81 @@ impl Scheduler for Supervised {
 
         let pb = ctx.progress(cfg.steps, "supervised");
         pb.set_position(trainer.step);
-        let mut last = None;
-        while trainer.step < cfg.steps {
-            let batch: Vec<&RegressionExample> = (0..cfg.batch_size.max(1))
-                .map(|_| &train[data_rng.random_range(0..train.len())])
-                .collect();
-            let (x, y) = tensors(&batch, &device);
-            let inputs = TensorMap::new()
-                .with("prediction", trainer.model.forward(x))
-                .with("target", y);
-            let out = objective.loss(&inputs)?;
-            let loss = out.loss.clone().into_scalar::<f32>() as f64;
-            anyhow::ensure!(
-                loss.is_finite(),
-                "{WHO}: the loss became {loss} at step {}",
-                trainer.step + 1
-            );
-            let lr = trainer.step(out.loss);
-            let step = trainer.step;
-            pb.set_position(step);
-            if step % cfg.log_every.max(1) == 0 {
-                let mut rec =
-                    serde_json::json!({ "step": step, "split": "train", "loss": loss, "lr": lr });
-                for (k, v) in &out.metrics {
-                    rec[k] = (*v).into();
+        let data_rng = std::cell::RefCell::new(data_rng);
+        struct Hooks<'a> {
+            ctx: &'a mut RunContext,
+            cfg: &'a SupervisedConfig,
+            task: &'a RegressionTask,
+            test: &'a [RegressionExample],
+            data_rng: &'a std::cell::RefCell<Rng>,
+            ckpt_dir: std::path::PathBuf,
+            last: Option<Eval>,
+        }
+        impl crate::fit::Hooks<Mlp> for Hooks<'_> {
+            fn logged(
+                &mut self,
+                _: &Trainer<Mlp>,
+                steps: &[crate::fit::StepLog],
+            ) -> anyhow::Result<()> {
+                for s in steps
+                    .iter()
+                    .filter(|s| s.step % self.cfg.log_every.max(1) == 0)
+                {
+                    self.ctx.log(crate::fit::train_record(s))?;
                 }
-                ctx.log(rec)?;
+                Ok(())
             }
-            if step % cfg.eval_every.max(1) == 0 || step == cfg.steps {
-                let e = evaluate(&trainer.model, task.as_ref(), &test, &ctx.device)?;
-                ctx.log(serde_json::json!({ "step": step, "split": "test", "mse": e.mse, "accuracy": e.accuracy }))?;
-                last = Some(e);
-            }
-            if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || step == cfg.steps {
-                let state = serde_json::json!({ "data_rng": RngState::of(&data_rng) });
-                trainer.save_checkpoint(&ckpt_dir, &state, cfg.keep_checkpoints)?;
+            fn after_step(
+                &mut self,
+                t: &mut Trainer<Mlp>,
+                _: &crate::fit::FitLog,
+            ) -> anyhow::Result<()> {
+                let (step, cfg) = (t.step, self.cfg);
+                if step % cfg.eval_every.max(1) == 0 || step == cfg.steps {
+                    let e = evaluate(&t.model, self.task, self.test, &self.ctx.device)?;
+                    self.ctx.log(serde_json::json!({ "step": step, "split": "test", "mse": e.mse, "accuracy": e.accuracy }))?;
+                    self.last = Some(e);
+                }
+                if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)
+                    || step == cfg.steps
+                {
+                    let state =
+                        serde_json::json!({ "data_rng": RngState::of(&self.data_rng.borrow()) });
+                    t.save_checkpoint(&self.ckpt_dir, &state, cfg.keep_checkpoints)?;
+                }
+                Ok(())
             }
         }
+        let mut hooks = Hooks {
+            ctx: &mut *ctx,
+            cfg: &cfg,
+            task: task.as_ref(),
+            test: &test,
+            data_rng: &data_rng,
+            ckpt_dir,
+            last: None,
+        };
+        let opts = crate::fit::FitOptions::new(WHO)
+            .progress(&pb)
+            .sync_every(cfg.log_every);
+        crate::fit::fit(
+            &mut trainer,
+            &opts,
+            |model: &Mlp, _| {
+                let mut r = data_rng.borrow_mut();
+                let batch: Vec<&RegressionExample> = (0..cfg.batch_size.max(1))
+                    .map(|_| &train[r.random_range(0..train.len())])
+                    .collect();
+                let (x, y) = tensors(&batch, &device);
+                objective.loss(
+                    &TensorMap::new()
+                        .with("prediction", model.forward(x))
+                        .with("target", y),
+                )
+            },
+            &mut hooks,
+        )?;
+        let last = hooks.last;
         pb.finish_and_clear();
         let last = match last {
             Some(e) => e,
@@ -298,11 +347,7 @@ crate::register_component! {
     build: |config: SupervisedConfig, _ctx| {
         let limit = |field: &str, v: usize, max: usize| -> anyhow::Result<()> {
             if v == 0 || v > max {
-                return Err(crate::registry::ConfigError {
-                    field: Some(field.into()),
-                    message: format!("must be between 1 and {max} (got {v})"),
-                }
-                .into());
+                return Err(crate::registry::ConfigError::field(field, format!("must be between 1 and {max} (got {v})")).into());
             }
             Ok(())
         };
@@ -310,9 +355,7 @@ crate::register_component! {
         for h in &config.hidden {
             limit("hidden", *h, 1 << 16)?;
         }
-        if !(config.optim.lr.is_finite() && config.optim.lr > 0.0) {
-            return Err(crate::registry::ConfigError { field: Some("optim.lr".into()), message: "must be a positive number".into() }.into());
-        }
+        config.optim.validate().map_err(|e| e.within("optim"))?;
         Ok(Box::new(Supervised { config }) as Box<dyn Scheduler>)
     },
 }

@@ -373,6 +373,22 @@ impl Llama {
         })
     }
 
+    /// A copy of this model, value head included, on `device` through host memory: how an
+    /// inference copy becomes trainable again (on an autodiff device), bit for bit.
+    pub fn trainable_copy(&self, device: &Device) -> Result<Self, String> {
+        let mut m = Self::from_weights(self.config.clone(), self.to_weights(), device)?;
+        let copy2 = |p: &Param<Tensor<2>>| {
+            Param::from_tensor(Tensor::from_data(p.val().into_data(), device))
+        };
+        let copy1 = |p: &Param<Tensor<1>>| {
+            Param::from_tensor(Tensor::from_data(p.val().into_data(), device))
+        };
+        m.value_w = self.value_w.as_ref().map(copy2);
+        m.value_b = self.value_b.as_ref().map(copy1);
+        m.config.value_head = m.value_w.is_some();
+        Ok(m)
+    }
+
     /// Back to checkpoint layout (for writing checkpoints).
     pub fn to_weights(&self) -> LlamaWeights {
         let c = &self.config;

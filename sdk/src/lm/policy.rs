@@ -1,15 +1,26 @@
-//! [`LmPolicy`]: the in-process transformer as a [`Policy`].
+//! The in-process transformer as a [`Policy`] ([`LmPolicy`]), and the two `[policy]`
+//! components that make one: `llama` (a model trained from scratch: its size and the
+//! tokenizer built from the task's texts) and `checkpoint` (anything [`lm::load`](crate::lm::load)
+//! reads: llama2.c `.bin`, Hugging Face safetensors, GGUF).
 
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use crate::lm::llama::Llama;
+use crate::lm::llama::{Llama, LlamaConfig};
 use crate::lm::sample;
-use crate::lm::tokenizer::Tokenizer;
-use crate::policy::{Completion, Policy, SamplingParams, SequenceLogProbs};
-use crate::rng::rng;
+use crate::lm::tokenizer::{CharTokenizer, Tokenizer, train_bpe};
+use crate::policy::{Completion, Policy, PolicyInit, SamplingParams, Sequence, SequenceLogProbs};
+use crate::registry::ConfigError;
+use crate::rng::{Rng, rng};
 
-/// A [`Llama`] with its tokenizer. Prompts are encoded with BOS first; the response follows
-/// the prompt's tokens directly.
+/// A [`Llama`] with its tokenizer, on `device` (an autodiff device while it trains). Prompts
+/// are encoded with BOS first; the response follows the prompt's tokens directly.
+#[derive(Clone)]
 pub struct LmPolicy {
     pub model: Llama,
     pub tokenizer: Tokenizer,
@@ -17,29 +28,69 @@ pub struct LmPolicy {
 }
 
 impl LmPolicy {
+    /// An inference copy (no autodiff) on the inner device: what to sample from or score with.
+    pub fn inference(&self) -> LmPolicy {
+        let model = self.model.valid();
+        let device = model.embed.val().device();
+        LmPolicy {
+            model,
+            tokenizer: self.tokenizer.clone(),
+            device,
+        }
+    }
+
+    /// The model's parameter count.
+    pub fn params(&self) -> usize {
+        self.model.config.num_params()
+    }
+
+    /// The same tokenizer with another model (e.g. a trained copy).
+    pub fn with_model(&self, model: Llama) -> LmPolicy {
+        let device = model.embed.val().device();
+        LmPolicy {
+            model,
+            tokenizer: self.tokenizer.clone(),
+            device,
+        }
+    }
+
     /// Prompt and response ids, encoded separately and concatenated (so the response's tokens
     /// are the same whatever the prompt).
-    pub fn encode_pair(&self, prompt: &str, response: &str) -> (Vec<u32>, Vec<u32>) {
-        (
+    pub fn encode_pair(&self, prompt: &str, response: &str) -> Sequence {
+        Sequence::new(
             self.tokenizer.encode(prompt, true),
             self.tokenizer.encode(response, false),
         )
     }
 
+    /// A training sequence: the prompt (BOS first) and `response` followed by EOS, truncated to
+    /// the model's context.
+    pub fn training_sequence(&self, prompt: &str, response: &str) -> Sequence {
+        let p = self.tokenizer.encode(prompt, true);
+        let mut r = self.tokenizer.encode(response, false);
+        r.push(self.tokenizer.eos());
+        r.truncate(self.model.config.max_seq_len.saturating_sub(p.len()));
+        Sequence::new(p, r)
+    }
+
     /// Right-padded `[B, T]` ids of prompt + response and the `[B, T−1]` response-target
     /// mask ([`pad_batch`](crate::lm::fit::pad_batch) with this tokenizer's padding id).
-    pub fn batch(
-        &self,
-        pairs: &[(Vec<u32>, Vec<u32>)],
-        device: &Device,
-    ) -> (Tensor<2, Int>, Tensor<2>) {
-        crate::lm::fit::pad_batch(pairs, self.tokenizer.pad(), device)
+    pub fn batch(&self, seqs: &[Sequence], device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
+        crate::lm::fit::pad_batch(seqs, self.tokenizer.pad(), device)
     }
 }
 
 impl Policy for LmPolicy {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn num_params(&self) -> usize {
+        self.model.config.num_params()
+    }
+
     fn generate(
-        &mut self,
+        &self,
         prompts: &[String],
         params: &SamplingParams,
     ) -> anyhow::Result<Vec<Vec<Completion>>> {
@@ -68,12 +119,13 @@ impl Policy for LmPolicy {
             &self.device,
         );
         let mut out: Vec<Vec<Completion>> = Vec::with_capacity(prompts.len());
-        for (i, s) in seqs.into_iter().enumerate() {
+        for (i, (s, prompt)) in seqs.into_iter().zip(encoded).enumerate() {
             if i % n == 0 {
                 out.push(Vec::with_capacity(n));
             }
             let text = self.tokenizer.decode(&s.tokens, None);
             out.last_mut().expect("pushed").push(Completion {
+                prompt,
                 token_ids: s.tokens,
                 text,
                 logprobs: s.logprobs,
@@ -85,27 +137,15 @@ impl Policy for LmPolicy {
 
     /// `token_logprobs` and `mask` are `[B, T−1]` over the padded prompt + response positions
     /// (mask 1 where the target is a response token).
-    fn log_probs(
-        &self,
-        prompts: &[String],
-        responses: &[String],
-        temperature: f32,
-    ) -> anyhow::Result<SequenceLogProbs> {
-        anyhow::ensure!(
-            prompts.len() == responses.len(),
-            "{} prompts for {} responses",
-            prompts.len(),
-            responses.len()
-        );
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = prompts
-            .iter()
-            .zip(responses)
-            .map(|(p, r)| self.encode_pair(p, r))
-            .collect();
+    fn log_probs(&self, seqs: &[Sequence], temperature: f32) -> anyhow::Result<SequenceLogProbs> {
         let device = self.model.embed.val().device();
-        let (ids, mask) = self.batch(&pairs, &device);
-        let pad = vec![0; pairs.len()];
-        let lp = self.model.token_logprobs(ids, &pad, temperature) * mask.clone();
+        let (lp, mask) = crate::lm::fit::response_token_logprobs_tensor(
+            &self.model,
+            seqs,
+            self.tokenizer.pad(),
+            temperature,
+            &device,
+        );
         let sum = lp.clone().sum_dim(1).squeeze_dim(1);
         Ok(SequenceLogProbs {
             token_logprobs: lp,
@@ -113,6 +153,256 @@ impl Policy for LmPolicy {
             sum,
         })
     }
+}
+
+/// The transformer's size (the vocabulary comes from the tokenizer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSize {
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub hidden_dim: usize,
+    pub max_seq_len: usize,
+}
+
+impl ModelSize {
+    /// The Llama configuration of this size over `vocab_size` tokens (tied embeddings, no value
+    /// head, RoPE θ = 10⁴, RMSNorm ε = 1e-5).
+    pub fn llama_config(&self, vocab_size: usize) -> LlamaConfig {
+        LlamaConfig {
+            vocab_size,
+            dim: self.dim,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            hidden_dim: self.hidden_dim,
+            max_seq_len: self.max_seq_len,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            tie_embeddings: true,
+            value_head: false,
+        }
+    }
+
+    /// Whether the size is buildable and not absurdly large (what a config check reports).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dim > 8192
+            || self.n_layers > 128
+            || self.hidden_dim > 65536
+            || self.max_seq_len > 1 << 16
+        {
+            return Err("too large for this trainer".into());
+        }
+        self.llama_config(1).validate()
+    }
+}
+
+impl Default for ModelSize {
+    fn default() -> Self {
+        Self {
+            dim: 128,
+            n_layers: 4,
+            n_heads: 4,
+            n_kv_heads: 2,
+            hidden_dim: 352,
+            max_seq_len: 160,
+        }
+    }
+}
+
+/// How the vocabulary of a model trained from scratch is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// One token per character seen in the task.
+    Char,
+    /// A byte-level BPE trained on the training texts (digits never merged with digits).
+    Bpe,
+}
+
+/// The tokenizer of a model trained from scratch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenizerConfig {
+    pub kind: TokenizerKind,
+    /// Merges of the BPE (ignored for `char`).
+    pub bpe_merges: usize,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: TokenizerKind::Bpe,
+            bpe_merges: 200,
+        }
+    }
+}
+
+impl TokenizerConfig {
+    /// Builds the tokenizer from the texts a model will see (deterministic in them).
+    pub fn build(&self, texts: &[String]) -> anyhow::Result<Tokenizer> {
+        Ok(match self.kind {
+            TokenizerKind::Char => {
+                let mut chars: Vec<char> = texts.iter().flat_map(|t| t.chars()).collect();
+                chars.sort_unstable();
+                chars.dedup();
+                Tokenizer::Char(CharTokenizer::new(&chars.iter().collect::<String>()))
+            }
+            TokenizerKind::Bpe => train_bpe(texts.iter().map(String::as_str), self.bpe_merges)?,
+        })
+    }
+
+    /// One line for a summary table.
+    pub fn describe(&self, t: &Tokenizer) -> String {
+        match self.kind {
+            TokenizerKind::Char => format!("{} tokens, one per character", t.vocab_size()),
+            TokenizerKind::Bpe => format!(
+                "{} tokens: byte-level BPE trained on the training split ({} merges asked)",
+                t.vocab_size(),
+                self.bpe_merges
+            ),
+        }
+    }
+}
+
+/// Configuration of the `llama` policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlamaPolicyConfig {
+    pub model: ModelSize,
+    pub tokenizer: TokenizerConfig,
+}
+
+/// Policy `llama`: a Llama-style transformer trained from scratch, its weights drawn from the
+/// run's random stream (`N(0, 0.02²)`, output projections scaled by `1/√(2·layers)`).
+pub struct LlamaInit {
+    pub config: LlamaPolicyConfig,
+}
+
+impl PolicyInit for LlamaInit {
+    fn tokenizer(&self, texts: &mut dyn FnMut() -> Vec<String>) -> anyhow::Result<Tokenizer> {
+        self.config.tokenizer.build(&texts())
+    }
+
+    fn init(
+        &self,
+        tokenizer: &Tokenizer,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> anyhow::Result<LmPolicy> {
+        let config = self.config.model.llama_config(tokenizer.vocab_size());
+        let model =
+            Llama::init(config, rng, device).map_err(|e| anyhow::anyhow!("policy `llama`: {e}"))?;
+        Ok(LmPolicy {
+            model,
+            tokenizer: tokenizer.clone(),
+            device: device.clone(),
+        })
+    }
+
+    fn describe(&self, params: usize) -> String {
+        let m = &self.config.model;
+        format!(
+            "a {params}-parameter Llama trained from scratch (dim {}, {} layers, {} heads ({} KV), SwiGLU {}, context {})",
+            m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.hidden_dim, m.max_seq_len
+        )
+    }
+}
+
+crate::register_component! {
+    kind: Policy,
+    name: "llama",
+    description: "a Llama-style transformer trained from scratch (size and tokenizer built from the task's texts)",
+    config: LlamaPolicyConfig,
+    build: |config: LlamaPolicyConfig, _ctx| {
+        config.model.validate().map_err(|e| ConfigError::field("model", e))?;
+        Ok(Box::new(LlamaInit { config }) as Box<dyn PolicyInit>)
+    },
+}
+
+/// Configuration of the `checkpoint` policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// The checkpoint: a llama2.c `.bin`, a Hugging Face folder (`config.json`,
+    /// `model.safetensors`, `tokenizer.json`) or a GGUF file; the format is detected.
+    pub path: PathBuf,
+    /// The tokenizer, when it is not the one beside the model.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Policy `checkpoint`: a pretrained model loaded with [`lm::load`](crate::lm::load), in f32
+/// on the run's device (trainable). The file is read once, when the scheduler first asks.
+pub struct CheckpointInit {
+    pub config: CheckpointConfig,
+    loaded: Mutex<Option<crate::lm::load::Loaded>>,
+}
+
+impl CheckpointInit {
+    fn with_loaded<T>(
+        &self,
+        f: impl FnOnce(&crate::lm::load::Loaded) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let loaded = crate::lm::load::load(
+                &self.config.path,
+                self.config.tokenizer.as_deref(),
+                &Device::flex(),
+            )?;
+            *slot = Some(loaded);
+        }
+        f(slot.as_ref().expect("loaded"))
+    }
+}
+
+impl PolicyInit for CheckpointInit {
+    fn tokenizer(&self, _texts: &mut dyn FnMut() -> Vec<String>) -> anyhow::Result<Tokenizer> {
+        self.with_loaded(|l| Ok(l.tokenizer.clone()))
+    }
+
+    fn init(
+        &self,
+        tokenizer: &Tokenizer,
+        _rng: &mut Rng,
+        device: &Device,
+    ) -> anyhow::Result<LmPolicy> {
+        let model = self.with_loaded(|l| {
+            l.model
+                .trainable_copy(device)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })?;
+        Ok(LmPolicy {
+            model,
+            tokenizer: tokenizer.clone(),
+            device: device.clone(),
+        })
+    }
+
+    fn describe(&self, params: usize) -> String {
+        format!(
+            "the {params}-parameter checkpoint `{}`",
+            self.config.path.display()
+        )
+    }
+}
+
+crate::register_component! {
+    kind: Policy,
+    name: "checkpoint",
+    description: "a pretrained checkpoint (llama2.c .bin, Hugging Face safetensors or GGUF), in f32 and trainable",
+    config: CheckpointConfig,
+    build: |config: CheckpointConfig, _ctx| {
+        if !config.path.exists() {
+            return Err(ConfigError::field("path", format!("{} does not exist", config.path.display())).into());
+        }
+        if let Some(t) = &config.tokenizer && !t.exists() {
+            return Err(ConfigError::field("tokenizer", format!("{} does not exist", t.display())).into());
+        }
+        Ok(Box::new(CheckpointInit { config, loaded: Mutex::new(None) }) as Box<dyn PolicyInit>)
+    },
 }
 
 #[cfg(test)]
@@ -138,7 +428,7 @@ mod tests {
         };
         let device = crate::device::test_device();
         let model = Llama::init(config, &mut rng(5, 0), &device).unwrap();
-        let mut policy = LmPolicy {
+        let policy = LmPolicy {
             model,
             tokenizer: Tokenizer::Char(CharTokenizer::new("abcdefgh")),
             device,
@@ -158,8 +448,8 @@ mod tests {
                     if c.token_ids.iter().any(|&t| t < 4 && t != 2) {
                         continue; // special tokens do not round-trip through text
                     }
-                    let pair = (policy.tokenizer.encode(p, true), c.token_ids.clone());
-                    let (ids, mask) = policy.batch(&[pair], &policy.device);
+                    assert_eq!(c.prompt, policy.tokenizer.encode(p, true));
+                    let (ids, mask) = policy.batch(&[c.sequence()], &policy.device);
                     let lp = policy.model.token_logprobs(ids, &[0], temperature);
                     let lp: Vec<f32> = lp.into_data().try_into_vec().unwrap();
                     let m: Vec<f32> = mask.into_data().try_into_vec().unwrap();
@@ -210,8 +500,8 @@ mod padding_tests {
                 let filled: Vec<i64> = ids.into_data().convert::<i64>().try_into_vec::<i64>().unwrap();
                 let t = filled.len() / 2;
                 let mut repadded = filled.clone();
-                for (row, (p, r)) in pairs.iter().enumerate() {
-                    for j in p.len() + r.len()..t {
+                for (row, s) in pairs.iter().enumerate() {
+                    for j in s.len()..t {
                         repadded[row * t + j] = pad as i64;
                     }
                 }

@@ -2,7 +2,7 @@
 //! ending in `#### N`.
 //!
 //! ```text
-//! prompt:   Mia has 7 pens. She gets 5 more. She gives away 3. How many pens does Mia have?
+//! prompt:   Mia has 7 pens. She gets 5 more. She gives away 3. How many pens does Mia have?⏎
 //! solution: 7+5=12. 12-3=9. #### 9
 //! ```
 //!
@@ -186,7 +186,10 @@ impl Arith {
                 format!("{other} has {} {thing}.", r.random_range(1..=c.max_number)),
             );
         }
-        let prompt = format!("{} How many {item} does {name} have?", sentences.join(" "));
+        let prompt = format!(
+            "{} How many {item} does {name} have?\n",
+            sentences.join(" ")
+        );
         TextProblem {
             id: String::new(),
             prompt,
@@ -242,6 +245,10 @@ impl Task for Arith {
 
     fn check(&self, problem: &TextProblem, output: &str) -> bool {
         final_answer(output).is_some_and(|a| answers_equal(&a, &problem.answer))
+    }
+
+    fn answer(&self, output: &str) -> Option<String> {
+        super::vote_key(output)
     }
 }
 

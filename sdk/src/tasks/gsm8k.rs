@@ -49,7 +49,7 @@ pub fn parse_jsonl(text: &str, split: Split) -> anyhow::Result<Vec<TextProblem>>
             .ok_or_else(|| anyhow::anyhow!("line {}: no `#### answer`", i + 1))?;
         out.push(TextProblem {
             id: format!("{split}-{i}"),
-            prompt: row.question,
+            prompt: format!("{}\n", row.question),
             solution: row.answer,
             answer,
         });
@@ -113,6 +113,10 @@ impl Task for Gsm8k {
 
     fn check(&self, problem: &TextProblem, output: &str) -> bool {
         final_answer(output).is_some_and(|a| answers_equal(&a, &problem.answer))
+    }
+
+    fn answer(&self, output: &str) -> Option<String> {
+        super::vote_key(output)
     }
 }
 

@@ -14,7 +14,8 @@ use crate::Task;
 pub struct TextProblem {
     /// Stable identifier within the task.
     pub id: String,
-    /// What the model is given.
+    /// What the model is given, exactly (a trailing newline included): the prompt the policy
+    /// encodes and continues.
     pub prompt: String,
     /// A reference solution (chain of thought ending in `#### answer`).
     pub solution: String,
@@ -33,6 +34,26 @@ pub fn final_answer(text: &str) -> Option<String> {
     let cleaned: String = line.chars().filter(|c| *c != ',').collect();
     let cleaned = cleaned.trim_end_matches('.').trim().to_string();
     (!cleaned.is_empty()).then_some(cleaned)
+}
+
+/// A final answer in canonical form for voting: numbers as numbers (`6.0` and `06` vote
+/// together), anything else as written; `None` without a final answer.
+pub fn vote_key(text: &str) -> Option<String> {
+    let a = final_answer(text)?;
+    Some(match a.parse::<f64>() {
+        Ok(x) if x.is_finite() => format!("{x}"),
+        _ => a,
+    })
+}
+
+/// The text a model is given for `p` (and asked to continue with a solution).
+pub fn prompt_text(p: &TextProblem) -> String {
+    p.prompt.clone()
+}
+
+/// Prompt and solution as one text (what a tokenizer is built from).
+pub fn training_text(p: &TextProblem) -> String {
+    format!("{}{}", prompt_text(p), p.solution)
 }
 
 /// Whether two answers are equal: as numbers when both parse (so `6`, `6.0` and `06` agree),
@@ -57,5 +78,7 @@ mod tests {
         assert_eq!(final_answer("####  "), None);
         assert!(answers_equal("6", "6.0"));
         assert!(!answers_equal("6", "7"));
+        assert_eq!(vote_key("1+2=3. #### 3"), vote_key("#### 3.0"));
+        assert_eq!(vote_key("no answer"), None);
     }
 }
