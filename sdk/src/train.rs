@@ -9,8 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use burn::module::Module;
-use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Tensor};
@@ -212,6 +211,52 @@ impl Stage {
     }
 }
 
+/// Scales every gradient of `model` by `min(1, max_norm / (‖g‖ + 1e-6))`, where `‖g‖` is the
+/// global norm `√(Σ over all parameters of Σ g²)`: PyTorch's `clip_grad_norm_`. Returns the
+/// norm before clipping (a `[1]` tensor; read it on the host only when needed).
+pub fn clip_global_norm<M: Module>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max_norm: f32,
+) -> Option<Tensor<1>> {
+    struct SumSquares<'a> {
+        grads: &'a GradientsParams,
+        total: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for SumSquares<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let s = g.powi_scalar(2).sum();
+                self.total = Some(match self.total.take() {
+                    Some(t) => t + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        scale: Tensor<1>,
+    }
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                let scaled = g * self.scale.clone().unsqueeze::<D>();
+                self.grads.register::<D>(param.id, scaled);
+            }
+        }
+    }
+    let mut sum = SumSquares { grads, total: None };
+    model.visit(&mut sum);
+    let norm = sum.total?.sqrt();
+    let scale = (norm.clone() + 1e-6)
+        .recip()
+        .mul_scalar(max_norm)
+        .clamp_max(1.0);
+    model.visit(&mut Scale { grads, scale });
+    Some(norm)
+}
+
 /// The loss's value; an error naming `what` and the step when it is not finite.
 pub fn finite_loss(loss: &Tensor<1>, what: &str, step: u64) -> anyhow::Result<f64> {
     let v = loss.clone().into_scalar::<f32>();
@@ -236,14 +281,13 @@ pub struct Trainer<M: Module> {
 impl<M: Module> Trainer<M> {
     /// A trainer for `model` (already on an autodiff device).
     pub fn new(model: M, config: OptimConfig, total_steps: u64) -> Self {
-        let mut adam = AdamWConfig::new()
+        // Clipping is ours ([`clip_global_norm`]): burn's `GradientClippingConfig::Norm` clips
+        // each parameter tensor by its own norm.
+        let adam = AdamWConfig::new()
             .with_beta_1(config.beta1)
             .with_beta_2(config.beta2)
             .with_epsilon(config.eps)
             .with_weight_decay(config.weight_decay);
-        if let Some(norm) = config.grad_clip_norm {
-            adam = adam.with_grad_clipping(Some(GradientClippingConfig::Norm(norm)));
-        }
         Self {
             model,
             optim: adam.init(),
@@ -276,7 +320,10 @@ impl<M: Module> Trainer<M> {
     /// returns the learning rate used.
     pub fn step(&mut self, loss: Tensor<1>) -> f64 {
         let lr = self.lr();
-        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        if let Some(max) = self.config.grad_clip_norm {
+            clip_global_norm(&self.model, &mut grads, max);
+        }
         self.model = self.optim.step(lr, self.model.clone(), grads);
         self.step += 1;
         lr
@@ -454,6 +501,45 @@ mod tests {
                 p.observe(m, 0.5, patience);
                 prop_assert_eq!(p.scale, scale);
                 prop_assert_eq!(p.bad, bad);
+            }
+        }
+    }
+
+    #[derive(Module, Debug)]
+    struct Two {
+        a: Param<Tensor<1>>,
+        b: Param<Tensor<2>>,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// With loss = Σ cₐ·a + Σ c_b·b the gradients are the coefficients: clipping must
+        /// scale all of them by min(1, max / (‖(cₐ, c_b)‖ + 1e-6)), one factor for all.
+        #[test]
+        fn clipping_scales_by_the_global_norm(
+            ca in proptest::collection::vec(-3.0f32..3.0, 3),
+            cb in proptest::collection::vec(-3.0f32..3.0, 4),
+            max in 0.05f32..8.0,
+        ) {
+            use burn::tensor::TensorData;
+            let device = crate::device::test_device().autodiff();
+            let t1 = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [3]), &device);
+            let model = Two {
+                a: Param::from_tensor(t1(vec![0.5; 3])),
+                b: Param::from_tensor(Tensor::<2>::from_data(TensorData::new(vec![0.5f32; 4], [2, 2]), &device)),
+            };
+            let coef_b = Tensor::<2>::from_data(TensorData::new(cb.clone(), [2, 2]), &device);
+            let loss = (model.a.val() * t1(ca.clone())).sum() + (model.b.val() * coef_b).sum();
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            let norm = clip_global_norm(&model, &mut grads, max).unwrap().into_scalar::<f32>();
+            let want = ca.iter().chain(&cb).map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            prop_assert!((norm as f64 - want).abs() <= 1e-4 * (1.0 + want));
+            let scale = (max as f64 / (want + 1e-6)).min(1.0);
+            let ga: Vec<f32> = grads.get::<1>(model.a.id).unwrap().into_data().convert::<f32>().try_into_vec().unwrap();
+            let gb: Vec<f32> = grads.get::<2>(model.b.id).unwrap().into_data().convert::<f32>().try_into_vec().unwrap();
+            for (g, c) in ga.iter().chain(&gb).zip(ca.iter().chain(&cb)) {
+                prop_assert!((*g as f64 - scale * *c as f64).abs() <= 1e-5 * (1.0 + c.abs() as f64), "{g} vs {scale}·{c}");
             }
         }
     }
