@@ -291,7 +291,9 @@ mod avx2 {
             // SAFETY: block `b` of the row and of `x` are in bounds (asserted above).
             unsafe {
                 let d = f16_at(w) * *x.d.get_unchecked(b);
-                _mm_prefetch::<_MM_HINT_T0>(w.add(PREFETCH) as *const i8);
+                // A prefetch of an address past the end is harmless, but computing it with `add`
+                // would be undefined behaviour: `wrapping_add`.
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH) as *const i8);
                 let wv = _mm256_loadu_si256(w.add(2) as *const __m256i);
                 let xv = _mm256_loadu_si256(xq as *const __m256i);
                 // |w| · (x · sign(w)) = w · x, the unsigned operand first as maddubs wants.
@@ -319,7 +321,9 @@ mod avx2 {
             unsafe {
                 let d = f16_at(w) * *x.d.get_unchecked(b);
                 let m = f16_at(w.add(2)) * *x.s.get_unchecked(b);
-                _mm_prefetch::<_MM_HINT_T0>(w.add(PREFETCH) as *const i8);
+                // A prefetch of an address past the end is harmless, but computing it with `add`
+                // would be undefined behaviour: `wrapping_add`.
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH) as *const i8);
                 let q = _mm_loadu_si128(w.add(4) as *const __m128i);
                 let lo = _mm_and_si128(q, low);
                 let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
@@ -546,6 +550,8 @@ pub struct SpinTeam {
     failed: std::sync::atomic::AtomicBool,
     /// The current job: a pointer to a `&(dyn Fn(usize) + Sync)` on the caller's stack.
     job: std::sync::atomic::AtomicPtr<()>,
+    /// Held by the [`run`](SpinTeam::run) in progress: one job at a time.
+    busy: std::sync::Mutex<()>,
 }
 
 type Job<'a> = &'a (dyn Fn(usize) + Sync);
@@ -561,6 +567,7 @@ impl SpinTeam {
             stop: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             job: AtomicPtr::new(std::ptr::null_mut()),
+            busy: std::sync::Mutex::new(()),
         };
         /// Stops the helpers however `body` ends, so the scope can join them.
         struct Stop<'a>(&'a SpinTeam);
@@ -586,22 +593,28 @@ impl SpinTeam {
         self.threads
     }
 
-    /// Runs `f(i)` on every thread `i` of the team and returns when all have finished.
+    /// Runs `f(i)` on every thread `i` of the team and returns when all have finished. Calls
+    /// from several threads take turns. A panic in any share, the caller's included, is
+    /// re-raised here only after every helper has finished with the job (so no helper runs on
+    /// a frame that has unwound).
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         use std::sync::atomic::Ordering::{Acquire, Release};
+        let _turn = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         let job: Job<'_> = f;
         let slot: *const Job<'_> = &job;
         self.job.store(slot as *mut (), Release);
         self.pending.store(self.threads - 1, Release);
         self.epoch.fetch_add(1, Release);
-        f(0);
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
         while self.pending.load(Acquire) != 0 {
             std::hint::spin_loop();
         }
-        assert!(
-            !self.failed.load(Acquire),
-            "a decoding thread panicked (see its message above)"
-        );
+        if let Err(payload) = mine {
+            std::panic::resume_unwind(payload);
+        }
+        if self.failed.swap(false, Acquire) {
+            panic!("a decoding thread panicked (see its message above)");
+        }
     }
 
     fn help(&self, i: usize) {
@@ -1118,6 +1131,59 @@ impl QSession<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_in_the_callers_share_waits_for_every_helper() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let done = AtomicUsize::new(0);
+        SpinTeam::with(3, |team| {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                team.run(&|i| {
+                    if i == 0 {
+                        panic!("the caller's share fails");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+            }));
+            assert!(caught.is_err(), "the panic reaches the caller");
+            assert_eq!(
+                done.load(Ordering::SeqCst),
+                2,
+                "after both helpers finished"
+            );
+            // The team still works afterwards.
+            let after = AtomicUsize::new(0);
+            team.run(&|_| {
+                after.fetch_add(1, Ordering::SeqCst);
+            });
+            assert_eq!(after.load(Ordering::SeqCst), 3);
+        });
+    }
+
+    #[test]
+    fn concurrent_runs_take_turns() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        SpinTeam::with(2, |team| {
+            std::thread::scope(|s| {
+                for k in 1..=4usize {
+                    s.spawn(move || {
+                        for _ in 0..50 {
+                            let sum = AtomicUsize::new(0);
+                            team.run(&|i| {
+                                sum.fetch_add(k * (i + 1), Ordering::SeqCst);
+                            });
+                            assert_eq!(
+                                sum.load(Ordering::SeqCst),
+                                3 * k,
+                                "each call sees its own job"
+                            );
+                        }
+                    });
+                }
+            });
+        });
+    }
     use crate::lm::Llama;
     use burn::tensor::{Device, Int, Tensor, TensorData};
     use proptest::prelude::*;
