@@ -190,15 +190,37 @@ fn smollm2() -> Option<std::path::PathBuf> {
                 .join(".cache/lmlab")
         });
     let path = cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        println!(
-            "SKIPPED: {} is absent (run `cargo xtask fetch smollm2`)",
-            path.display()
-        );
-        None
-    }
+    lmlab::require_data(&path, "run `cargo xtask fetch smollm2`")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .then_some(path)
+}
+
+#[test]
+fn missing_data_skips_by_default_and_fails_under_lmlab_require_data() {
+    let test = "stories260k_greedy_matches_llama2c_byte_for_byte";
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().to_str().unwrap();
+    let (ok, out) = common::rerun_test(
+        test,
+        &[("LMLAB_DATA_DIR", empty), ("LMLAB_REQUIRE_DATA", "0")],
+    );
+    assert!(
+        ok && out.contains("SKIPPED: ") && out.contains("1 passed"),
+        "{out}"
+    );
+    let (ok, out) = common::rerun_test(
+        test,
+        &[("LMLAB_DATA_DIR", empty), ("LMLAB_REQUIRE_DATA", "1")],
+    );
+    assert!(
+        !ok && out.contains("is absent and LMLAB_REQUIRE_DATA=1"),
+        "{out}"
+    );
+    let (ok, out) = common::rerun_test(
+        "smollm2_gguf_chat_answer_is_sensible",
+        &[("LMLAB_CACHE_DIR", empty), ("LMLAB_REQUIRE_DATA", "1")],
+    );
+    assert!(!ok && out.contains("cargo xtask fetch smollm2"), "{out}");
 }
 
 #[test]

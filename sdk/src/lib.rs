@@ -72,6 +72,27 @@ pub fn data_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from("../shared/data"))
 }
 
+/// Whether missing shared data is an error (`LMLAB_REQUIRE_DATA=1`, as CI sets it) rather
+/// than a skip with a printed reason (a user's fresh clone has no `../shared`).
+pub fn data_required() -> bool {
+    std::env::var("LMLAB_REQUIRE_DATA").is_ok_and(|v| v == "1")
+}
+
+/// `Ok` when `path` exists; otherwise an error under [`data_required`], else a printed
+/// `SKIPPED:` line with `how` (how to get the file) and `Ok(false)`.
+pub fn require_data(path: &std::path::Path, how: &str) -> anyhow::Result<bool> {
+    if path.exists() {
+        return Ok(true);
+    }
+    anyhow::ensure!(
+        !data_required(),
+        "{} is absent and LMLAB_REQUIRE_DATA=1 ({how})",
+        path.display()
+    );
+    println!("SKIPPED: {} is absent ({how})", path.display());
+    Ok(false)
+}
+
 // Re-exported so plugins use the exact versions the SDK was built with.
 pub use anyhow;
 pub use burn;

@@ -57,21 +57,34 @@ pub fn only_run_dir(out: &Path, recipe: &str) -> PathBuf {
 }
 
 /// The shared data folder (`LMLAB_DATA_DIR`, default `../shared/data` beside the project), or
-/// `None` with a printed reason when it is absent (a user's fresh clone): the caller skips.
+/// `None` with a printed reason when `needs` is absent there (a user's fresh clone): the caller
+/// skips. Under `LMLAB_REQUIRE_DATA=1` (CI) an absent file fails the test instead.
 pub fn data_dir(needs: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("LMLAB_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("../shared/data"));
     let wanted = dir.join(needs);
-    if wanted.exists() {
-        Some(dir)
-    } else {
-        println!(
-            "SKIPPED: {} is absent (set LMLAB_DATA_DIR to the shared data folder)",
-            wanted.display()
-        );
-        None
-    }
+    let how = "set LMLAB_DATA_DIR to the shared data folder";
+    lmlab::require_data(&wanted, how)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .then_some(dir)
+}
+
+/// Runs the test `name` of this test binary again in a child process with `envs`, and
+/// returns whether it passed and what it printed: how a test checks another test's behaviour
+/// under an environment it cannot set for itself.
+pub fn rerun_test(name: &str, envs: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .envs(envs.iter().copied())
+        .output()
+        .expect("the test binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// Starts `cmd` (a recipe run writing under `out_root/<recipe>/`), waits for its first

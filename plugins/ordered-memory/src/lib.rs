@@ -484,6 +484,12 @@ impl Scheduler for OrderedMemoryScheduler {
             match real.examples {
                 Ok(ex) if !ex.is_empty() => sets.push((real.name, ex, true)),
                 Ok(_) => missing.push(format!("`{}` is empty", real.path.display())),
+                Err(e) if lmlab_sdk::data_required() => {
+                    anyhow::bail!(
+                        "{WHO}: {}: {e:#} (LMLAB_REQUIRE_DATA=1)",
+                        real.path.display()
+                    )
+                }
                 Err(e) => missing.push(format!("`{}` skipped: {e:#}", real.path.display())),
             }
         }
