@@ -205,3 +205,149 @@ fn a_good_recipe_resolves_with_defaults() {
     assert!(resolved["scheduler"]["optim"].get("beta2").is_some());
     assert!(resolved["task"].get("tolerance").is_some());
 }
+
+/// The wiring between a recipe and its scheduler's roles is checked before anything runs:
+/// each class of mistake is a user error at `--dry-run`, naming the file and the table.
+mod wiring {
+    use super::*;
+
+    fn dry_run(text: &str) -> (i32, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = recipe_file(&dir, text);
+        run(lmlab().arg("recipe").arg(&file).arg("--dry-run"))
+    }
+
+    #[test]
+    fn a_missing_role() {
+        let text = GOOD.replace("[objective]\nuse = \"mse\"\n", "");
+        assert_user_error(
+            &dry_run(&text),
+            &[
+                "bad.toml: [objective]",
+                "missing: scheduler `supervised` needs a [objective] table of kind `objective`",
+                "registered objective plugins: ",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_table_no_role_takes() {
+        let text = format!("{GOOD}\n[objectives]\nkind = \"objective\"\nuse = \"mse\"\n");
+        assert_user_error(
+            &dry_run(&text),
+            &[
+                "bad.toml: [objectives] (plugin `mse`)",
+                "scheduler `supervised` takes no [objectives] table",
+                "did you mean `objective`",
+                "its tables are [task], [objective]",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_component_of_the_wrong_kind() {
+        let text = GOOD.replace(
+            "[objective]\nuse = \"mse\"",
+            "[objective]\nkind = \"sampler\"\nuse = \"temperature\"",
+        );
+        assert_user_error(
+            &dry_run(&text),
+            &[
+                "bad.toml: [objective] (plugin `temperature`)",
+                "of kind `sampler`",
+                "takes kind `objective` here",
+                "objective plugins: ",
+            ],
+        );
+    }
+
+    #[test]
+    fn an_objective_reading_what_the_scheduler_does_not_hand_it() {
+        let text = GOOD.replace("use = \"mse\"", "use = \"dpo\"");
+        assert_user_error(
+            &dry_run(&text),
+            &[
+                "bad.toml: [objective] (plugin `dpo`)",
+                "objective `dpo` reads `policy_chosen`",
+                "is handed only `prediction`, `target` by scheduler `supervised`",
+            ],
+        );
+    }
+
+    #[test]
+    fn an_inline_objective_reading_what_its_fitter_does_not_hand_it() {
+        let out = run(lmlab().args([
+            "recipe",
+            "v-star",
+            "--dry-run",
+            "--set",
+            "verifier.objective.use=bce",
+        ]));
+        assert_user_error(
+            &out,
+            &[
+                "[verifier] (plugin `dpo`)",
+                "field `objective`",
+                "objective `bce` reads `logits`, `labels`",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_task_of_the_wrong_type() {
+        let text = GOOD.replace("use = \"linear-regression\"\ndim = 4", "use = \"arith\"");
+        assert_user_error(
+            &dry_run(&text),
+            &[
+                "bad.toml: [task] (plugin `arith`)",
+                "scheduler `supervised` takes `",
+                "but plugin `arith` provides `",
+            ],
+        );
+    }
+
+    #[test]
+    fn swapping_a_component_starts_from_its_defaults_and_types_inline_fields() {
+        let out = run(lmlab().args([
+            "recipe",
+            "v-star",
+            "--dry-run",
+            "--set",
+            "verifier.use=orm",
+            "--set",
+            "verifier.objective.use=bce",
+        ]));
+        assert_eq!(out.0, 0, "{}", out.2);
+        let resolved: toml::Table = toml::from_str(&out.1).unwrap();
+        assert_eq!(resolved["verifier"]["use"].as_str(), Some("orm"));
+        assert_eq!(resolved["verifier"]["lm_loss_weight"].as_float(), Some(0.0));
+        let out = run(lmlab().args([
+            "recipe",
+            "v-star",
+            "--dry-run",
+            "--set",
+            "verifier.objective.beta=0.2",
+        ]));
+        assert_eq!(out.0, 0, "{}", out.2);
+        let resolved: toml::Table = toml::from_str(&out.1).unwrap();
+        assert_eq!(
+            resolved["verifier"]["objective"]["beta"].as_float(),
+            Some(0.2)
+        );
+        let out = run(lmlab().args([
+            "recipe",
+            "v-star",
+            "--dry-run",
+            "--set",
+            "verifier.objective.betta=0.2",
+        ]));
+        assert_user_error(
+            &out,
+            &[
+                "unknown field `betta`",
+                "objective `dpo`",
+                "did you mean `beta`",
+            ],
+        );
+    }
+}

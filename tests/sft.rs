@@ -95,3 +95,47 @@ fn sft_runs_are_reproducible_and_resume_exactly_after_sigkill() {
         "resumed metrics equal the uninterrupted run's"
     );
 }
+
+#[test]
+fn sft_smoke_fine_tunes_a_checkpoint_and_its_loss_falls() {
+    let Some(data) = common::data_dir("stories260k/stories260K.bin") else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let model = data.join("stories260k/stories260K.bin");
+    let (code, _, err) = run(lmlab()
+        .args(["recipe", "sft-arith", "--smoke", "--quiet"])
+        .args(["--set", "policy.use=checkpoint"])
+        .arg("--set")
+        .arg(format!("policy.path={}", model.display()))
+        .args([
+            "--set",
+            "scheduler.steps=30",
+            "--set",
+            "scheduler.log_every=5",
+        ])
+        .args([
+            "--set",
+            "scheduler.eval_every=1000",
+            "--set",
+            "scheduler.checkpoint_every=0",
+        ])
+        .args(["--set", "task.n_test=8"])
+        .arg("--out")
+        .arg(out.path()));
+    assert_eq!(code, 0, "{err}");
+    let dir = only_run_dir(out.path(), "sft-arith");
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(
+        config.contains("use = \"checkpoint\"") && config.contains("stories260K.bin"),
+        "{config}"
+    );
+    let losses: Vec<f64> = metrics(&dir)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect();
+    assert_eq!(losses.len(), 6, "{losses:?}");
+    assert!(losses[5] < 0.8 * losses[0], "the loss falls: {losses:?}");
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(summary.contains("260032-parameter checkpoint"), "{summary}");
+}

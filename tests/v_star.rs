@@ -39,6 +39,13 @@ fn v_star_smoke_writes_the_table_and_plot_and_resumes_by_seed() {
             );
         }
         assert_eq!(curves.len(), 6);
+        let fits: Vec<&str> = r["result"]["fits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(fits[0], "SFT", "{fits:?}");
     }
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     for needle in [
@@ -93,5 +100,85 @@ fn v_star_smoke_writes_the_table_and_plot_and_resumes_by_seed() {
         strip(&resumed),
         strip(&metrics),
         "the recomputed seed differs"
+    );
+}
+
+/// `--set verifier.use=NAME` swaps V-STaR's verifier, by TOML alone: the run uses it (its
+/// label is in the summary), the one-round baseline is the same verifier, and fitted ones
+/// leave their training stages in the record.
+fn swapped_verifier(name: &str, label: &str, fitted: bool) {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(lmlab()
+        .args(["recipe", "v-star", "--smoke", "--quiet"])
+        .arg("--set")
+        .arg(format!("verifier.use={name}"))
+        .arg("--out")
+        .arg(out.path()));
+    assert_eq!(code, 0, "{err}");
+    let dir = only_run_dir(out.path(), "v-star");
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(config["verifier"]["use"].as_str(), Some(name));
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        summary.contains(&format!("Verifier: `{name}` ({label})")),
+        "{summary}"
+    );
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let seed: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let stages: Vec<String> = seed["result"]["fits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["stage"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        stages.contains(&format!("{label} [1 round]")),
+        fitted,
+        "{stages:?}"
+    );
+    assert_eq!(
+        seed["result"]["curves"]["V-STaR Best-of-k"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[test]
+fn the_verifier_swaps_to_the_orm_by_toml() {
+    swapped_verifier("orm", "ORM", true);
+}
+
+#[test]
+fn the_verifier_swaps_to_the_likelihood_by_toml() {
+    swapped_verifier("likelihood", "log-likelihood", false);
+}
+
+#[test]
+fn the_verifier_swaps_to_majority_by_toml() {
+    swapped_verifier("majority", "majority vote", false);
+}
+
+#[test]
+fn the_contributing_example_verifier_runs_in_v_star_by_toml() {
+    swapped_verifier("weakest-token", "weakest-token log-likelihood", false);
+}
+
+#[test]
+fn contributing_walks_through_the_example_plugin_verbatim() {
+    let guide = std::fs::read_to_string(common::root().join("CONTRIBUTING.md")).unwrap();
+    let lib =
+        std::fs::read_to_string(common::root().join("plugins/weakest-token/src/lib.rs")).unwrap();
+    assert!(lib.lines().count() <= 60, "the example stays short");
+    let block = guide
+        .split("```rust\n")
+        .find(|b| b.starts_with("//! lmlab plugin `weakest-token`"))
+        .and_then(|b| b.split("```").next())
+        .expect("CONTRIBUTING.md shows plugins/weakest-token/src/lib.rs");
+    assert_eq!(
+        block, lib,
+        "CONTRIBUTING.md's copy of plugins/weakest-token/src/lib.rs is current"
     );
 }

@@ -445,7 +445,12 @@ impl Recipe {
                 }
             };
         }
-        node.insert(parts[parts.len() - 1].to_string(), value);
+        let last = parts[parts.len() - 1];
+        // `objective.use = other` swaps an inline component too: its table starts over.
+        if last == "use" && parts.len() > 2 && node.get("use").is_some_and(|u| u != &value) {
+            node.clear();
+        }
+        node.insert(last.to_string(), value);
         let new_spec = self.component_spec(role, table)?;
         self.components.insert(role.to_string(), new_spec);
         Ok(())
@@ -572,7 +577,7 @@ impl Recipe {
                     &role.name,
                     None,
                     format!(
-                        "missing: scheduler `{scheduler}` needs a [{}] table, a {} ({}); e.g. `use = \"{}\"`{}; registered {} plugins: {}",
+                        "missing: scheduler `{scheduler}` needs a [{}] table of kind `{}` ({}); e.g. `use = \"{}\"`{}; registered {} plugins: {}",
                         role.name,
                         role.kind,
                         role.about,
@@ -616,7 +621,7 @@ impl Recipe {
                     table,
                     None,
                     format!(
-                        "this table is a {} (plugin `{}`), but scheduler `{scheduler}` takes a {} here ({}); {} plugins: {}",
+                        "this table is of kind `{}` (plugin `{}`), but scheduler `{scheduler}` takes kind `{}` here ({}); {} plugins: {}",
                         spec.kind,
                         spec.plugin,
                         role.kind,

@@ -193,14 +193,17 @@ pub fn field_type(schema: &Value, path: &[&str]) -> Result<FieldType, String> {
     Ok(type_of(root, &node))
 }
 
-/// The schema node at `path`, if every step is a known field.
-fn node_at(schema: &Value, path: &[&str]) -> Option<Value> {
+/// The schema node at `path`, if every step is a known field: as written (where a default
+/// sits beside a `$ref`) and resolved.
+fn node_at(schema: &Value, path: &[&str]) -> Option<(Value, Value)> {
+    let mut raw = schema.clone();
     let mut node = resolve(schema, schema).clone();
     for key in path {
         let props = properties(schema, &node)?;
-        node = resolve(schema, props.get(*key)?).clone();
+        raw = props.get(*key)?.clone();
+        node = resolve(schema, &raw).clone();
     }
-    Some(node)
+    Some((raw, node))
 }
 
 /// [`field_type`] for a component table whose configuration `config` may hold components
@@ -212,12 +215,15 @@ pub fn field_type_in(
     config: &toml::Table,
 ) -> Result<FieldType, String> {
     for i in 1..path.len() {
-        let Some(node) = node_at(schema, &path[..i]) else {
+        let Some((raw, node)) = node_at(schema, &path[..i]) else {
             break;
         };
         let Some(kind) = node.get("x-lmlab-inline").and_then(Value::as_str) else {
             continue;
         };
+        if path[i..] == ["use"] {
+            return Ok(FieldType::String);
+        }
         let here = path[..i]
             .iter()
             .try_fold(config, |t, k| t.get(*k).and_then(toml::Value::as_table));
@@ -226,7 +232,7 @@ pub fn field_type_in(
             .and_then(toml::Value::as_str)
             .map(str::to_string)
             .or_else(|| {
-                node.get("default")
+                raw.get("default")
                     .and_then(|d| d.get("use"))
                     .and_then(Value::as_str)
                     .map(str::to_string)
