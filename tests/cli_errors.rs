@@ -330,10 +330,8 @@ mod wiring {
         ]));
         assert_eq!(out.0, 0, "{}", out.2);
         let resolved: toml::Table = toml::from_str(&out.1).unwrap();
-        assert_eq!(
-            resolved["verifier"]["objective"]["beta"].as_float(),
-            Some(0.2)
-        );
+        let beta = resolved["verifier"]["objective"]["beta"].as_float().unwrap();
+        assert!((beta - 0.2).abs() < 1e-6, "{beta}");
         let out = run(lmlab().args([
             "recipe",
             "v-star",
