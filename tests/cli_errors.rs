@@ -330,7 +330,9 @@ mod wiring {
         ]));
         assert_eq!(out.0, 0, "{}", out.2);
         let resolved: toml::Table = toml::from_str(&out.1).unwrap();
-        let beta = resolved["verifier"]["objective"]["beta"].as_float().unwrap();
+        let beta = resolved["verifier"]["objective"]["beta"]
+            .as_float()
+            .unwrap();
         assert!((beta - 0.2).abs() < 1e-6, "{beta}");
         let out = run(lmlab().args([
             "recipe",

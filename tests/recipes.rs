@@ -103,3 +103,40 @@ fn every_recipe_is_listed_and_builds() {
         assert_eq!(code, 0, "{name} --smoke: {err}");
     }
 }
+
+#[test]
+fn best_of_n_smoke_ranks_with_a_verifier_and_a_reward_model() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(lmlab()
+        .args(["recipe", "best-of-n", "--smoke", "--quiet", "--out"])
+        .arg(out.path()));
+    assert_eq!(code, 0, "{err}");
+    let dir = common::only_run_dir(out.path(), "best-of-n");
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let curves = r["result"]["curves"].as_object().unwrap();
+    for name in [
+        "ORM",
+        "Bradley–Terry reward model",
+        "majority vote",
+        "pass@k (oracle)",
+    ] {
+        assert_eq!(
+            curves[name].as_array().unwrap().len(),
+            3,
+            "{name}: k = 1, 2, 4"
+        );
+    }
+    let stages: Vec<&str> = r["result"]["fits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["SFT", "ORM", "Bradley–Terry reward model"]);
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("## AUROC of each ranker") && summary.contains("beats a random candidate"),
+        "{summary}"
+    );
+}

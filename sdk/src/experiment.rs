@@ -283,15 +283,7 @@ impl Experiment {
                 }
                 let result =
                     f(unit, &cx).inspect_err(|_| shared.failed.store(true, Ordering::SeqCst))?;
-                let mut record = serde_json::json!({ "stage": self.stage, "result": result });
-                for (k, v) in &cx.key {
-                    record[k] = v.clone();
-                }
-                shared
-                    .run
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .log(&record)?;
+                cx.log(serde_json::json!({ "stage": self.stage, "result": result }))?;
                 if self.progress.is_none() {
                     shared.progress.inc(1);
                 }
@@ -376,15 +368,7 @@ impl Experiment {
             };
             let (state, base) = setup(g, &gcx)?;
             if !has_base {
-                let mut record = serde_json::json!({ "stage": group_stage, "result": base });
-                for (k, v) in &gcx.key {
-                    record[k] = v.clone();
-                }
-                shared
-                    .run
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .log(&record)?;
+                gcx.log(serde_json::json!({ "stage": group_stage, "result": base }))?;
                 bases.push((g.clone(), base));
             }
             for unit in todo {
@@ -398,15 +382,7 @@ impl Experiment {
                     self.forget_partial(&mut run, &cx.key, &cx.checkpoints(), &[group_stage])?;
                 }
                 let result = f(g, &state, unit, &cx)?;
-                let mut record = serde_json::json!({ "stage": self.stage, "result": result });
-                for (k, v) in &cx.key {
-                    record[k] = v.clone();
-                }
-                shared
-                    .run
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .log(&record)?;
+                cx.log(serde_json::json!({ "stage": self.stage, "result": result }))?;
                 shared.progress.inc(1);
                 done.push((unit.clone(), result));
             }

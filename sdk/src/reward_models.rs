@@ -184,16 +184,22 @@ impl RewardSpec for BradleyTerrySpec {
         prefs: &[Preference],
         references: &[Sequence],
     ) -> anyhow::Result<Fitted<dyn RewardModel>> {
-        anyhow::ensure!(
-            !prefs.is_empty(),
-            "{}: no preference pairs to train on",
-            cx.label
-        );
         let st = &self.stage;
         let device = cx.init.device.clone();
         let pad = cx.init.tokenizer.pad();
         let model = cx.init.model.clone().with_value_head(cx.rng, &device);
-        let mut trainer = Trainer::new(model, st.optim.clone(), st.steps);
+        // Without pairs the head stays as initialised (and says so), like a DPO verifier
+        // without pairs stays its initial policy.
+        let steps = if prefs.is_empty() {
+            tracing::warn!(
+                "{}: no preference pairs; the reward model is the untrained value head",
+                cx.label
+            );
+            0
+        } else {
+            st.steps
+        };
+        let mut trainer = Trainer::new(model, st.optim.clone(), steps);
         let pb = crate::progress::bar(st.steps, cx.label, cx.quiet);
         let what = format!("the {}", cx.label);
         let rng = &mut *cx.rng;
@@ -235,7 +241,7 @@ impl RewardSpec for BradleyTerrySpec {
         };
         Ok(Fitted {
             model: Box::new(Learned { head, bias }),
-            log: Some(log),
+            log: (steps > 0).then_some(log),
             examples: prefs.len(),
         })
     }

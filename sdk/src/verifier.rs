@@ -19,6 +19,22 @@ pub struct Candidate {
     pub answer: Option<String>,
 }
 
+/// Every {correct} × {incorrect} pair of each problem's candidates, as indices into
+/// `candidates`: problems in order, then correct ones in order, each with every incorrect one
+/// in order. DPO verifiers and reward models learn from these.
+pub fn correct_incorrect_pairs(candidates: &[Candidate]) -> Vec<(usize, usize)> {
+    let mut by_problem: std::collections::BTreeMap<usize, (Vec<usize>, Vec<usize>)> =
+        Default::default();
+    for (i, c) in candidates.iter().enumerate() {
+        let e = by_problem.entry(c.problem).or_default();
+        if c.correct { e.0.push(i) } else { e.1.push(i) }
+    }
+    by_problem
+        .values()
+        .flat_map(|(c, w)| c.iter().flat_map(move |&a| w.iter().map(move |&b| (a, b))))
+        .collect()
+}
+
 /// Scores that rank the candidates of each problem: higher means more likely correct. Oracle
 /// checkers, majority vote, likelihoods, outcome reward models, DPO verifiers and generative
 /// verifiers all implement it, so Best-of-k code never cares which one it has.

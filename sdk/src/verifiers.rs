@@ -287,15 +287,7 @@ impl VerifierSpec for DpoSpec {
         candidates: &[Candidate],
     ) -> anyhow::Result<Fitted<dyn Verifier>> {
         // Every {correct} × {incorrect} pair of each problem.
-        let mut by_problem: BTreeMap<usize, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
-        for (i, c) in candidates.iter().enumerate() {
-            let e = by_problem.entry(c.problem).or_default();
-            if c.correct { e.0.push(i) } else { e.1.push(i) }
-        }
-        let prefs: Vec<(usize, usize)> = by_problem
-            .values()
-            .flat_map(|(c, w)| c.iter().flat_map(move |&a| w.iter().map(move |&b| (a, b))))
-            .collect();
+        let prefs = crate::verifier::correct_incorrect_pairs(candidates);
         let verifier = |policy: LmPolicy| {
             Box::new(Likelihood {
                 policy,

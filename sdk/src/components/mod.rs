@@ -8,9 +8,17 @@
 //!   logits);
 //! - objectives `ppo`, `clipped-value`, `rloo` and `bradley-terry`, with the RLHF functions
 //!   around them (online-DPO pairing, KL-penalised rewards, GAE, whitening, RLOO advantages);
+//! - objective `sft`: the masked NLL of response tokens;
 //! - scheduler `supervised`: minibatch training of an MLP regressor (linear when it has no
-//!   hidden layers) through any objective, with evaluation, checkpoints and resume.
+//!   hidden layers) through any objective, with evaluation, checkpoints and resume;
+//! - scheduler `sft`: fine-tuning of the recipe's `[policy]` on a text task's solutions, pass@1
+//!   by the `[sampler]`.
+//!
+//! The other standard components live with what they share: policies in
+//! [`crate::lm::policy`], samplers in [`crate::sampling`], verifiers in [`crate::verifiers`],
+//! reward models in [`crate::reward_models`], RL methods in [`crate::rl::methods`].
 
+pub mod best_of_n;
 pub mod cross_entropy;
 pub mod dpo;
 pub mod lm_sft;
