@@ -296,7 +296,7 @@ impl Experiment {
             vec![worker()]
         } else {
             std::thread::scope(|s| {
-                let handles: Vec<_> = (0..self.threads).map(|_| s.spawn(&worker)).collect();
+                let handles: Vec<_> = (0..self.threads).map(|_| s.spawn(worker)).collect();
                 handles
                     .into_iter()
                     .map(|h| {

@@ -290,7 +290,7 @@ pub fn fit<M: Module>(
             pb.inc(1);
         }
         let s = trainer.step;
-        if s % every == 0 || s == trainer.total_steps || hooks.sync_at(s) {
+        if s.is_multiple_of(every) || s == trainer.total_steps || hooks.sync_at(s) {
             let synced = pending.sync(opts.what)?;
             hooks.logged(trainer, &synced)?;
             log.steps.extend(synced);

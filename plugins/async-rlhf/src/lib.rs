@@ -358,7 +358,8 @@ impl AsyncRlhf {
             .filter(|g| g.mode == LoopMode::Sync)
             .map(|g| g.n)
             .collect();
-        (ns.sort_unstable(), ns.dedup());
+        ns.sort_unstable();
+        ns.dedup();
         if ns.len() >= 2 {
             let (sweeps, table) = sweep(
                 &groups,

@@ -102,7 +102,7 @@ struct SftHooks<'a> {
 
 impl Hooks<Llama> for SftHooks<'_> {
     fn sync_at(&self, step: u64) -> bool {
-        step % self.cfg.log_every.max(1) == 0
+        step.is_multiple_of(self.cfg.log_every.max(1))
     }
 
     fn logged(&mut self, _: &Trainer<Llama>, steps: &[StepLog]) -> anyhow::Result<()> {

@@ -186,7 +186,8 @@ mod tests {
             .into_data()
             .try_to_vec::<f32>()
             .unwrap();
-        let alone_a = response_logprobs(&model, &[a.clone()], 0, &d).into_scalar::<f32>();
+        let alone_a =
+            response_logprobs(&model, std::slice::from_ref(&a), 0, &d).into_scalar::<f32>();
         let alone_b = response_logprobs(&model, &[b], 0, &d).into_scalar::<f32>();
         assert!((together[0] - alone_a).abs() < 1e-4 && (together[1] - alone_b).abs() < 1e-4);
         // By hand: the log-probs of 7, 8, 2 after their prefixes.
