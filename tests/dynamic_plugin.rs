@@ -7,15 +7,14 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{assert_user_error, lmlab, only_run_dir, root, run};
+use common::{assert_user_error, cargo, lmlab, only_run_dir, root, run};
 
 /// Builds the workspace (a no-op when the test run already did) and returns the example
 /// plugin's library from that same build, so it shares the runner's SDK build.
 fn example_plugin() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // The features the test run was built with (`cargo xtask test --tch` says), so this is
     // the same build and not a second one of the whole burn stack.
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo();
     cmd.current_dir(root())
         .args(["test", "--workspace", "--no-run", "--quiet"]);
     if let Ok(features) = std::env::var("LMLAB_TEST_FEATURES") {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::metrics::{best_of_k, majority_at_k, pass_at_k};
 use crate::rng::rng;
+use crate::tasks::{TextProblem, answers_equal};
 use crate::verifier::Candidate;
 
 /// The `k` values of a Best-of-k table: powers of two up to `n`.
@@ -211,6 +212,25 @@ pub fn majority_of(
         subsets,
         seed,
     )
+}
+
+/// The two references of every Best-of-k table, over the same candidates of `problems`:
+/// majority vote@k on the parsed answers (right when they equal the problem's answer;
+/// `subsets` random k-subsets per problem) and the oracle pass@k.
+pub fn majority_and_oracle(
+    candidates: &[Candidate],
+    problems: &[TextProblem],
+    ks: &[usize],
+    subsets: usize,
+    seed: u64,
+) -> [Vec<f64>; 2] {
+    let (n, right) = (problems.len(), |pi: usize, a: &str| {
+        answers_equal(a, &problems[pi].answer)
+    });
+    [
+        majority_of(candidates, n, right, ks, subsets, seed),
+        pass_at_k_of(candidates, n, ks),
+    ]
 }
 
 /// The AUROC of `scores` as a detector of the candidates' correctness.

@@ -100,6 +100,15 @@ impl ConfigError {
         }
     }
 
+    /// `Ok` when every `(field, value)` is at least 1 (a count, or a list's length); else the
+    /// error of the first that is 0.
+    pub fn at_least_one(fields: &[(&str, usize)]) -> Result<(), ConfigError> {
+        match fields.iter().find(|(_, v)| *v == 0) {
+            Some((f, _)) => Err(Self::field(*f, "must be at least 1")),
+            None => Ok(()),
+        }
+    }
+
     /// The same error, for a sub-table `prefix` (`optim` → `generator.optim.lr`).
     pub fn within(self, prefix: &str) -> Self {
         Self {

@@ -33,6 +33,31 @@ fn copy_workspace(to: &Path) {
     }
 }
 
+/// A `cargo` command without the variables cargo set for this test's crate
+/// (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, ...): build scripts that read them through `cc` (ring,
+/// torch-sys) would rerun and rebuild the dependency stack (`cargo xtask test` builds the
+/// suite without them).
+fn cargo() -> Command {
+    const SET_BY_CARGO: [&str; 7] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ];
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (k, _) in std::env::vars_os() {
+        if k.to_str()
+            .is_some_and(|k| SET_BY_CARGO.iter().any(|p| k.starts_with(p)))
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 #[test]
 fn scaffolded_plugin_builds_registers_and_passes_its_test() {
     let tmp = tempfile::tempdir().unwrap();
@@ -56,25 +81,48 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
     let manifest = std::fs::read_to_string(tmp.path().join("Cargo.toml")).unwrap();
     assert!(manifest.contains("lmlab-plugin-demo = { path = \"plugins/demo\" }"));
 
-    // Build as the whole workspace does (same feature unification), so this workspace's
-    // compiled dependencies are reused, and run the new plugin's test (only the `verifier`
-    // test targets: the other tests already ran in this test run).
+    // Build what the whole test run builds (`--workspace`, all test targets, the same
+    // features and environment), so every registry dependency is this run's own and only the
+    // copy's workspace crates compile; then run the new plugin's test binary. Building only
+    // its test target would resolve other features (no dev-dependencies of the other crates)
+    // and rebuild the burn stack.
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // With the features the test run was built with (`LMLAB_TEST_FEATURES`, set by
-    // `cargo xtask test --tch`), or it would build the burn stack a second time.
-    let mut cmd = Command::new(&cargo);
+    let mut cmd = cargo();
     cmd.current_dir(tmp.path())
         .env("CARGO_TARGET_DIR", &target)
-        .args(["test", "--workspace", "--test", "verifier"]);
+        .args([
+            "test",
+            "--workspace",
+            "--no-run",
+            "--message-format",
+            "json",
+        ]);
+    // With the features the test run was built with (`LMLAB_TEST_FEATURES`, set by
+    // `cargo xtask test --tch`).
     if let Ok(features) = std::env::var("LMLAB_TEST_FEATURES") {
         cmd.args(["--features", &features]);
     }
-    let out = cmd
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let demo_test = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|m| {
+            m["target"]["name"] == "verifier"
+                && m["manifest_path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("plugins/demo/Cargo.toml"))
+        })
+        .and_then(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("the demo plugin's test binary was built");
+    let out = Command::new(demo_test)
         .args([
-            "--",
             "--test-threads=2",
             "demo_scores_the_least_likely_response_token",
         ])

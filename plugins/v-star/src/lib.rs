@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 
-use lmlab_sdk::eval::{best_of_k_of, ks, majority_of, pass_at_1, pass_at_k_of};
+use lmlab_sdk::eval::{best_of_k_of, ks, majority_and_oracle, pass_at_1};
 use lmlab_sdk::experiment::{Experiment, Seed, UnitCx, seeds};
 use lmlab_sdk::fit::FitSummary;
 use lmlab_sdk::lm::Tokenizer;
@@ -35,7 +35,7 @@ use lmlab_sdk::report::{
 };
 use lmlab_sdk::rng::rng;
 use lmlab_sdk::stages::{SUMMARY_WINDOW, Stages};
-use lmlab_sdk::tasks::{TextProblem, TextTask, answers_equal, prompt_text, training_text};
+use lmlab_sdk::tasks::{TextProblem, TextTask, prompt_text, training_text};
 use lmlab_sdk::train::Stage;
 use lmlab_sdk::verifiers::Likelihood;
 use lmlab_sdk::{
@@ -141,11 +141,6 @@ struct Parts {
     tokenizer: Tokenizer,
 }
 
-/// The sampling streams of each call (as the first implementation drew them).
-fn stream(s: u64) -> u64 {
-    s.wrapping_mul(1_000_003)
-}
-
 /// The train and test problems.
 type Data<'a> = (&'a [TextProblem], &'a [TextProblem]);
 
@@ -185,9 +180,9 @@ impl VStar {
             seed,
             ..Default::default()
         };
-        let (obj, stage, s) = (p.objective.as_ref(), &cfg.generator, |i: u64| {
-            stream(seed * 100 + i)
-        });
+        let (obj, stage) = (p.objective.as_ref(), &cfg.generator);
+        // The sampling stream of each call (as the first implementation drew them).
+        let s = |i: u64| (seed * 100 + i).wrapping_mul(1_000_003);
 
         // 1. G_SFT, and one round: T·k samples per query problem from it (its first k per
         //    problem are iteration 1's); RFT fine-tunes once on D_SFT ∪ the correct ones.
@@ -251,11 +246,9 @@ impl VStar {
         curve(UNTRAINED, &cand, g_sft_likelihood.scores(test, &cand)?);
         curve(VSTAR1, &cand_rft, v1.model.scores(test, &cand_rft)?);
         curve(ORM, &cand, orm.model.scores(test, &cand)?);
-        let right = |pi: usize, a: &str| answers_equal(a, &test[pi].answer);
-        let majority = majority_of(&cand, n, right, &kk, cfg.majority_subsets, seed);
-        res.curves.insert(MAJORITY.into(), majority);
+        let [majority, oracle] = majority_and_oracle(&cand, test, &kk, cfg.majority_subsets, seed);
         res.curves
-            .insert(ORACLE.into(), pass_at_k_of(&cand, n, &kk));
+            .extend([(MAJORITY.into(), majority), (ORACLE.into(), oracle)]);
         for (name, c) in [(SFT, &cand_sft), (RFT, &cand_rft), (STAR, &cand)] {
             res.pass1.insert(name.into(), pass_at_1(c));
         }
@@ -384,21 +377,16 @@ impl VStar {
             "seconds",
         ];
         let mut t = Table::new(cols);
+        let list = |v: Vec<String>| v.join(", ");
         for r in results {
-            let acc: Vec<String> = r.train_accuracy.iter().map(|a| pct.num(*a) + "%").collect();
-            let d_gen: Vec<String> = r.d_gen.iter().map(|n| n.to_string()).collect();
-            let v_acc = r
-                .verifier_accuracy
-                .map_or("–".into(), |a| format!("{a:.2}"));
-            let pairs = [r.d_pref, r.d_pref_one_round].map(|x| x.to_string());
-            let [a, b] = pairs;
             t.row([
                 r.seed.to_string(),
-                acc.join(", "),
-                d_gen.join(", "),
-                a,
-                b,
-                v_acc,
+                list(r.train_accuracy.iter().map(|a| pct.num(*a) + "%").collect()),
+                list(r.d_gen.iter().map(|n| n.to_string()).collect()),
+                r.d_pref.to_string(),
+                r.d_pref_one_round.to_string(),
+                r.verifier_accuracy
+                    .map_or("–".into(), |a| format!("{a:.2}")),
                 format!("{:.0}", r.seconds),
             ]);
         }
@@ -455,11 +443,7 @@ lmlab_sdk::register_component! {
     config: VStarConfig,
     build: |config: VStarConfig, _ctx| {
         use lmlab_sdk::registry::ConfigError;
-        let positive = [("rounds", config.rounds), ("sft_problems", config.sft_problems), ("query_problems", config.query_problems), ("test_problems", config.test_problems), ("majority_subsets", config.majority_subsets)];
-        if let Some((f, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(ConfigError::field(*f, "must be at least 1").into());
-        }
-        if config.seeds.is_empty() { return Err(ConfigError::field("seeds", "give at least one seed").into()); }
+        ConfigError::at_least_one(&[("seeds", config.seeds.len()), ("rounds", config.rounds), ("sft_problems", config.sft_problems), ("query_problems", config.query_problems), ("test_problems", config.test_problems), ("majority_subsets", config.majority_subsets)])?;
         if config.rounds > 10 { return Err(ConfigError::field("rounds", "must be between 1 and 10").into()); }
         config.generator.validate().map_err(|e| e.within("generator"))?;
         Ok(Box::new(VStar { config }) as Box<dyn Scheduler>)

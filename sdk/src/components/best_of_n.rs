@@ -13,7 +13,7 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{auroc_of, best_of_k_of, ks, majority_of, pass_at_1, pass_at_k_of};
+use crate::eval::{auroc_of, best_of_k_of, ks, majority_and_oracle, pass_at_1};
 use crate::experiment::{Experiment, Seed, UnitCx, seeds};
 use crate::fit::FitSummary;
 use crate::policy::{PolicyInit, Sequence};
@@ -21,7 +21,7 @@ use crate::report::{Claim, Curves, Fmt, claims_table, fits_table, footer, per_se
 use crate::reward::{Preference, RewardSpec};
 use crate::rng::rng;
 use crate::stages::Stages;
-use crate::tasks::{TextProblem, TextTask, answers_equal, prompt_text, training_text};
+use crate::tasks::{TextProblem, TextTask, prompt_text, training_text};
 use crate::train::Stage;
 use crate::verifier::{Candidate, VerifierSpec};
 use crate::{Components, Objective, Role, RunContext, Sampler, Scheduler};
@@ -189,13 +189,10 @@ impl BestOfN {
         if let (Some(rm), Some(spec)) = (&rm, &p.reward) {
             rank(spec.label(), rm.model.rewards(test, &test_cands)?);
         }
-        let right = |pi: usize, a: &str| answers_equal(a, &test[pi].answer);
-        res.curves.insert(
-            MAJORITY.into(),
-            majority_of(&test_cands, n, right, &kk, cfg.majority_subsets, seed),
-        );
+        let subsets = cfg.majority_subsets;
+        let [majority, oracle] = majority_and_oracle(&test_cands, test, &kk, subsets, seed);
         res.curves
-            .insert(ORACLE.into(), pass_at_k_of(&test_cands, n, &kk));
+            .extend([(MAJORITY.into(), majority), (ORACLE.into(), oracle)]);
         res.fits = st.fits;
         res.seconds = started.elapsed().as_secs_f64();
         Ok(res)
@@ -336,8 +333,7 @@ crate::register_component! {
     config: BestOfNConfig,
     build: |config: BestOfNConfig, _ctx| {
         use crate::registry::ConfigError;
-        if config.seeds.is_empty() { return Err(ConfigError::field("seeds", "give at least one seed").into()); }
-        if config.test_problems == 0 { return Err(ConfigError::field("test_problems", "must be at least 1").into()); }
+        ConfigError::at_least_one(&[("seeds", config.seeds.len()), ("test_problems", config.test_problems), ("majority_subsets", config.majority_subsets)])?;
         if config.sft.steps > 0 { config.sft.validate().map_err(|e| e.within("sft"))?; }
         Ok(Box::new(BestOfN { config }) as Box<dyn Scheduler>)
     },
