@@ -17,30 +17,12 @@ pub fn lmlab() -> Command {
     c
 }
 
+#[path = "../../xtask/src/crate_env.rs"]
+mod crate_env;
 /// A `cargo` command for a test that builds, without the variables cargo set for this test's
-/// crate (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, ...): build scripts that read them through `cc`
-/// (ring, torch-sys) would rerun and the dependency stack be rebuilt. `cargo xtask test`
-/// builds the suite without them too.
-pub fn cargo() -> Command {
-    const SET_BY_CARGO: [&str; 7] = [
-        "CARGO_PKG_",
-        "CARGO_MANIFEST_",
-        "CARGO_CRATE_",
-        "CARGO_BIN_",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-        "CARGO_RUSTC_CURRENT_DIR",
-    ];
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    for (k, _) in std::env::vars_os() {
-        if k.to_str()
-            .is_some_and(|k| SET_BY_CARGO.iter().any(|p| k.starts_with(p)))
-        {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
+/// crate (see [`crate_env::is_crate_env`]).
+#[allow(unused_imports)] // not every test binary starts cargo
+pub use crate_env::cargo_cmd as cargo;
 
 /// Runs and returns (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {

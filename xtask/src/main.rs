@@ -23,6 +23,7 @@
 //! Runner commands build the `lmlab` binary in release (recipes train models: they should be
 //! fast) and run it from the workspace root, so runs land in `runs/`.
 
+mod crate_env;
 mod perf;
 mod scaffold;
 
@@ -101,7 +102,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 features = vec!["--features", "lmlab/tch"];
             }
             let nextest = |extra: &[&str], device: Option<&str>| -> anyhow::Result<bool> {
-                let mut cmd = cargo_cmd();
+                let mut cmd = crate_env::cargo_cmd();
                 cmd.current_dir(&root)
                     .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                     .args(&features)
@@ -125,7 +126,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 eprintln!("the SDK's tests again, on tch:cpu (LMLAB_TEST_DEVICE=tch:cpu)");
                 ok &= nextest(&["-E", "package(lmlab-sdk)"], Some("tch:cpu"))?;
             }
-            let status = cargo_cmd()
+            let status = crate_env::cargo_cmd()
                 .current_dir(&root)
                 .args(["test", "--workspace", "--doc"])
                 .args(&features)
@@ -159,34 +160,6 @@ fn code_of(status: std::process::ExitStatus) -> ExitCode {
 
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
-/// Whether `name` is one of the variables cargo sets for a crate it runs (`cargo xtask` runs
-/// this one; a test inherits its own). Build scripts that read them through `cc` (ring,
-/// torch-sys) rerun when one changes, so a cargo started with them set rebuilds the
-/// dependency stack: the test suite is built, and builds, without them.
-fn is_crate_env(name: &str) -> bool {
-    const SET_BY_CARGO: [&str; 7] = [
-        "CARGO_PKG_",
-        "CARGO_MANIFEST_",
-        "CARGO_CRATE_",
-        "CARGO_BIN_",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-        "CARGO_RUSTC_CURRENT_DIR",
-    ];
-    SET_BY_CARGO.iter().any(|p| name.starts_with(p))
-}
-
-/// A cargo command without [`is_crate_env`]'s variables.
-fn cargo_cmd() -> Command {
-    let mut cmd = Command::new(cargo());
-    for (k, _) in std::env::vars_os() {
-        if k.to_str().is_some_and(is_crate_env) {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
 }
 
 /// Builds the runner (release unless `LMLAB_PROFILE=dev`) and runs it with `args`.

@@ -33,30 +33,9 @@ fn copy_workspace(to: &Path) {
     }
 }
 
-/// A `cargo` command without the variables cargo set for this test's crate
-/// (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, ...): build scripts that read them through `cc` (ring,
-/// torch-sys) would rerun and rebuild the dependency stack (`cargo xtask test` builds the
-/// suite without them).
-fn cargo() -> Command {
-    const SET_BY_CARGO: [&str; 7] = [
-        "CARGO_PKG_",
-        "CARGO_MANIFEST_",
-        "CARGO_CRATE_",
-        "CARGO_BIN_",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-        "CARGO_RUSTC_CURRENT_DIR",
-    ];
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    for (k, _) in std::env::vars_os() {
-        if k.to_str()
-            .is_some_and(|k| SET_BY_CARGO.iter().any(|p| k.starts_with(p)))
-        {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
+#[path = "../src/crate_env.rs"]
+mod crate_env;
+use crate_env::cargo_cmd as cargo;
 
 #[test]
 fn scaffolded_plugin_builds_registers_and_passes_its_test() {
