@@ -60,48 +60,28 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
     let manifest = std::fs::read_to_string(tmp.path().join("Cargo.toml")).unwrap();
     assert!(manifest.contains("lmlab-plugin-demo = { path = \"plugins/demo\" }"));
 
-    // Build what the whole test run builds (`--workspace`, all test targets, the same
-    // features and environment), so every registry dependency is this run's own and only the
-    // copy's workspace crates compile; then run the new plugin's test binary. Building only
-    // its test target would resolve other features (no dev-dependencies of the other crates)
-    // and rebuild the burn stack.
+    // Build as the whole workspace does (same feature unification), so this workspace's
+    // compiled dependencies are reused, and run the new plugin's test (only the `verifier`
+    // test targets: the other tests already ran in this test run).
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
+    // With the features the test run was built with (`LMLAB_TEST_FEATURES`, set by
+    // `cargo xtask test --tch`), and without the variables cargo set for this test (see
+    // `crate_env`), or the torch-sys build script would rerun. Building only the `verifier`
+    // targets still resolves some dependencies' features differently (no dev-dependencies
+    // of the other crates), so part of the burn stack is built once more, under its own hashes:
+    // building the whole copy instead would overwrite this run's own test binaries.
     let mut cmd = cargo();
     cmd.current_dir(tmp.path())
         .env("CARGO_TARGET_DIR", &target)
-        .args([
-            "test",
-            "--workspace",
-            "--no-run",
-            "--message-format",
-            "json",
-        ]);
-    // With the features the test run was built with (`LMLAB_TEST_FEATURES`, set by
-    // `cargo xtask test --tch`).
+        .args(["test", "--workspace", "--test", "verifier"]);
     if let Ok(features) = std::env::var("LMLAB_TEST_FEATURES") {
         cmd.args(["--features", &features]);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let demo_test = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|m| {
-            m["target"]["name"] == "verifier"
-                && m["manifest_path"]
-                    .as_str()
-                    .is_some_and(|p| p.ends_with("plugins/demo/Cargo.toml"))
-        })
-        .and_then(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("the demo plugin's test binary was built");
-    let out = Command::new(demo_test)
+    let out = cmd
         .args([
+            "--",
             "--test-threads=2",
             "demo_scores_the_least_likely_response_token",
         ])
