@@ -24,7 +24,7 @@ use lmlab::tasks::TextProblem;
 use lmlab::train::Trainer;
 use lmlab::verifiers::ValueHead;
 use lmlab::{Objective, RewardModel, Split};
-use lmlab_plugin_async_rlhf::toy_tldr::{Document, ToyTldrConfig, ToyTldrTask};
+use lmlab_sdk::tasks::toy_tldr::{Document, ToyTldrConfig, ToyTldrTask};
 
 /// A table of the `async-rlhf` recipe, so the bench measures the shapes the recipe runs.
 fn recipe_table<T: lmlab::serde::de::DeserializeOwned>(path: &[&str]) -> T {

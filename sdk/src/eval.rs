@@ -37,6 +37,13 @@ pub fn pass_at_1(candidates: &[Candidate]) -> f64 {
     candidates.iter().filter(|c| c.correct).count() as f64 / candidates.len().max(1) as f64
 }
 
+/// The correct candidates' token sequences (prompt and response ids): the fine-tuning data of
+/// rejection sampling (RFT, STaR, V-STaR's D_GEN).
+pub fn correct_sequences(candidates: &[Candidate]) -> Vec<crate::Sequence> {
+    let correct = candidates.iter().filter(|c| c.correct);
+    correct.map(|c| c.completion.sequence()).collect()
+}
+
 fn mean_of(values: impl Iterator<Item = f64>) -> f64 {
     let (mut sum, mut n) = (0.0, 0usize);
     for v in values {

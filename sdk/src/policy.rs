@@ -239,4 +239,11 @@ pub trait PolicyInit: Send + Sync {
 
     /// One line for a summary ("a 162K-parameter Llama trained from scratch").
     fn describe(&self, params: usize) -> String;
+
+    /// [`describe`](Self::describe) with the parameter count of the policy this builds with
+    /// `tokenizer` (one initialisation on the CPU, from a fixed seed).
+    fn summary(&self, tokenizer: &Tokenizer) -> anyhow::Result<String> {
+        let policy = self.init(tokenizer, &mut crate::rng::rng(0, 0), &Device::flex())?;
+        Ok(self.describe(policy.params()))
+    }
 }

@@ -76,6 +76,18 @@ pub struct Likelihood {
     pub batch: usize,
 }
 
+impl Likelihood {
+    /// The summed log-probability under `policy`, as `likelihood`'s defaults score it.
+    pub fn summed(policy: LmPolicy) -> Self {
+        let LikelihoodConfig { per_token, batch } = LikelihoodConfig::default();
+        Self {
+            policy,
+            per_token,
+            batch,
+        }
+    }
+}
+
 impl Verifier for Likelihood {
     fn scores(&self, _: &[TextProblem], candidates: &[Candidate]) -> anyhow::Result<Vec<f32>> {
         let seqs = sequences(candidates);

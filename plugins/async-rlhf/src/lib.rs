@@ -22,8 +22,6 @@
 //! round (`G`, `T`), the async speed-up against the theoretical `(G + T) / max(G, T)`, and the
 //! win rate vs KL of each method as `N` grows, with each claim tested and its verdict.
 
-pub mod toy_tldr;
-
 use std::sync::Arc;
 
 use lmlab_sdk::experiment::{Experiment, Seed, Unit, UnitCx, seeds};
@@ -42,7 +40,7 @@ use lmlab_sdk::{Components, Role, RunContext, Scheduler, Sequence, Split};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::toy_tldr::{Document, ToyTldrTask};
+use lmlab_sdk::tasks::toy_tldr::{self, Document, ToyTldrTask};
 
 const WHO: &str = "scheduler `async-rlhf`";
 
@@ -265,7 +263,8 @@ impl Scheduler for AsyncRlhf {
         let (bases, out) = Experiment::new("run").grouped(ctx, "seed", &groups, setup, run)?;
         let bases: Vec<&Base> = bases.iter().map(|b| &b.1.base).collect();
         let results: Vec<RunResult> = out.results.into_iter().map(|r| r.1).collect();
-        self.report(ctx, &r, &bases, &results, [r.params()?, out.computed])
+        let policy = r.init.summary(&r.tokenizer)?;
+        self.report(ctx, &r, &bases, &results, (policy, out.computed))
     }
 }
 
@@ -281,13 +280,12 @@ impl AsyncRlhf {
         p: &Rlhf,
         bases: &[&Base],
         results: &[RunResult],
-        [params, computed]: [usize; 2],
+        (policy, computed): (String, usize),
     ) -> anyhow::Result<()> {
         let (cfg, pct) = (&self.config, Fmt::Percent(1));
         let seeds: std::collections::BTreeSet<u64> = results.iter().map(|r| r.seed).collect();
         let setup = format!(
-            "Policy: {}, SFT on corrupted reference summaries; reward model: {}; evaluated by the gold reward on {} held-out documents. Seeds: {seeds:?}.",
-            p.init.describe(params),
+            "Policy: {policy}, SFT on corrupted reference summaries; reward model: {}; evaluated by the gold reward on {} held-out documents. Seeds: {seeds:?}.",
             p.reward.label(),
             cfg.eval_prompts
         );

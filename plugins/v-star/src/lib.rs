@@ -1,31 +1,8 @@
-//! lmlab plugin `v-star`: V-STaR (Hosseini et al., 2024, "V-STaR: Training Verifiers for
-//! Self-Taught Reasoners") and its baselines, in one scheduler.
-//!
-//! For each seed, from the recipe's `[policy]` `G_base` (a fresh initialisation by default):
-//!
-//! 1. **SFT.** `G_SFT ← SFT(G_base, D_SFT)` on the reference solutions.
-//! 2. **Iterations** `t = 1..T` (STaR†, the generator side of V-STaR):
-//!    `G^t ← SFT(G_base, D_GEN)` (always from the base; `G^1 = G_SFT`), sample `k` solutions
-//!    per query problem with the `[sampler]`, label each with the task's checker, add the
-//!    correct ones to `D_GEN` and all of them to `D_VER`.
-//! 3. **Verifier.** The `[verifier]` is fitted from `G_SFT` on `D_VER` (`dpo` in the paper:
-//!    DPO with reference `G_SFT` on every {correct} × {incorrect} pair of each problem).
-//! 4. **Test.** The `[test_sampler]` draws `N` candidates per test problem from the final
-//!    generator `G^T`; Best-of-k ranks them by the verifier.
-//!
-//! Baselines with the same sample budget, in the same run: SFT pass@1; RFT (one round: `T·k`
-//! samples per problem from `G_SFT` at once, a generator fine-tuned on the correct ones,
-//! pass@1); STaR pass@1 (`G^T`); majority vote over `G^T`'s candidates; the `[orm]` (an
-//! outcome-supervised reward model) ranking them; `G_SFT`'s own log-likelihood (the verifier
-//! before training); and V-STaR[1 round] (the `[verifier]` fitted on the one-round samples,
-//! ranking the RFT generator's candidates).
-//!
-//! Sampling, the verifiers, Best-of-k, the seed loop and the report are the SDK's; this plugin
-//! holds the algorithm, its configuration and its claims.
+#![doc = include_str!("../README.md")]
 
 use std::collections::BTreeMap;
 
-use lmlab_sdk::eval::{best_of_k_of, ks, majority_and_oracle, pass_at_1};
+use lmlab_sdk::eval::{best_of_k_of, correct_sequences, ks, majority_and_oracle, pass_at_1};
 use lmlab_sdk::experiment::{Experiment, Seed, UnitCx, seeds};
 use lmlab_sdk::fit::FitSummary;
 use lmlab_sdk::lm::Tokenizer;
@@ -144,13 +121,6 @@ struct Parts {
 /// The train and test problems.
 type Data<'a> = (&'a [TextProblem], &'a [TextProblem]);
 
-fn correct(c: &[Candidate]) -> Vec<Sequence> {
-    c.iter()
-        .filter(|c| c.correct)
-        .map(|c| c.completion.sequence())
-        .collect()
-}
-
 impl VStar {
     fn run_seed(
         &self,
@@ -189,7 +159,8 @@ impl VStar {
         let g_sft = st.sft(&base, obj, &d_sft, stage, SFT)?;
         let (k, t) = (p.sampler.n().unwrap_or(1), cfg.rounds);
         let one_round = st.draw(p.sampler.scaled(t).as_ref(), &g_sft, queries, s(1), "SFT")?;
-        let rft_data: Vec<Sequence> = d_sft.iter().cloned().chain(correct(&one_round)).collect();
+        let mut rft_data = d_sft.clone();
+        rft_data.extend(correct_sequences(&one_round));
         let g_rft = st.sft(&base, obj, &rft_data, stage, RFT)?;
 
         // 2. Iterations (STaR†); candidates keep their query problem's index, so they group in
@@ -197,11 +168,8 @@ impl VStar {
         let (mut d_gen, mut d_ver, mut g_t) = (d_sft.clone(), Vec::new(), g_sft.clone());
         for round in 1..=t {
             let samples: Vec<Candidate> = if round == 1 {
-                let first_k = one_round
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| i % (k * t) < k);
-                first_k.map(|x| x.1.clone()).collect()
+                let first_k = |(i, c): (usize, &Candidate)| (i % (k * t) < k).then(|| c.clone());
+                one_round.iter().enumerate().filter_map(first_k).collect()
             } else {
                 g_t = st.sft(&base, obj, &d_gen, stage, &format!("generator {round}"))?;
                 st.draw(
@@ -213,7 +181,7 @@ impl VStar {
                 )?
             };
             res.train_accuracy.push(pass_at_1(&samples));
-            d_gen.extend(correct(&samples));
+            d_gen.extend(correct_sequences(&samples));
             res.d_gen.push(d_gen.len());
             d_ver.extend(samples);
         }
@@ -233,11 +201,7 @@ impl VStar {
         let cand_sft = st.draw(ts, &g_sft, test, s(51), "test (SFT)")?;
         let cand_rft = st.draw(ts, &g_rft, test, s(52), "test (RFT)")?;
         let cand = st.draw(ts, &g_t, test, s(53), "test (STaR)")?;
-        let g_sft_likelihood = Likelihood {
-            policy: g_sft.inference(),
-            per_token: false,
-            batch: 256,
-        };
+        let g_sft_likelihood = Likelihood::summed(g_sft.inference());
         let (n, kk) = (test.len(), ks(ts.n().unwrap_or(1)));
         let mut curve = |name: &str, c: &[Candidate], v: Vec<f32>| {
             res.curves.insert(name.into(), best_of_k_of(c, n, &v, &kk));
@@ -278,8 +242,7 @@ impl Scheduler for VStar {
         let cfg = self.config.clone();
         let task: Box<TextTask> = c.take("task", WHO)?;
         let (train, test) = lmlab_sdk::task::train_and_test(task.as_ref(), WHO)?;
-        let need = cfg.query_problems.max(cfg.sft_problems);
-        let have = train.len();
+        let (have, need) = (train.len(), cfg.query_problems.max(cfg.sft_problems));
         anyhow::ensure!(
             have >= need,
             "{WHO}: {have} training problems, {need} needed"
@@ -299,13 +262,7 @@ impl Scheduler for VStar {
             verifier: c.take("verifier", WHO)?,
             orm: c.take("orm", WHO)?,
         };
-        let sizes = [
-            p.init
-                .init(&p.tokenizer, &mut rng(0, 1), &ctx.device)?
-                .params(),
-            train.len(),
-            test.len(),
-        ];
+        let sizes = (p.init.summary(&p.tokenizer)?, train.len(), test.len());
         let units = seeds(ctx.seed, &cfg.seeds);
         let data = (train.as_slice(), test.as_slice());
         let out = Experiment::new("seed").run(ctx, &units, |u: &Seed, cx| {
@@ -323,7 +280,7 @@ impl VStar {
         p: &Parts,
         results: &[SeedResult],
         computed: usize,
-        sizes: [usize; 3],
+        sizes: (String, usize, usize),
     ) -> anyhow::Result<()> {
         let (cfg, pct, mean) = (&self.config, Fmt::Percent(1), |x: &[f64]| mean_std(x).0);
         let kk = ks(p.test_sampler.n().unwrap_or(1));
@@ -333,27 +290,19 @@ impl VStar {
         let path = ctx.run.plots_dir().join("best_of_k.svg");
         curves.plot(&path, "Best-of-k on held-out problems", "accuracy", &flat)?;
 
-        let (n, [params, n_train, n_test]) = (kk.last().copied().unwrap_or(1), sizes);
+        let (n, (policy, n_train, n_test)) = (kk.last().copied().unwrap_or(1), sizes);
         let seed_list: Vec<u64> = results.iter().map(|r| r.seed).collect();
         let mut s = format!(
-            "# {} — V-STaR: verifiers for self-taught reasoners\n\n",
-            ctx.recipe
-        );
-        let setup = format!(
-            "Generator: {}. {n_train} training problems ({} with reference solutions in D_SFT, {} sampled per iteration), {n_test} held-out test problems. T = {}, k = {}, N = {n}.",
-            p.init.describe(params),
+            "# {} — V-STaR: verifiers for self-taught reasoners\n\nGenerator: {policy}. {n_train} training problems ({} with reference solutions in D_SFT, {} sampled per iteration), {n_test} held-out test problems. T = {}, k = {}, N = {n}. Verifier: `{}` ({}); ORM baseline: `{}`. Seeds: {seed_list:?}.\n\n",
+            ctx.recipe,
             cfg.sft_problems,
             cfg.query_problems,
             cfg.rounds,
-            p.sampler.n().unwrap_or(1)
-        );
-        let parts = format!(
-            "Verifier: `{}` ({}); ORM baseline: `{}`. Seeds: {seed_list:?}.",
+            p.sampler.n().unwrap_or(1),
             p.names[0],
             p.verifier.label(),
             p.names[1]
         );
-        s += &format!("{setup} {parts}\n\n");
         s += "Differences from the paper, all of scale: the base model is trained from scratch (not a pretrained LLaMA 2), fine-tuning updates every weight (not LoRA), each iteration samples the first `query_problems` training problems (the paper samples all of them), and the task is generated arithmetic rather than GSM8K or MBPP. The algorithm, the DPO loss, the verifier's score (log V(ŷ|x)) and the metrics follow the paper. Pass@1 is the fraction of correct candidates among the N samples; majority vote@k averages `majority_subsets` random k-subsets per problem.\n\n";
         let rows = GENERATORS.map(|(m, _)| (m, vec![pass1(m)]));
         let table = stat_table(&["generator", "pass@1 (%)"], rows, pct);
@@ -398,19 +347,19 @@ impl VStar {
         let (v0, vn) = (curves.mean(VSTAR, 0), curves.mean(VSTAR, last));
         let (o0, on) = (curves.mean(ORM, 0), curves.mean(ORM, last));
         let rises = vn >= v0 && (on < curves.best(ORM) || (on - o0) < (vn - v0));
-        let beats = |what: String, other: Vec<f64>| Claim::paired(what, &at(VSTAR), &other, pct);
+        let beats = |what: String, other: Vec<f64>| {
+            let what = format!("V-STaR Best-of-{n} beats {what}");
+            Claim::paired(what, &at(VSTAR), &other, pct)
+        };
         let [v0, vn, o0, on, ob] = [v0, vn, o0, on, curves.best(ORM)].map(|x| pct.num(x));
         let shape =
             format!("V-STaR {v0}% → {vn}%, ORM {o0}% → {on}% (best {ob}%) from k = 1 to {n}");
         let claims = [
-            beats(format!("V-STaR Best-of-{n} beats STaR pass@1"), pass1(STAR)),
+            beats("STaR pass@1".into(), pass1(STAR)),
+            beats(format!("majority vote@{n}"), at(MAJORITY)),
+            beats(format!("ORM Best-of-{n}"), at(ORM)),
             beats(
-                format!("V-STaR Best-of-{n} beats majority vote@{n}"),
-                at(MAJORITY),
-            ),
-            beats(format!("V-STaR Best-of-{n} beats ORM Best-of-{n}"), at(ORM)),
-            beats(
-                format!("iterating beats one round (V-STaR vs V-STaR[1 round], Best-of-{n})"),
+                format!("V-STaR[1 round] Best-of-{n} (iterating beats one round)"),
                 at(VSTAR1),
             ),
             Claim::check(
@@ -420,7 +369,7 @@ impl VStar {
             ),
             beats(
                 format!(
-                    "(sanity check, not a paper claim) training improves the verifier over its initialisation, G_SFT's own log-likelihood, at Best-of-{n}"
+                    "its initialisation, G_SFT's own log-likelihood, at Best-of-{n} (sanity check of the verifier's training, not a paper claim)"
                 ),
                 at(UNTRAINED),
             ),

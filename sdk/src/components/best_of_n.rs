@@ -233,10 +233,7 @@ impl Scheduler for BestOfN {
             verifier: c.take("verifier", WHO)?,
             reward: c.take_optional("reward_model", WHO)?,
         };
-        let params = p
-            .init
-            .init(&p.tokenizer, &mut rng(0, 1), &ctx.device)?
-            .params();
+        let policy = p.init.summary(&p.tokenizer)?;
         let units = seeds(ctx.seed, &cfg.seeds);
         let data = (train.as_slice(), test.as_slice());
         let out = Experiment::new("seed").run(ctx, &units, |u: &Seed, cx| {
@@ -266,7 +263,7 @@ impl Scheduler for BestOfN {
         writeln!(
             s,
             "Policy: {}. {} held-out problems, N = {}; rankers fitted on the candidates of {} training problems. Seeds: {:?}.\n",
-            p.init.describe(params),
+            policy,
             test.len(),
             kk.last().unwrap_or(&1),
             cfg.fit_problems.min(train.len()),

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::experiment::UnitCx;
@@ -147,14 +146,6 @@ impl Rlhf {
         let mut ids = self.tokenizer.encode(text, false);
         ids.push(self.tokenizer.eos());
         ids
-    }
-
-    /// The policy's parameter count.
-    pub fn params(&self) -> anyhow::Result<usize> {
-        Ok(self
-            .init
-            .init(&self.tokenizer, &mut crate::rng::rng(0, 0), &Device::flex())?
-            .params())
     }
 
     /// The gold judge of the evaluation problems.

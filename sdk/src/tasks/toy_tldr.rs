@@ -9,10 +9,13 @@
 //! Reference ("human") summaries are ideal ones corrupted at `reference_corruption`; preference
 //! pairs are two corruptions of the ideal at random rates, labelled by a Bradley–Terry draw on
 //! their gold rewards.
+//!
+//! Both RLHF papers on TL;DR summarisation (asynchronous off-policy RLHF, the PPO
+//! implementation details) run on it at CPU scale.
 
-use lmlab_sdk::rng::{Rng, rng};
-use lmlab_sdk::tasks::TextProblem;
-use lmlab_sdk::{Split, Task};
+use crate::rng::{Rng, rng};
+use crate::tasks::TextProblem;
+use crate::{Split, Task};
 use rand::Rng as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -323,14 +326,14 @@ impl Task for ToyTldrTask {
     }
 }
 
-lmlab_sdk::register_component! {
+crate::register_component! {
     kind: Task,
     name: "toy-tldr",
     description: "generated summarisation: copy a document's marked key letters in order; gold reward = key F1 − length penalty, −1 without EOS; corrupted references and Bradley–Terry-labelled preferences",
     config: ToyTldrConfig,
     build: |config: ToyTldrConfig, ctx| {
         config.validate().map_err(|(f, m)| -> anyhow::Error {
-            lmlab_sdk::registry::ConfigError { field: Some(f.into()), message: m }.into()
+            crate::registry::ConfigError { field: Some(f.into()), message: m }.into()
         })?;
         Ok(Box::new(ToyTldrTask::new(config, ctx.seed)) as Box<ToyTldrTask>)
     },
