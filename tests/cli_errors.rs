@@ -351,3 +351,38 @@ mod wiring {
         );
     }
 }
+
+#[test]
+fn out_of_range_sampling_flags_are_refused_before_the_model_loads() {
+    // The model does not exist: each flag is refused first, naming it and its range.
+    for (flag, value, needle) in [
+        ("--top-p", "0", "--top-p must be in (0, 1]"),
+        ("--top-p", "1.5", "--top-p must be in (0, 1]"),
+        (
+            "--temperature",
+            "-0.5",
+            "--temperature must be 0 (greedy) or positive",
+        ),
+        (
+            "--temperature",
+            "NaN",
+            "--temperature must be 0 (greedy) or positive",
+        ),
+        ("--top-k", "0", "--top-k must be at least 1"),
+    ] {
+        let out = run(lmlab().args(["generate", "--model", "no-such-model.gguf", flag, value]));
+        assert_user_error(&out, &[needle]);
+    }
+    // The two length flags are two meanings of one limit: give one.
+    let (code, _, err) = run(lmlab().args([
+        "generate",
+        "--model",
+        "no-such-model.gguf",
+        "--max-tokens",
+        "5",
+        "--max-new-tokens",
+        "3",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-new-tokens"), "{err}");
+}

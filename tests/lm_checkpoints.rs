@@ -72,6 +72,23 @@ fn stories260k_ids_start_with_bos_and_prompts_are_encoded() {
     let prompt = tok.encode("Once upon a time", true, false);
     assert_eq!(&ids[..prompt.len()], &prompt[..]);
     assert_eq!(tok.decode(&prompt[1..], true), "Once upon a time");
+    // `--max-new-tokens` counts only what follows the prompt (OpenAI's and HF's meaning); the
+    // same greedy tokens as `--max-tokens` gives.
+    let (code, out, err) = run(lmlab()
+        .args([
+            "generate",
+            "--max-new-tokens",
+            "7",
+            "--temperature",
+            "0",
+            "--ids",
+        ])
+        .args(["--prompt", "Once upon a time", "--model"])
+        .arg(&model));
+    assert_eq!(code, 0, "{err}");
+    let new: Vec<u32> = out.split_whitespace().map(|s| s.parse().unwrap()).collect();
+    assert_eq!(new.len(), prompt.len() + 7, "the prompt and 7 new tokens");
+    assert_eq!(new[..], ids[..new.len()]);
 }
 
 #[test]

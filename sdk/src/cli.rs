@@ -134,8 +134,12 @@ pub struct GenerateArgs {
     /// tokens (BOS counted) gets up to `N − p + 1` new tokens. 0: the model's context length.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
+    /// New tokens to generate after the prompt, as OpenAI's and Hugging Face's
+    /// `max_new_tokens` (instead of --max-tokens); the context length still bounds them.
+    #[arg(long, conflicts_with = "max_tokens")]
+    pub max_new_tokens: Option<usize>,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Nucleus sampling threshold.
     #[arg(long)]
@@ -533,6 +537,17 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
 fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     use crate::lm::load::{Loaded, load, load_quantized};
 
+    // Refused before the model loads: the sampling flags, as a recipe's are checked.
+    let sampling = crate::SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        ..Default::default()
+    };
+    sampling.validate().map_err(|e| {
+        let flag = e.field.as_deref().unwrap_or("").replace('_', "-");
+        Error::Usage(format!("--{flag} {}", e.message))
+    })?;
     let tok = args.tokenizer.as_deref();
     match parse_weights(&args.weights, &args.device)? {
         None => {
@@ -592,11 +607,16 @@ fn generation_inputs<M>(
     } else {
         args.max_tokens
     };
+    let room = (context + 1).saturating_sub(prompt.len());
+    let max_new_tokens = match args.max_new_tokens {
+        Some(n) => n.min(room),
+        None => (limit + 1).saturating_sub(prompt.len()),
+    };
     let params = crate::SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,
-        max_new_tokens: (limit + 1).saturating_sub(prompt.len()),
+        max_new_tokens,
         n: 1,
         stop: Vec::new(),
         seed: args.seed,

@@ -40,6 +40,30 @@ impl Default for SamplingParams {
     }
 }
 
+impl SamplingParams {
+    /// Errors naming the field when these cannot sample: a negative or non-finite
+    /// temperature, `top_k = 0`, `top_p` outside (0, 1], `n = 0`. Every place that takes
+    /// sampling settings from a user (recipes, `lmlab generate`, served requests) checks them
+    /// here.
+    pub fn validate(&self) -> Result<(), crate::registry::ConfigError> {
+        use crate::registry::ConfigError;
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            let message = "must be 0 (greedy) or positive";
+            return Err(ConfigError::field("temperature", message));
+        }
+        if self.top_k == Some(0) {
+            return Err(ConfigError::field("top_k", "must be at least 1"));
+        }
+        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return Err(ConfigError::field("top_p", "must be in (0, 1]"));
+        }
+        if self.n == 0 {
+            return Err(ConfigError::field("n", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// A prompt and a response as token ids (the prompt with BOS first; the response with EOS last
 /// when it ended): what a policy scores and a trainer batches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -55,21 +55,7 @@ impl Default for TemperatureConfig {
 impl TemperatureConfig {
     /// Errors naming the field when the settings cannot sample.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(ConfigError::field(
-                "temperature",
-                "must be 0 (greedy) or positive",
-            ));
-        }
-        if self.top_k == Some(0) {
-            return Err(ConfigError::field("top_k", "must be at least 1"));
-        }
-        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-            return Err(ConfigError::field("top_p", "must be in (0, 1]"));
-        }
-        if self.n == 0 {
-            return Err(ConfigError::field("n", "must be at least 1"));
-        }
+        self.params(self.n, 0).validate()?;
         if self.max_new_tokens == 0 {
             return Err(ConfigError::field("max_new_tokens", "must be at least 1"));
         }
