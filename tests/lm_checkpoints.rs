@@ -138,7 +138,7 @@ fn stories260k_safetensors_round_trip_gives_the_same_logits() {
         llama2c::load_checkpoint(&data.join("stories260k/stories260K.bin")).unwrap();
     let original = Llama::from_weights(config, weights, &device).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    hf::save(&original, dir.path(), 1, 2).unwrap();
+    hf::save(&original, dir.path(), Some(1), 2).unwrap();
     let names = std::fs::read(dir.path().join("model.safetensors")).unwrap();
     assert!(
         String::from_utf8_lossy(&names[..4096.min(names.len())])

@@ -61,6 +61,29 @@ pub enum Command {
     /// Time the LM core on a device; prints one JSON line per measurement.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write a run's trained models (`RUN_DIR/models/*`), or any checkpoint lmlab loads, as a
+    /// Hugging Face folder or a GGUF file.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// A run directory (its `models/` are exported) or a checkpoint (llama2.c `.bin`, Hugging
+    /// Face folder, GGUF).
+    pub path: PathBuf,
+    /// `hf`: a folder `transformers` loads as `LlamaForCausalLM`; `gguf`: a file llama.cpp loads.
+    #[arg(long, default_value = "hf")]
+    pub format: String,
+    /// GGUF weight type: `f32` or `q8_0` (norms stay F32).
+    #[arg(long = "type", default_value = "f32")]
+    pub gguf_type: String,
+    /// Where to write: a folder for a run's models (default `RUN_DIR/export`); for one
+    /// checkpoint, the folder (hf) or the file (gguf), required.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The checkpoint's tokenizer (default: the one beside it).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,6 +326,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recipe(args) => run_recipe(&recipes_dir, args),
         Command::Generate(args) => generate(args),
         Command::Bench(cmd) => bench(cmd),
+        Command::Export(args) => export(args),
     }
 }
 
@@ -405,6 +429,13 @@ fn run_recipe(recipes_dir: &Path, args: RecipeArgs) -> anyhow::Result<()> {
     ctx.resume = run_dir.is_some();
     ctx.quiet = args.quiet;
     scheduler.run(&mut ctx, &mut components)?;
+    if let Some(export) = &recipe.export {
+        let out = ctx.run.path().join("export");
+        for &format in &export.formats {
+            let ty = export.gguf_type;
+            crate::lm::export::export_run(ctx.run.path(), format, ty, &out)?;
+        }
+    }
     println!("run written to {}", ctx.run.path().display());
     let summary = ctx.run.path().join(crate::run::SUMMARY_FILE);
     if let Ok(text) = std::fs::read_to_string(&summary) {
@@ -532,6 +563,53 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use crate::lm::export::{self, Format, GgufType};
+    let format = match args.format.as_str() {
+        "hf" => Format::Hf,
+        "gguf" => Format::Gguf,
+        other => {
+            return Err(Error::Usage(format!("unknown --format `{other}`: use hf or gguf")).into());
+        }
+    };
+    let ty = match args.gguf_type.as_str() {
+        "f32" => GgufType::F32,
+        "q8_0" => GgufType::Q8_0,
+        other => {
+            return Err(Error::Usage(format!("unknown --type `{other}`: use f32 or q8_0")).into());
+        }
+    };
+    if format == Format::Hf && ty != GgufType::F32 {
+        return Err(Error::Usage(
+            "--type applies to --format gguf (a Hugging Face folder is F32)".into(),
+        )
+        .into());
+    }
+    let written = if args.path.join(crate::run::CONFIG_FILE).is_file() {
+        let out = args.out.clone().unwrap_or_else(|| args.path.join("export"));
+        export::export_run(&args.path, format, ty, &out)?
+    } else {
+        let Some(out) = args.out.clone() else {
+            return Err(Error::Usage(
+                "exporting one checkpoint: name the output with --out".into(),
+            )
+            .into());
+        };
+        let name = args
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model");
+        let tok = args.tokenizer.as_deref();
+        export::export_model(&args.path, tok, format, ty, name, &out)?;
+        vec![out]
+    };
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 fn generate(args: GenerateArgs) -> anyhow::Result<()> {

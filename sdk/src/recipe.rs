@@ -70,6 +70,8 @@ pub struct Recipe {
     pub components: BTreeMap<String, ComponentSpec>,
     /// Tables whose plugin a `--set table.use=…` replaced (they start from its defaults).
     pub swapped: std::collections::BTreeSet<String>,
+    /// `[export]`: the run's trained models written as Hugging Face folders or GGUF files.
+    pub export: Option<crate::lm::export::ExportConfig>,
 }
 
 /// Finds `name` in `dir` (`<dir>/<name>.toml`), or takes `name` as a path to a `.toml` file.
@@ -166,6 +168,7 @@ pub fn parse(text: &str, name: &str, file: &str) -> Result<Recipe, Error> {
         smoke: BTreeMap::new(),
         components: BTreeMap::new(),
         swapped: Default::default(),
+        export: None,
     };
     for (key, value) in table {
         recipe.set_top_level(&key, value)?;
@@ -202,11 +205,19 @@ impl Recipe {
             ("smoke", toml::Value::Table(t)) => {
                 self.smoke = t.into_iter().collect();
             }
+            ("export", toml::Value::Table(t)) => {
+                let config = toml::Value::Table(t)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| {
+                        self.field_error("export", None, e.message().to_string())
+                    })?;
+                self.export = Some(config);
+            }
             (k @ ("description" | "device"), v) => {
                 return Err(self.field_error(top, Some(k), expect("a string", &v)));
             }
-            ("smoke", v) => {
-                return Err(self.field_error(top, Some(key), expect("a table", &v)));
+            (k @ ("smoke" | "export"), v) => {
+                return Err(self.field_error(top, Some(k), expect("a table", &v)));
             }
             (_, toml::Value::Table(t)) => {
                 let spec = self.component_spec(key, t)?;
@@ -680,6 +691,10 @@ impl Recipe {
         root.insert("description".into(), self.description.clone().into());
         root.insert("seed".into(), toml::Value::Integer(self.seed as i64));
         root.insert("device".into(), self.device.clone().into());
+        if let Some(export) = &self.export {
+            let table = toml::Value::try_from(export).expect("the export table serialises");
+            root.insert("export".into(), table);
+        }
         for (role, spec) in &self.components {
             let mut t = toml::Table::new();
             t.insert("use".into(), spec.plugin.clone().into());

@@ -81,6 +81,24 @@ impl RunDir {
         self.root.join("checkpoints")
     }
 
+    /// Where the run's trained models go: `models/<name>/`, each a Hugging Face folder.
+    pub fn models_dir(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
+    /// Writes a trained language model as `models/<name>/`: a Hugging Face folder, which
+    /// `[policy] use = "checkpoint"` loads and `lmlab export` converts.
+    pub fn save_model(
+        &self,
+        name: &str,
+        model: &crate::lm::Llama,
+        tokenizer: &crate::lm::Tokenizer,
+    ) -> Result<PathBuf, Error> {
+        let dir = self.models_dir().join(name);
+        crate::lm::export::write_hf(model, tokenizer, &dir)?;
+        Ok(dir)
+    }
+
     /// Appends one record to `metrics.jsonl` and flushes it.
     pub fn log(&mut self, record: &serde_json::Value) -> Result<(), Error> {
         let mut line = serde_json::to_string(record).expect("JSON values always serialise");

@@ -24,6 +24,11 @@ pub const RECIPE_FIELDS: &[(&str, &str, &str)] = &[
         "`cpu` (burn flex, the default), `ndarray`, `tch:cpu` or `tch:cuda:N`.",
     ),
     (
+        "export",
+        "object",
+        "Write the run's trained models (`models/*`) under `export/` when it ends: `formats = [\"hf\", \"gguf\"]`, `gguf_type = \"f32\"` or `\"q8_0\"`.",
+    ),
+    (
         "smoke",
         "object",
         "Overrides applied by `--smoke`: dotted keys (`\"scheduler.steps\" = 20`) to values.",

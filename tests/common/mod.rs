@@ -133,3 +133,35 @@ pub fn kill_after_first_checkpoint(
     );
     dir
 }
+
+/// A Python interpreter that imports `modules`: `LMLAB_PYTHON` (`cargo xtask test` sets it to
+/// the cache's virtualenv, where `cargo xtask setup-python` installs the reference
+/// implementations). `None`, printing why, when there is none; a panic under
+/// `LMLAB_REQUIRE_DATA=1`, as for missing data.
+pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
+    let why = match std::env::var_os("LMLAB_PYTHON") {
+        None => "LMLAB_PYTHON is not set".to_string(),
+        Some(py) => {
+            let probe = modules
+                .iter()
+                .map(|m| format!("import {m}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let ok = Command::new(&py)
+                .args(["-c", &probe])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return Some(PathBuf::from(py));
+            }
+            format!("{} cannot import {modules:?}", PathBuf::from(py).display())
+        }
+    };
+    let how = "run `cargo xtask setup-python`, then the tests through `cargo xtask test`";
+    assert!(
+        !lmlab::data_required(),
+        "{why} and LMLAB_REQUIRE_DATA=1 ({how})"
+    );
+    println!("SKIPPED: {why} ({how})");
+    None
+}

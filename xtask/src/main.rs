@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | plugin new NAME | fetch smollm2 | setup-libtorch [VERSION] | bench-compare | gpu-bundle [OUT] | test [--tch]>";
+const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | plugin new NAME | fetch smollm2 | setup-libtorch [VERSION] | setup-python | bench-compare | gpu-bundle [OUT] | test [--tch]>";
 
 fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,7 +52,7 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     match cmd.as_str() {
-        "recipe" | "recipes" | "plugins" | "generate" | "bench" => runner(&root, &args),
+        "recipe" | "recipes" | "plugins" | "generate" | "bench" | "export" => runner(&root, &args),
         "schema" => {
             let mut a = args.clone();
             if !a.iter().any(|x| x == "--out") {
@@ -89,6 +89,11 @@ fn run() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        "setup-python" => {
+            let python = setup_python()?;
+            println!("{}", python.display());
+            Ok(ExitCode::SUCCESS)
+        }
         "test" => {
             // `--tch`: install PyPI torch (cached), build everything with `--features lmlab/tch`
             // and run the SDK's tests a second time on `tch:cpu`. One feature set for every
@@ -100,6 +105,11 @@ fn run() -> anyhow::Result<ExitCode> {
             if tch {
                 envs = setup_libtorch(TORCH_VERSION)?.vars;
                 features = vec!["--features", "lmlab/tch"];
+            }
+            // The reference implementations (transformers, llama.cpp), when installed.
+            let python = libtorch_python(TORCH_VERSION);
+            if python.is_file() {
+                envs.push(("LMLAB_PYTHON".into(), python.display().to_string()));
             }
             let nextest = |extra: &[&str], device: Option<&str>| -> anyhow::Result<bool> {
                 let mut cmd = crate_env::cargo_cmd();
@@ -279,6 +289,38 @@ fn fetch_smollm2() -> anyhow::Result<PathBuf> {
     Ok(target)
 }
 
+/// The reference implementations the export and serving tests compare against, pinned:
+/// (what pip installs, what Python imports).
+const PYTHON_REFS: [(&str, &str); 3] = [
+    ("transformers==5.24.0", "transformers"),
+    // Builds llama.cpp from source: about 6 minutes on 2 cores.
+    ("llama-cpp-python[server]==0.3.36", "llama_cpp.server"),
+    ("openai==3.57.0", "openai"),
+];
+
+/// The python of the cached torch virtualenv for `version` (it may not exist yet).
+fn libtorch_python(version: &str) -> PathBuf {
+    cache_dir()
+        .join(format!("libtorch-{version}"))
+        .join("venv/bin/python")
+}
+
+/// The cached torch virtualenv (see [`setup_libtorch`]) with [`PYTHON_REFS`] installed once.
+fn setup_python() -> anyhow::Result<PathBuf> {
+    let python = setup_libtorch(TORCH_VERSION)?.python;
+    for (spec, module) in PYTHON_REFS {
+        let have = Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have {
+            eprintln!("installing {spec} into {}", python.display());
+            pip_install(&python, spec)?;
+        }
+    }
+    Ok(python)
+}
+
 /// The torch release burn-tch 0.22 (tch 0.22) is written against.
 const TORCH_VERSION: &str = "2.9.0";
 
@@ -370,6 +412,13 @@ fn pip_install(python: &Path, spec: &str) -> anyhow::Result<()> {
             "--disable-pip-version-check",
             spec,
         ])
+        // Packages that build C++ (llama-cpp-python) use every core.
+        .env(
+            "CMAKE_BUILD_PARALLEL_LEVEL",
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .to_string(),
+        )
         .status()
         .context("running pip in the virtualenv")?;
     if !status.success() {

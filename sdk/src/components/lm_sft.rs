@@ -243,6 +243,10 @@ impl Scheduler for SftTrainer {
         let final_acc = evaluate(&trainer.model, &test)?;
         ctx.log(serde_json::json!({ "step": trainer.step, "split": "test", "problems": test.len(), "pass@1": final_acc }))?;
         curve.push((trainer.step as f64, final_acc));
+        let saved = ctx
+            .run
+            .save_model("final", &trainer.model.valid(), &tokenizer)?;
+        tracing::info!(model = %saved.display(), "saved the trained model");
 
         line_plot(
             &ctx.run.plots_dir().join("loss.svg"),

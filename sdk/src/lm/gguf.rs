@@ -421,9 +421,12 @@ impl Gguf {
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
             .unwrap_or("");
+        if model == "llama" {
+            return self.spm_tokenizer();
+        }
         if model != "gpt2" {
             return Err(format!(
-                "tokenizer model `{model}` is not supported (byte-level BPE `gpt2` is)"
+                "tokenizer model `{model}` is not supported (byte-level BPE `gpt2` and SentencePiece `llama` are)"
             ));
         }
         let tokens = self.tokens()?;
@@ -495,6 +498,49 @@ impl Gguf {
             bos: if add_bos { bos } else { None },
             eos,
         })
+    }
+
+    /// A SentencePiece vocabulary (GGUF tokenizer model `llama`) as a llama2.c tokenizer: the
+    /// same pieces (`▁` as a space) and scores, merged by score as llama.cpp merges them. Its
+    /// BOS and EOS are ids 1 and 2, as llama2.c's are.
+    fn spm_tokenizer(&self) -> Result<Tokenizer, String> {
+        let tokens = self.tokens()?;
+        let scores: Vec<f32> = match self.metadata.get("tokenizer.ggml.scores") {
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
+            _ => return Err("metadata `tokenizer.ggml.scores` is missing".into()),
+        };
+        if scores.len() != tokens.len() {
+            return Err(
+                "`tokenizer.ggml.scores` and `tokenizer.ggml.tokens` differ in length".into(),
+            );
+        }
+        let id = |key: &str, default: u64| {
+            self.metadata
+                .get(key)
+                .and_then(Value::as_u64)
+                .unwrap_or(default)
+        };
+        let (bos, eos) = (
+            id("tokenizer.ggml.bos_token_id", 1),
+            id("tokenizer.ggml.eos_token_id", 2),
+        );
+        if (bos, eos) != (1, 2) {
+            return Err(format!(
+                "SentencePiece vocabularies with BOS {bos} and EOS {eos} are not supported (1 and 2 are)"
+            ));
+        }
+        let pieces = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match i {
+                1 => b"\n<s>\n".to_vec(),
+                2 => b"\n</s>\n".to_vec(),
+                _ => t.replace('\u{2581}', " ").into_bytes(),
+            })
+            .collect();
+        Ok(Tokenizer::Llama2c(
+            crate::lm::llama2c::Llama2cTokenizer::from_pieces(pieces, scores),
+        ))
     }
 
     /// The chat template (Jinja), if the file has one.

@@ -72,7 +72,7 @@ impl HfConfig {
     }
 
     /// From an lmlab configuration.
-    pub fn from_llama(c: &LlamaConfig, bos: u32, eos: u32) -> Self {
+    pub fn from_llama(c: &LlamaConfig, bos: Option<u32>, eos: u32) -> Self {
         Self {
             hidden_size: c.dim,
             intermediate_size: c.hidden_dim,
@@ -86,7 +86,7 @@ impl HfConfig {
             tie_word_embeddings: c.tie_embeddings,
             model_type: Some("llama".into()),
             architectures: Some(vec!["LlamaForCausalLM".into()]),
-            bos_token_id: Some(bos),
+            bos_token_id: bos,
             eos_token_id: Some(eos.into()),
         }
     }
@@ -239,7 +239,7 @@ pub fn parse_weights(bytes: &[u8], config: &LlamaConfig) -> Result<LlamaWeights,
 }
 
 /// Writes `model` as `dir/config.json` + `dir/model.safetensors` (F32).
-pub fn save(model: &Llama, dir: &Path, bos: u32, eos: u32) -> Result<(), Error> {
+pub fn save(model: &Llama, dir: &Path, bos: Option<u32>, eos: u32) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
     let c = &model.config;
     let w = model.to_weights();

@@ -210,16 +210,32 @@ impl Llama2cTokenizer {
             pieces.push(piece.to_vec());
             scores.push(score);
         }
+        Ok(Self::from_pieces(pieces, scores))
+    }
+
+    /// A tokenizer from its pieces (bytes, spaces as `' '`, BOS `"\n<s>\n"` and EOS
+    /// `"\n</s>\n"` as llama2.c writes them) and their merge scores.
+    pub fn from_pieces(pieces: Vec<Vec<u8>>, scores: Vec<f32>) -> Self {
         let lookup = pieces
             .iter()
             .enumerate()
             .map(|(i, p)| (p.clone(), i as u32))
             .collect();
-        Ok(Self {
+        Self {
             pieces,
             scores,
             lookup,
-        })
+        }
+    }
+
+    /// The pieces, by id (as [`from_pieces`](Self::from_pieces) takes them).
+    pub fn pieces(&self) -> &[Vec<u8>] {
+        &self.pieces
+    }
+
+    /// The merge scores, by id (a higher score merges first).
+    pub fn scores(&self) -> &[f32] {
+        &self.scores
     }
 
     /// Number of tokens.

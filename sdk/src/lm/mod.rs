@@ -2,6 +2,7 @@
 //! and sampling. Every LM method builds on these.
 
 pub mod bench;
+pub mod export;
 pub mod fit;
 pub mod gguf;
 pub mod hf;

@@ -145,7 +145,7 @@ impl Q8Vector {
 }
 
 /// Quantizes a row-major `[rows, cols]` f32 matrix to `kind` blocks.
-fn quantize_rows(w: &[f32], kind: QKind) -> Vec<u8> {
+pub(crate) fn quantize_rows(w: &[f32], kind: QKind) -> Vec<u8> {
     let mut out = Vec::with_capacity(w.len() / QK * kind.block_bytes());
     for xs in w.chunks_exact(QK) {
         match kind {
