@@ -95,6 +95,27 @@ impl UnitCx<'_> {
         trainer.load_latest(&self.checkpoints())
     }
 
+    /// Saves a trained language model of this unit as `models/<unit>-<name>/` (a Hugging Face
+    /// folder; see [`RunDir::save_model`](crate::run::RunDir::save_model)).
+    pub fn save_policy(
+        &self,
+        name: &str,
+        policy: &crate::lm::policy::LmPolicy,
+    ) -> anyhow::Result<PathBuf> {
+        let slug: String = format!("{}-{name}", self.name)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let run = self.shared.run.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(run.save_model(&slug, &policy.model, &policy.tokenizer)?)
+    }
+
     /// The run's device (without autodiff).
     pub fn device(&self) -> &Device {
         &self.shared.device

@@ -177,6 +177,18 @@ pub fn fits_table(per_seed: &[&[crate::fit::FitSummary]]) -> String {
     t.markdown()
 }
 
+/// The summary's "Training" section: [`fits_table`] over each seed's stages, under its heading.
+pub fn fits_section<'a>(
+    per_seed: impl IntoIterator<Item = &'a [crate::fit::FitSummary]>,
+) -> String {
+    let per_seed: Vec<&[crate::fit::FitSummary]> = per_seed.into_iter().collect();
+    format!(
+        "## Training (mean over seeds; loss over the first and last {} steps)\n\n{}\n",
+        crate::stages::SUMMARY_WINDOW,
+        fits_table(&per_seed)
+    )
+}
+
 /// Curves over `k` (Best-of-k, pass@k, majority@k …) of several methods, measured on every
 /// seed: the table and the plot every such summary shows.
 #[derive(Clone, Debug, Default, PartialEq)]

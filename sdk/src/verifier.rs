@@ -62,6 +62,12 @@ pub trait Verifier: Send + Sync {
         problems: &[TextProblem],
         candidates: &[Candidate],
     ) -> anyhow::Result<Vec<f32>>;
+
+    /// The language model it scores with, when it is one (a likelihood or DPO verifier): what
+    /// a run saves and exports.
+    fn policy(&self) -> Option<&crate::lm::policy::LmPolicy> {
+        None
+    }
 }
 
 /// What a recipe's verifier table builds. Fixed verifiers (oracle, majority, likelihood) ignore

@@ -89,6 +89,10 @@ impl Likelihood {
 }
 
 impl Verifier for Likelihood {
+    fn policy(&self) -> Option<&LmPolicy> {
+        Some(&self.policy)
+    }
+
     fn scores(&self, _: &[TextProblem], candidates: &[Candidate]) -> anyhow::Result<Vec<f32>> {
         let seqs = sequences(candidates);
         let (model, pad, device) = (

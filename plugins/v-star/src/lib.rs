@@ -8,7 +8,7 @@ use lmlab_sdk::fit::FitSummary;
 use lmlab_sdk::lm::Tokenizer;
 use lmlab_sdk::metrics::mean_std;
 use lmlab_sdk::report::{
-    Claim, Curves, Fmt, Table, claims_table, fits_table, footer, per_seed, stat_table,
+    Claim, Curves, Fmt, Table, claims_table, fits_section, footer, per_seed, stat_table,
 };
 use lmlab_sdk::rng::rng;
 use lmlab_sdk::stages::{SUMMARY_WINDOW, Stages};
@@ -216,6 +216,9 @@ impl VStar {
         for (name, c) in [(SFT, &cand_sft), (RFT, &cand_rft), (STAR, &cand)] {
             res.pass1.insert(name.into(), pass_at_1(c));
         }
+        for (name, policy) in [("generator", Some(&g_t)), ("verifier", v.model.policy())] {
+            policy.map(|p| cx.save_policy(name, p)).transpose()?;
+        }
         res.fits = st.fits;
         res.seconds = started.elapsed().as_secs_f64();
         Ok(res)
@@ -311,11 +314,7 @@ impl VStar {
             "## Best-of-k (mean ± std over seeds, %)\n\n{}\n",
             curves.table(pct)
         );
-        let fits: Vec<&[FitSummary]> = results.iter().map(|r| r.fits.as_slice()).collect();
-        let table = fits_table(&fits);
-        s += &format!(
-            "## Training (mean over seeds; loss over the first and last 20 steps)\n\n{table}\n"
-        );
+        s += &fits_section(results.iter().map(|r| r.fits.as_slice()));
         let cols = [
             "seed",
             "correct training samples per iteration",

@@ -17,7 +17,7 @@ use crate::eval::{auroc_of, best_of_k_of, ks, majority_and_oracle, pass_at_1};
 use crate::experiment::{Experiment, Seed, UnitCx, seeds};
 use crate::fit::FitSummary;
 use crate::policy::{PolicyInit, Sequence};
-use crate::report::{Claim, Curves, Fmt, claims_table, fits_table, footer, per_seed, stat_table};
+use crate::report::{Claim, Curves, Fmt, claims_table, fits_section, footer, per_seed, stat_table};
 use crate::reward::{Preference, RewardSpec};
 use crate::rng::rng;
 use crate::stages::Stages;
@@ -293,8 +293,7 @@ impl Scheduler for BestOfN {
             "## AUROC of each ranker on the test candidates\n\n{}",
             stat_table(&["ranker", "AUROC (%)"], auroc, pct)
         )?;
-        let fits: Vec<&[FitSummary]> = results.iter().map(|r| r.fits.as_slice()).collect();
-        writeln!(s, "## Training\n\n{}", fits_table(&fits))?;
+        s += &fits_section(results.iter().map(|r| r.fits.as_slice()));
         let last = kk.len() - 1;
         let claims: Vec<Claim> = rankers
             .iter()

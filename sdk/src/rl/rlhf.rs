@@ -296,6 +296,7 @@ impl Rlhf {
         let eval =
             self.judge()
                 .evaluate(&out.policy, sft, seed.wrapping_add(1).wrapping_mul(7919))?;
+        cx.save_policy("policy", &out.policy)?;
         let stats = RunStats::of(&out, rounds, eval);
         tracing::info!(
             unit = cx.name(),
