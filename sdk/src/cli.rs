@@ -61,9 +61,35 @@ pub enum Command {
     /// Time the LM core on a device; prints one JSON line per measurement.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print the token ids of a text (or of a file) under a model's tokenizer: any checkpoint,
+    /// and GGUF files with only a vocabulary.
+    Tokenize(TokenizeArgs),
     /// Write a run's trained models (`RUN_DIR/models/*`), or any checkpoint lmlab loads, as a
     /// Hugging Face folder or a GGUF file.
     Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TokenizeArgs {
+    /// The model (llama2.c `.bin`, Hugging Face folder, GGUF, or a GGUF vocabulary).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The text to tokenize.
+    #[arg(long, conflicts_with = "file")]
+    pub text: Option<String>,
+    /// Tokenize this file's contents instead.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Put BOS first (when the tokenizer adds one).
+    #[arg(long)]
+    pub bos: bool,
+    /// Read special tokens in the text as tokens (default: as plain text, as llama.cpp's
+    /// tokenizer tests do).
+    #[arg(long)]
+    pub special: bool,
+    /// The tokenizer, when it is not beside the model.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -327,6 +353,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate(args),
         Command::Bench(cmd) => bench(cmd),
         Command::Export(args) => export(args),
+        Command::Tokenize(args) => tokenize(args),
     }
 }
 
@@ -563,6 +590,27 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
+    let text = match (&args.text, &args.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::io("read", f, e))?,
+        (None, None) => return Err(Error::Usage("give --text or --file".into()).into()),
+    };
+    let tokenizer = crate::lm::load::tokenizer(&args.model, args.tokenizer.as_deref())?;
+    let tokenizer = if args.special {
+        tokenizer
+    } else {
+        tokenizer.with_special_as_text()
+    };
+    let ids: Vec<String> = tokenizer
+        .encode(&text, args.bos)
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    println!("{}", ids.join(" "));
+    Ok(())
 }
 
 fn export(args: ExportArgs) -> anyhow::Result<()> {

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | plugin new NAME | fetch smollm2 | setup-libtorch [VERSION] | setup-python | bench-compare | gpu-bundle [OUT] | test [--tch]>";
+const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | plugin new NAME | fetch smollm2|llama-vocabs | setup-libtorch [VERSION] | setup-python | bench-compare | gpu-bundle [OUT] | test [--tch]>";
 
 fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -77,7 +77,11 @@ fn run() -> anyhow::Result<ExitCode> {
                 println!("{}", path.display());
                 Ok(ExitCode::SUCCESS)
             }
-            _ => bail!("usage: cargo xtask fetch smollm2"),
+            Some("llama-vocabs") => {
+                println!("{}", fetch_llama_vocabs()?.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => bail!("usage: cargo xtask fetch smollm2 | llama-vocabs"),
         },
         "setup-libtorch" => {
             let version = args.get(1).map_or(TORCH_VERSION, String::as_str);
@@ -288,6 +292,60 @@ fn fetch_smollm2() -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&download);
     Ok(target)
 }
+
+/// llama.cpp's tokenizer tests (`models/ggml-vocab-*.gguf` with `.inp`/`.out`), from the
+/// `llama-cpp-python` source distribution on PyPI: unpacked once into `llama-vocabs/`.
+fn fetch_llama_vocabs() -> anyhow::Result<PathBuf> {
+    let dir = cache_dir().join("llama-vocabs");
+    if dir.join("ggml-vocab-gpt-2.gguf.out").is_file() {
+        return Ok(dir);
+    }
+    let download = cache_dir().join("llama-vocabs.download");
+    std::fs::create_dir_all(&download)?;
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            // The source distribution (the only one PyPI has); its build tools may be wheels.
+            "--no-binary",
+            "llama-cpp-python",
+        ])
+        .arg("-d")
+        .arg(&download)
+        .arg(LLAMA_CPP_PYTHON_SDIST)
+        .status()
+        .context("running pip (python3 -m pip)")?;
+    if !status.success() {
+        bail!("pip could not download {LLAMA_CPP_PYTHON_SDIST}");
+    }
+    let unpack = "import sys, tarfile, glob, os\n\
+         t = tarfile.open(glob.glob(sys.argv[1] + '/*.tar.gz')[0])\n\
+         part = sys.argv[2] + '.part'\n\
+         os.makedirs(part, exist_ok=True)\n\
+         n = 0\n\
+         for m in t.getmembers():\n\
+         \x20   base = os.path.basename(m.name)\n\
+         \x20   if m.isfile() and '/vendor/llama.cpp/models/' in m.name and base.startswith('ggml-vocab-'):\n\
+         \x20       open(os.path.join(part, base), 'wb').write(t.extractfile(m).read()); n += 1\n\
+         assert n > 0, 'no ggml-vocab files'\n\
+         os.rename(part, sys.argv[2])\n";
+    let status = Command::new("python3")
+        .args(["-c", unpack])
+        .arg(&download)
+        .arg(&dir)
+        .status()?;
+    if !status.success() {
+        bail!("{LLAMA_CPP_PYTHON_SDIST} has no llama.cpp vocabulary tests");
+    }
+    let _ = std::fs::remove_dir_all(&download);
+    Ok(dir)
+}
+
+/// The source distribution the tokenizer tests come from (the version [`PYTHON_REFS`] pins).
+const LLAMA_CPP_PYTHON_SDIST: &str = "llama-cpp-python==0.3.36";
 
 /// The reference implementations the export and serving tests compare against, pinned:
 /// (what pip installs, what Python imports).

@@ -11,7 +11,6 @@
 //! Both read back through [`crate::lm::load`]. A model with a value head (a reward model or
 //! an ORM) is refused: neither format has a place for the head on a causal LM.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use schemars::JsonSchema;
@@ -136,29 +135,6 @@ fn is_byte_piece(p: &str) -> bool {
     p.len() == 6 && p.starts_with("<0x") && p.ends_with('>')
 }
 
-/// The merges that reproduce llama2.c's encoding as a BPE: every split of a piece into two
-/// pieces, ranked by the merged piece's score (highest first), then by its id.
-fn spm_merges(t: &Llama2cTokenizer, pieces: &[String]) -> Vec<(String, String)> {
-    let index: BTreeMap<&str, usize> = pieces
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.as_str(), i))
-        .collect();
-    let normal = |i: usize| i > 2 && !is_byte_piece(&pieces[i]);
-    let mut ranked: Vec<(f32, usize, String, String)> = Vec::new();
-    for (id, p) in pieces.iter().enumerate().filter(|(i, _)| normal(*i)) {
-        for (k, _) in p.char_indices().skip(1) {
-            let (a, b) = p.split_at(k);
-            if index.get(a).is_some_and(|&i| normal(i)) && index.get(b).is_some_and(|&i| normal(i))
-            {
-                ranked.push((t.scores()[id], id, a.to_string(), b.to_string()));
-            }
-        }
-    }
-    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
-    ranked.into_iter().map(|(_, _, a, b)| (a, b)).collect()
-}
-
 fn special(id: usize, content: &str) -> Json {
     json!({ "id": id, "content": content, "single_word": false, "lstrip": false,
         "rstrip": false, "normalized": false, "special": true })
@@ -212,30 +188,20 @@ pub fn tokenizer_json(tokenizer: &Tokenizer) -> Result<Json, Error> {
         }
         Tokenizer::Llama2c(t) => {
             let pieces: Vec<String> = (0..t.vocab_size()).map(|i| spm_piece(t, i)).collect();
-            let mut vocab = serde_json::Map::new();
-            for (i, p) in pieces.iter().enumerate() {
-                vocab.entry(p.clone()).or_insert(i.into());
-            }
-            let merges: Vec<Json> = spm_merges(t, &pieces)
-                .into_iter()
-                .map(|(a, b)| json!([a, b]))
-                .collect();
             let added: Vec<Json> = (0..3.min(pieces.len()))
                 .map(|i| special(i, &pieces[i]))
                 .collect();
-            json!({ "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-                "normalizer": { "type": "Sequence", "normalizers": [
-                    { "type": "Prepend", "prepend": "\u{2581}" },
-                    { "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" } ] },
-                "pre_tokenizer": null,
-                "post_processor": bos_template(Some((llama2c::BOS, "<s>".into()))),
-                "decoder": { "type": "Sequence", "decoders": [
-                    { "type": "Replace", "pattern": { "String": "\u{2581}" }, "content": " " },
-                    { "type": "ByteFallback" }, { "type": "Fuse" },
-                    { "type": "Strip", "content": " ", "start": 1, "stop": 0 } ] },
-                "model": { "type": "BPE", "dropout": null, "unk_token": "<unk>",
-                    "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
-                    "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges } })
+            let is_byte = |i: usize| i > 2 && is_byte_piece(&pieces[i]);
+            let mut j = crate::lm::tokenizer::spm_bpe_json(
+                &pieces,
+                t.scores(),
+                &is_byte,
+                added,
+                Some("<unk>"),
+                true,
+            );
+            j["post_processor"] = bos_template(Some((llama2c::BOS, "<s>".into())));
+            j
         }
     };
     // What we write must be what the `tokenizers` crate (and so `transformers`) reads.

@@ -254,6 +254,12 @@ impl Gguf {
             .unwrap_or(32)
             .max(1) as usize;
         let data_start = r.pos.div_ceil(align) * align;
+        // A vocabulary-only file (no tensors) may end before the alignment padding.
+        let data_start = if tensors.is_empty() {
+            data_start.min(data.len())
+        } else {
+            data_start
+        };
         if data_start > data.len() {
             return Err("truncated before the tensor data".into());
         }
@@ -413,134 +419,145 @@ impl Gguf {
         }
     }
 
-    /// The tokenizer, rebuilt as a `tokenizers` byte-level BPE (GGUF tokenizer model `gpt2`):
-    /// the vocabulary and merges from the metadata, control tokens as special tokens.
+    /// The tokenizer, rebuilt from the metadata as a `tokenizers` BPE that encodes as
+    /// llama.cpp does (checked against llama.cpp's own tokenizer tests):
+    ///
+    /// - `gpt2`: byte-level BPE, its pre-tokenizer the regexes llama.cpp uses for the file's
+    ///   `tokenizer.ggml.pre` (`gpt-2`, `llama-bpe`, `qwen2`, `smollm`, …);
+    /// - `llama`: SentencePiece (`▁` for spaces, a space prefix unless
+    ///   `tokenizer.ggml.add_space_prefix` is false, byte fallback), its scores turned into
+    ///   merge ranks;
+    /// - `gemma4`: a BPE over raw UTF-8 with `▁` for spaces, split at newlines.
+    ///
+    /// Control tokens are special tokens; user-defined ones are added tokens.
     pub fn tokenizer(&self) -> Result<Tokenizer, String> {
         let model = self
             .metadata
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
             .unwrap_or("");
-        if model == "llama" {
-            return self.spm_tokenizer();
-        }
-        if model != "gpt2" {
-            return Err(format!(
-                "tokenizer model `{model}` is not supported (byte-level BPE `gpt2` and SentencePiece `llama` are)"
-            ));
-        }
         let tokens = self.tokens()?;
-        let merges: Vec<String> = match self.metadata.get("tokenizer.ggml.merges") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            _ => return Err("metadata `tokenizer.ggml.merges` is missing".into()),
-        };
         let types: Vec<u64> = match self.metadata.get("tokenizer.ggml.token_type") {
             Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
-        let vocab: serde_json::Map<String, serde_json::Value> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), serde_json::Value::from(i)))
-            .collect();
-        let added: Vec<serde_json::Value> = tokens
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
-            .map(|(i, t)| {
-                serde_json::json!({ "id": i, "content": t, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": types[i] == 3 })
-            })
-            .collect();
-        // SmolLM-style pre-tokenization splits digits; plain GPT-2 does not.
-        let pre = self
-            .metadata
-            .get("tokenizer.ggml.pre")
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let byte_level = serde_json::json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true });
-        let pre_tokenizer = if pre == "smollm" {
-            serde_json::json!({ "type": "Sequence", "pretokenizers": [ { "type": "Digits", "individual_digits": true }, byte_level ] })
-        } else {
-            byte_level
+        let strings = |key: &str| -> Result<Vec<String>, String> {
+            match self.metadata.get(key) {
+                Some(Value::Array(a)) => Ok(a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()),
+                _ => Err(format!("metadata `{key}` is missing")),
+            }
         };
-        let json = serde_json::json!({
-            "version": "1.0", "truncation": null, "padding": null,
-            "added_tokens": added, "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
-            "decoder": { "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true },
-            "model": { "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": vocab, "merges": merges },
-        });
+        let merges = || -> Result<Vec<Json>, String> {
+            Ok(strings("tokenizer.ggml.merges")?
+                .iter()
+                .filter_map(|m| m.split_once(' '))
+                .map(|(a, b)| serde_json::json!([a, b]))
+                .collect())
+        };
+        let vocab = || -> serde_json::Map<String, Json> {
+            let mut v = serde_json::Map::new();
+            for (i, t) in tokens.iter().enumerate() {
+                v.entry(t.clone()).or_insert(i.into());
+            }
+            v
+        };
+        let flag = |key: &str, default: bool| {
+            self.metadata
+                .get(key)
+                .map_or(default, |v| *v == Value::Bool(true))
+        };
+        let added = added_tokens(&tokens, &types);
+        let json = match model {
+            "gpt2" => {
+                let pre = self
+                    .metadata
+                    .get("tokenizer.ggml.pre")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let (regexes, ignore_merges) = bpe_pre_tokenizer(pre)?;
+                let splits: Vec<Json> = regexes
+                    .iter()
+                    .map(|r| serde_json::json!({ "type": "Split", "pattern": { "Regex": r }, "behavior": "Isolated", "invert": false }))
+                    .chain([serde_json::json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false })])
+                    .collect();
+                serde_json::json!({
+                    "version": "1.0", "truncation": null, "padding": null,
+                    "added_tokens": added, "normalizer": null,
+                    "pre_tokenizer": { "type": "Sequence", "pretokenizers": splits },
+                    "post_processor": null,
+                    "decoder": { "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true },
+                    "model": { "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                        "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
+                        "vocab": vocab(), "merges": merges()? },
+                })
+            }
+            "llama" => {
+                let scores: Vec<f32> = match self.metadata.get("tokenizer.ggml.scores") {
+                    Some(Value::Array(a)) => {
+                        a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect()
+                    }
+                    _ => return Err("metadata `tokenizer.ggml.scores` is missing".into()),
+                };
+                if scores.len() != tokens.len() {
+                    return Err(
+                        "`tokenizer.ggml.scores` and `tokenizer.ggml.tokens` differ in length"
+                            .into(),
+                    );
+                }
+                let unk = self
+                    .metadata
+                    .get("tokenizer.ggml.unknown_token_id")
+                    .and_then(Value::as_u64)
+                    .and_then(|u| tokens.get(u as usize));
+                let byte = |i: usize| types.get(i) == Some(&6);
+                crate::lm::tokenizer::spm_bpe_json(
+                    &tokens,
+                    &scores,
+                    &byte,
+                    added,
+                    unk.map(String::as_str),
+                    flag("tokenizer.ggml.add_space_prefix", true),
+                )
+            }
+            "gemma4" => serde_json::json!({
+                "version": "1.0", "truncation": null, "padding": null,
+                "added_tokens": added,
+                "normalizer": { "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" },
+                "pre_tokenizer": { "type": "Split", "pattern": { "Regex": "[^\\n]+|[\\n]+" }, "behavior": "Isolated", "invert": false },
+                "post_processor": null,
+                "decoder": { "type": "Sequence", "decoders": [
+                    { "type": "Replace", "pattern": { "String": "\u{2581}" }, "content": " " },
+                    { "type": "ByteFallback" }, { "type": "Fuse" } ] },
+                "model": { "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": true, "ignore_merges": false,
+                    "vocab": vocab(), "merges": merges()? },
+            }),
+            other => {
+                return Err(format!(
+                    "tokenizer model `{other}` is not supported (byte-level BPE `gpt2`, SentencePiece `llama` and `gemma4` are)"
+                ));
+            }
+        };
         let inner: tokenizers::Tokenizer = json
             .to_string()
             .parse()
             .map_err(|e| format!("rebuilding the tokenizer: {e}"))?;
-        let bos = self
-            .metadata
-            .get("tokenizer.ggml.bos_token_id")
-            .and_then(Value::as_u64)
-            .map(|v| v as u32);
-        let add_bos = self
-            .metadata
-            .get("tokenizer.ggml.add_bos_token")
-            .is_none_or(|v| *v == Value::Bool(true));
-        let eos = self
-            .metadata
-            .get("tokenizer.ggml.eos_token_id")
-            .and_then(Value::as_u64)
-            .unwrap_or(2) as u32;
-        Ok(Tokenizer::Hf {
-            inner: Box::new(inner),
-            bos: if add_bos { bos } else { None },
-            eos,
-        })
-    }
-
-    /// A SentencePiece vocabulary (GGUF tokenizer model `llama`) as a llama2.c tokenizer: the
-    /// same pieces (`▁` as a space) and scores, merged by score as llama.cpp merges them. Its
-    /// BOS and EOS are ids 1 and 2, as llama2.c's are.
-    fn spm_tokenizer(&self) -> Result<Tokenizer, String> {
-        let tokens = self.tokens()?;
-        let scores: Vec<f32> = match self.metadata.get("tokenizer.ggml.scores") {
-            Some(Value::Array(a)) => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
-            _ => return Err("metadata `tokenizer.ggml.scores` is missing".into()),
-        };
-        if scores.len() != tokens.len() {
-            return Err(
-                "`tokenizer.ggml.scores` and `tokenizer.ggml.tokens` differ in length".into(),
-            );
-        }
-        let id = |key: &str, default: u64| {
+        let id = |key: &str| {
             self.metadata
                 .get(key)
                 .and_then(Value::as_u64)
-                .unwrap_or(default)
+                .map(|v| v as u32)
         };
-        let (bos, eos) = (
-            id("tokenizer.ggml.bos_token_id", 1),
-            id("tokenizer.ggml.eos_token_id", 2),
-        );
-        if (bos, eos) != (1, 2) {
-            return Err(format!(
-                "SentencePiece vocabularies with BOS {bos} and EOS {eos} are not supported (1 and 2 are)"
-            ));
-        }
-        let pieces = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match i {
-                1 => b"\n<s>\n".to_vec(),
-                2 => b"\n</s>\n".to_vec(),
-                _ => t.replace('\u{2581}', " ").into_bytes(),
-            })
-            .collect();
-        Ok(Tokenizer::Llama2c(
-            crate::lm::llama2c::Llama2cTokenizer::from_pieces(pieces, scores),
-        ))
+        let add_bos = flag("tokenizer.ggml.add_bos_token", true);
+        let eos = id("tokenizer.ggml.eos_token_id").unwrap_or(2);
+        Ok(Tokenizer::Hf {
+            inner: Box::new(inner),
+            bos: id("tokenizer.ggml.bos_token_id").filter(|_| add_bos),
+            eos,
+        })
     }
 
     /// The chat template (Jinja), if the file has one.
@@ -549,6 +566,76 @@ impl Gguf {
             .get("tokenizer.chat_template")
             .and_then(Value::as_str)
     }
+}
+
+type Json = serde_json::Value;
+
+/// Control tokens (type 3) as special tokens and user-defined ones (type 4) as added tokens.
+fn added_tokens(tokens: &[String], types: &[u64]) -> Vec<Json> {
+    tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
+        .map(|(i, t)| {
+            serde_json::json!({ "id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": types[i] == 3 })
+        })
+        .collect()
+}
+
+/// How llama.cpp pre-tokenizes a byte-level BPE, by its `tokenizer.ggml.pre`: regexes applied
+/// one after the other (each splits the pieces of the last, keeping what it does not match),
+/// before the byte-level mapping; and whether a piece that is itself a token skips the merges
+/// (`ignore_merges`, as Llama 3's tokenizer does).
+pub fn bpe_pre_tokenizer(pre: &str) -> Result<(Vec<&'static str>, bool), String> {
+    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+    const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    Ok(match pre {
+        "gpt-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" => (vec![GPT2], false),
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" => (vec![LLAMA3], true),
+        "dbrx" | "smaug-bpe" => (vec![LLAMA3], false),
+        "qwen2" | "stablelm2" | "hunyuan" | "solar-open" => (vec![QWEN2], false),
+        "qwen35" => (vec![QWEN35], false),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            (vec![r"\p{N}", GPT2], false)
+        }
+        "falcon" => (
+            vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"],
+            false,
+        ),
+        "deepseek-llm" => (
+            vec![
+                "[\r\n]",
+                "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+                "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+                "\\s+$",
+                "[一-龥ࠀ-一가-퟿]+",
+                "\\p{N}+",
+            ],
+            false,
+        ),
+        "deepseek-coder" => (
+            vec![
+                "[\r\n]",
+                "\\s?\\p{L}+",
+                "\\s?\\p{P}+",
+                "[一-龥ࠀ-一가-퟿]+",
+                "\\p{N}",
+            ],
+            false,
+        ),
+        "default" => (
+            vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
+            false,
+        ),
+        other => {
+            return Err(format!(
+                "pre-tokenizer `{other}` is not supported (gpt-2, llama-bpe, qwen2, qwen35, smollm, starcoder, refact, command-r, falcon, deepseek-llm, deepseek-coder, mpt, default are)"
+            ));
+        }
+    })
 }
 
 /// Reads a GGUF file.

@@ -111,6 +111,18 @@ enum Source {
     Gguf(Box<Gguf>),
 }
 
+/// The tokenizer of the checkpoint at `path` (of a GGUF file, read from its metadata alone:
+/// vocabulary-only files work), or the one named.
+pub fn tokenizer(path: &Path, tokenizer: Option<&Path>) -> Result<Tokenizer, Error> {
+    if detect(path)? == Format::Gguf && tokenizer.is_none() {
+        let g = crate::lm::gguf::load(path)?;
+        return g
+            .tokenizer()
+            .map_err(|e| Error::Usage(format!("{}: no usable tokenizer: {e}", path.display())));
+    }
+    Ok(read(path, tokenizer)?.tokenizer)
+}
+
 /// Loads the checkpoint at `path` onto `device`.
 pub fn load(path: &Path, tokenizer: Option<&Path>, device: &Device) -> Result<Loaded, Error> {
     let (source, read) = read(path, tokenizer)?.split();

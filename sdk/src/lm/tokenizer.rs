@@ -79,6 +79,17 @@ impl Tokenizer {
         }
     }
 
+    /// This tokenizer with special tokens read as plain text (llama.cpp's
+    /// `parse_special = false`): `"<|endoftext|>"` in a text is its characters, not the
+    /// special token. Only Hugging Face tokenizers have special tokens to parse.
+    pub fn with_special_as_text(&self) -> Tokenizer {
+        let mut t = self.clone();
+        if let Tokenizer::Hf { inner, .. } = &mut t {
+            inner.set_encode_special_tokens(true);
+        }
+        t
+    }
+
     /// The text of `ids` (special tokens dropped), as a continuation of `prev` when given.
     pub fn decode(&self, ids: &[u32], prev: Option<u32>) -> String {
         match self {
@@ -323,4 +334,64 @@ mod tests {
         let t = Tokenizer::Char(CharTokenizer::new("ab"));
         assert_eq!(t.encode("aXb", false), vec![4, 3, 5]);
     }
+}
+
+/// A SentencePiece vocabulary (pieces with `▁` for spaces, their scores) as a `tokenizer.json`
+/// BPE that encodes as SentencePiece's BPE and llama.cpp do: every split of a piece into two
+/// pieces is a merge, ranked by the merged piece's score (highest first, then by id); `▁`
+/// replaces spaces, with one prepended when `add_space_prefix`; characters outside the
+/// vocabulary fall back to their `<0xNN>` byte pieces (`is_byte`). `added` are the special
+/// and added tokens, `unk` the unknown piece.
+pub(crate) fn spm_bpe_json(
+    pieces: &[String],
+    scores: &[f32],
+    is_byte: &dyn Fn(usize) -> bool,
+    added: Vec<serde_json::Value>,
+    unk: Option<&str>,
+    add_space_prefix: bool,
+) -> serde_json::Value {
+    use serde_json::json;
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in pieces.iter().enumerate() {
+        index.entry(p.as_str()).or_insert(i);
+    }
+    let piece = |s: &str| index.get(s).copied().filter(|&i| !is_byte(i));
+    let mut ranked: Vec<(f32, usize, &str, &str)> = Vec::new();
+    for (id, p) in pieces.iter().enumerate() {
+        if is_byte(id) || index.get(p.as_str()) != Some(&id) {
+            continue;
+        }
+        for (k, _) in p.char_indices().skip(1) {
+            let (a, b) = p.split_at(k);
+            if piece(a).is_some() && piece(b).is_some() {
+                ranked.push((scores.get(id).copied().unwrap_or(0.0), id, a, b));
+            }
+        }
+    }
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges: Vec<serde_json::Value> = ranked.iter().map(|m| json!([m.2, m.3])).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = index
+        .iter()
+        .map(|(p, &i)| (p.to_string(), i.into()))
+        .collect();
+    let space = json!({ "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" });
+    let normalizer = if add_space_prefix {
+        json!({ "type": "Sequence", "normalizers": [ { "type": "Prepend", "prepend": "\u{2581}" }, space ] })
+    } else {
+        space
+    };
+    let mut decoders = vec![
+        json!({ "type": "Replace", "pattern": { "String": "\u{2581}" }, "content": " " }),
+        json!({ "type": "ByteFallback" }),
+        json!({ "type": "Fuse" }),
+    ];
+    if add_space_prefix {
+        decoders.push(json!({ "type": "Strip", "content": " ", "start": 1, "stop": 0 }));
+    }
+    json!({ "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": normalizer, "pre_tokenizer": null, "post_processor": null,
+        "decoder": { "type": "Sequence", "decoders": decoders },
+        "model": { "type": "BPE", "dropout": null, "unk_token": unk,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+            "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges } })
 }
