@@ -129,7 +129,10 @@ fn tokenize_prints_ids_for_a_vocabulary_only_gguf() {
     };
     assert_eq!(ids(&["--text", "Hello world"]), "15496 995");
     // Special tokens are text unless --special; --bos puts BOS (50256) first.
-    assert_eq!(ids(&["--text", "<|endoftext|>"]), "27 91 437 1659 5239 91 29");
+    assert_eq!(
+        ids(&["--text", "<|endoftext|>"]),
+        "27 91 437 1659 5239 91 29"
+    );
     assert_eq!(ids(&["--text", "<|endoftext|>", "--special"]), "50256");
     assert_eq!(ids(&["--text", "Hello", "--bos"]), "50256 15496");
     let file = tempfile::NamedTempFile::new().unwrap();

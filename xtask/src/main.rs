@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | plugin new NAME | fetch smollm2|llama-vocabs | setup-libtorch [VERSION] | setup-python | bench-compare | gpu-bundle [OUT] | test [--tch]>";
+const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | tokenize --model PATH --text T | export PATH [options] | plugin new NAME | fetch smollm2|llama-vocabs | setup-libtorch [VERSION] | setup-python | bench-compare | gpu-bundle [OUT] | test [--tch]>";
 
 fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,7 +52,9 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     match cmd.as_str() {
-        "recipe" | "recipes" | "plugins" | "generate" | "bench" | "export" => runner(&root, &args),
+        "recipe" | "recipes" | "plugins" | "generate" | "bench" | "export" | "tokenize" => {
+            runner(&root, &args)
+        }
         "schema" => {
             let mut a = args.clone();
             if !a.iter().any(|x| x == "--out") {

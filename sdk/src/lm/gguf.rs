@@ -1,6 +1,8 @@
 //! GGUF checkpoints (llama.cpp's format), Llama architecture: metadata, tensors in F32, F16,
-//! BF16, Q8_0 and Q4_1 (dequantized on load), the tokenizer rebuilt from the metadata as a
-//! `tokenizers` byte-level BPE, and the chat template.
+//! BF16, Q8_0 and Q4_1 (dequantized on load), the tokenizer rebuilt from the metadata as
+//! llama.cpp builds it (byte-level BPE with its pre-tokenizer regexes, SentencePiece, Gemma 4's
+//! BPE; checked against llama.cpp's own tokenizer tests in `tests/llama_vocabs.rs`), and the
+//! chat template. Vocabulary-only files (no tensors) read too.
 //!
 //! Layout (version 2 and 3, little-endian): magic `GGUF`, u32 version, u64 tensor count, u64
 //! metadata count; metadata entries (string key, u32 type, value); tensor infos (name, u32
