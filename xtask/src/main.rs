@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | tokenize --model PATH --text T | export PATH [options] | plugin new NAME | fetch smollm2|llama-vocabs | setup-libtorch [VERSION] | setup-python | bench-compare | gpu-bundle [OUT] | test [--tch]>";
+const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | tokenize --model PATH --text T | export PATH [options] | plugin new NAME | fetch smollm2|llama-vocabs | setup-libtorch [VERSION] | setup-python | bench-compare | gpu-bundle [OUT] | test [--tch] [--python-refs]>";
 
 fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -104,17 +104,30 @@ fn run() -> anyhow::Result<ExitCode> {
             // `--tch`: install PyPI torch (cached), build everything with `--features lmlab/tch`
             // and run the SDK's tests a second time on `tch:cpu`. One feature set for every
             // step, so the burn stack is built once.
+            // `--python-refs`: install the reference implementations (`setup-python`) while
+            // the tests build, and wait for them before the tests run: llama.cpp's build fills
+            // the cores the Rust build leaves idle.
             let tch = args[1..].iter().any(|a| a == "--tch");
-            let rest: Vec<&String> = args[1..].iter().filter(|a| *a != "--tch").collect();
+            let refs = args[1..].iter().any(|a| a == "--python-refs");
+            let rest: Vec<&String> = args[1..]
+                .iter()
+                .filter(|a| *a != "--tch" && *a != "--python-refs")
+                .collect();
             let mut envs = Vec::new();
             let mut features = Vec::new();
-            if tch {
+            if tch || refs {
+                // Once, before the install thread needs the virtualenv too.
                 envs = setup_libtorch(TORCH_VERSION)?.vars;
+            }
+            if !tch {
+                envs.clear();
+            } else {
                 features = vec!["--features", "lmlab/tch"];
             }
+            let installing = refs.then(|| std::thread::spawn(setup_python));
             // The reference implementations (transformers, llama.cpp), when installed.
             let python = libtorch_python(TORCH_VERSION);
-            if python.is_file() {
+            if refs || python.is_file() {
                 envs.push(("LMLAB_PYTHON".into(), python.display().to_string()));
             }
             let nextest = |extra: &[&str], device: Option<&str>| -> anyhow::Result<bool> {
@@ -137,6 +150,17 @@ fn run() -> anyhow::Result<ExitCode> {
                 Ok(status.success())
             };
             let extra: Vec<&str> = rest.iter().map(|s| s.as_str()).collect();
+            if let Some(install) = installing {
+                let mut build = extra.clone();
+                build.push("--no-run");
+                let built = nextest(&build, None)?;
+                install
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the reference install panicked"))??;
+                if !built {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             let mut ok = nextest(&extra, None)?;
             if tch {
                 eprintln!("the SDK's tests again, on tch:cpu (LMLAB_TEST_DEVICE=tch:cpu)");
