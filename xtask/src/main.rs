@@ -133,7 +133,9 @@ fn run() -> anyhow::Result<ExitCode> {
             let nextest = |extra: &[&str], device: Option<&str>| -> anyhow::Result<bool> {
                 let mut cmd = crate_env::cargo_cmd();
                 cmd.current_dir(&root)
-                    .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                    .args(["nextest", "run", "--workspace"])
+                    // Building only (`--no-run`) takes no test-running flags.
+                    .args((!extra.contains(&"--no-run")).then_some("--no-fail-fast"))
                     .args(&features)
                     .args(extra)
                     .envs(envs.iter().map(|(k, v)| (k, v)));
