@@ -215,7 +215,7 @@ impl Llama2cTokenizer {
 
     /// A tokenizer from its pieces (bytes, spaces as `' '`, BOS `"\n<s>\n"` and EOS
     /// `"\n</s>\n"` as llama2.c writes them) and their merge scores.
-    pub fn from_pieces(pieces: Vec<Vec<u8>>, scores: Vec<f32>) -> Self {
+    fn from_pieces(pieces: Vec<Vec<u8>>, scores: Vec<f32>) -> Self {
         let lookup = pieces
             .iter()
             .enumerate()
@@ -228,7 +228,8 @@ impl Llama2cTokenizer {
         }
     }
 
-    /// The pieces, by id (as [`from_pieces`](Self::from_pieces) takes them).
+    /// The pieces, by id (bytes; spaces as `' '`, BOS `"\n<s>\n"` and EOS `"\n</s>\n"` as
+    /// llama2.c writes them).
     pub fn pieces(&self) -> &[Vec<u8>] {
         &self.pieces
     }
