@@ -50,6 +50,7 @@ fn selection(c: &mut Criterion) {
         .expect("[policy.model] is a model size");
     let config = LlamaConfig {
         value_head: true,
+        arch: Default::default(),
         ..size.llama_config(362.max(tok.vocab_size()))
     };
     let model = Llama::init(config, &mut rng(0, 0), &device).unwrap();

@@ -137,6 +137,7 @@ fn tiny(vocab: usize) -> Llama {
         norm_eps: 1e-5,
         tie_embeddings: true,
         value_head: false,
+        arch: Default::default(),
     };
     Llama::init(config, &mut lmlab::rng::rng(0, 0), &Device::flex()).unwrap()
 }
@@ -221,14 +222,6 @@ fn export_refuses_bad_arguments() {
     }
 }
 
-/// Runs `reference.py` with `args`; its JSON output.
-fn reference(python: &Path, args: &[String]) -> serde_json::Value {
-    let script = common::root().join("tests/fixtures/reference.py");
-    let (code, out, err) = run(std::process::Command::new(python).arg(script).args(args));
-    assert_eq!(code, 0, "reference.py {args:?}: {err}");
-    serde_json::from_str(out.lines().last().unwrap_or("")).unwrap()
-}
-
 #[test]
 fn a_fine_tuned_stories260k_exports_for_transformers_and_llama_cpp() {
     let Some(data) = data_dir("stories260k/stories260K.bin") else {
@@ -298,7 +291,7 @@ fn a_fine_tuned_stories260k_exports_for_transformers_and_llama_cpp() {
     // transformers: the same logits.
     let mut args = vec!["hf-logits".to_string(), hf.display().to_string()];
     args.extend(IDS.iter().map(u32::to_string));
-    let r = reference(&python, &args);
+    let r = common::reference(&python, &args);
     let theirs: Vec<f32> = r["logits"]
         .as_array()
         .unwrap()
@@ -343,7 +336,7 @@ fn a_fine_tuned_stories260k_exports_for_transformers_and_llama_cpp() {
         n.to_string(),
     ];
     args.extend(prompt_ids.iter().map(u32::to_string));
-    let r = reference(&python, &args);
+    let r = common::reference(&python, &args);
     let theirs: Vec<u32> = r["ids"]
         .as_array()
         .unwrap()

@@ -197,19 +197,10 @@ fn gpt2_tokenizer_ids_match() {
 
 /// The SmolLM2 GGUF that `cargo xtask fetch smollm2` puts in the cache, if it is there.
 fn smollm2() -> Option<std::path::PathBuf> {
-    let cache = std::env::var_os("LMLAB_CACHE_DIR")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME").map(|d| std::path::PathBuf::from(d).join("lmlab"))
-        })
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/lmlab")
-        });
-    let path = cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    lmlab::require_data(&path, "run `cargo xtask fetch smollm2`")
-        .unwrap_or_else(|e| panic!("{e}"))
-        .then_some(path)
+    common::cached(
+        "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "run `cargo xtask fetch smollm2`",
+    )
 }
 
 #[test]

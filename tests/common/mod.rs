@@ -165,3 +165,29 @@ pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
     println!("SKIPPED: {why} ({how})");
     None
 }
+
+/// A file that a `cargo xtask fetch` puts in the cache (`LMLAB_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/lmlab`, else `~/.cache/lmlab`), at `rel`: `None` (the test skips, saying
+/// `how` to get it) when it is not there; a panic under `LMLAB_REQUIRE_DATA=1`.
+pub fn cached(rel: &str, how: &str) -> Option<PathBuf> {
+    let cache = std::env::var_os("LMLAB_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("lmlab")))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/lmlab")
+        });
+    let path = cache.join(rel);
+    lmlab::require_data(&path, how)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .then_some(path)
+}
+
+/// Runs `tests/fixtures/reference.py` with `args` under `python`; its JSON output.
+pub fn reference(python: &std::path::Path, args: &[String]) -> serde_json::Value {
+    let script = root().join("tests/fixtures/reference.py");
+    let (code, out, err) = run(Command::new(python).arg(script).args(args));
+    assert_eq!(code, 0, "reference.py {args:?}: {err}");
+    // The last line: libraries may print notices before it.
+    let last = out.lines().last().unwrap_or("");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {out}"))
+}

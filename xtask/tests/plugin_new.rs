@@ -12,7 +12,9 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Copies the files git knows (tracked, or new and not ignored) into `to`.
+/// Copies the files git knows (tracked, or new and not ignored) into `to`, with their
+/// modification times: cargo names a path crate's artefacts by its path relative to the
+/// workspace root, so the copy's crates are the originals' to cargo, and already built.
 fn copy_workspace(to: &Path) {
     let root = workspace();
     let out = Command::new("git")
@@ -30,6 +32,13 @@ fn copy_workspace(to: &Path) {
         let dst = to.join(rel);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         std::fs::copy(&src, &dst).unwrap();
+        let mtime = std::fs::metadata(&src).unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&dst)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
     }
 }
 
@@ -60,18 +69,18 @@ fn scaffolded_plugin_builds_registers_and_passes_its_test() {
     let manifest = std::fs::read_to_string(tmp.path().join("Cargo.toml")).unwrap();
     assert!(manifest.contains("lmlab-plugin-demo = { path = \"plugins/demo\" }"));
 
-    // Build as the whole workspace does (same feature unification), so this workspace's
-    // compiled dependencies are reused, and run the new plugin's test (only the `verifier`
-    // test targets: the other tests already ran in this test run).
+    // Build into this workspace's target folder and run the new plugin's test (only the
+    // `verifier` test targets: the other tests already ran in this test run). The copy's
+    // crates are this workspace's (same relative paths, same modification times), and
+    // `workspace-hack` gives a build of one target the features the test build had, so only
+    // the new plugin compiles.
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
     // With the features the test run was built with (`LMLAB_TEST_FEATURES`, set by
     // `cargo xtask test --tch`), and without the variables cargo set for this test (see
-    // `crate_env`), or the torch-sys build script would rerun. Building only the `verifier`
-    // targets still resolves some dependencies' features differently (no dev-dependencies
-    // of the other crates), so part of the burn stack is built once more, under its own hashes:
-    // building the whole copy instead would overwrite this run's own test binaries.
+    // `crate_env`), or the torch-sys build script would rerun. (Building the whole copy
+    // instead would overwrite this run's own test binaries.)
     let mut cmd = cargo();
     cmd.current_dir(tmp.path())
         .env("CARGO_TARGET_DIR", &target)

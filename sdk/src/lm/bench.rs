@@ -43,6 +43,7 @@ pub fn bench_models() -> Vec<BenchModel> {
         norm_eps: 1e-5,
         tie_embeddings: true,
         value_head: false,
+        arch: Default::default(),
     };
     let medium = LlamaConfig {
         dim: 256,
@@ -202,6 +203,7 @@ pub fn forward_check(device: &Device) -> Result<(f32, f32), Error> {
         norm_eps: 1e-5,
         tie_embeddings: false,
         value_head: false,
+        arch: Default::default(),
     };
     let cpu = Device::flex();
     let reference = Llama::init(config.clone(), &mut rng(7, 0), &cpu).map_err(Error::Usage)?;

@@ -118,6 +118,11 @@ fn refuse_value_head(model: &Llama) -> Result<(), Error> {
                 .into(),
         ));
     }
+    if model.config.gemma3().is_some() {
+        return Err(Error::Usage(
+            "Gemma 3 models do not export yet (the Llama architecture does)".into(),
+        ));
+    }
     Ok(())
 }
 

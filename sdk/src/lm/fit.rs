@@ -172,6 +172,7 @@ mod tests {
             norm_eps: 1e-5,
             tie_embeddings: true,
             value_head,
+            arch: Default::default(),
         };
         Llama::init(config, &mut rng(3, 0), &crate::device::test_device()).unwrap()
     }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::Error;
-use crate::lm::llama::{LayerWeights, LlamaConfig, LlamaWeights};
+use crate::lm::llama::{Arch, Gemma3, GemmaNorms, LayerWeights, LlamaConfig, LlamaWeights};
 use crate::lm::tokenizer::Tokenizer;
 
 /// A metadata value.
@@ -137,8 +137,71 @@ impl Reader<'_> {
 const F32: u32 = 0;
 const F16: u32 = 1;
 const Q4_1: u32 = 3;
+const Q5_0: u32 = 6;
 const Q8_0: u32 = 8;
+const Q4_K: u32 = 12;
+const Q6_K: u32 = 14;
 const BF16: u32 = 30;
+
+/// Values per K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// Q4_K's 6-bit scale and minimum of sub-block `j` (0..8) from its 12 packed bytes.
+pub(crate) fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Q5_0 block (22 bytes: f16 `d`, 4 bytes of fifth bits, 16 bytes of nibbles): its 32
+/// values' `q − 16` (`x = d·(q − 16)`).
+#[inline(always)]
+pub(crate) fn q5_0_values(block: &[u8], out: &mut [i8; 32]) {
+    let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+    let qs = &block[6..22];
+    for j in 0..16 {
+        let h0 = (((qh >> j) << 4) & 0x10) as u8;
+        let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+        out[j] = ((qs[j] & 0x0f) | h0) as i8 - 16;
+        out[j + 16] = ((qs[j] >> 4) | h1) as i8 - 16;
+    }
+}
+
+/// Q6_K super-block (210 bytes: 128 bytes of low nibbles, 64 of high bit pairs, 16 i8 scales,
+/// f16 `d`): its 256 values' `q − 32` (`x = d · scale[i/16] · (q − 32)`).
+#[inline(always)]
+pub(crate) fn q6_k_values(block: &[u8], out: &mut [i8; QK_K]) {
+    for half in 0..2 {
+        let ql = &block[64 * half..64 * half + 64];
+        let qh = &block[128 + 32 * half..128 + 32 * half + 32];
+        let y = &mut out[128 * half..128 * half + 128];
+        for l in 0..32 {
+            y[l] = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) as i8 - 32;
+            y[l + 32] = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+            y[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+            y[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+        }
+    }
+}
+
+/// Values per block and bytes per block of ggml type `ty` (`None`: not read here).
+pub fn block_layout(ty: u32) -> Option<(usize, usize)> {
+    Some(match ty {
+        F32 => (1, 4),
+        F16 | BF16 => (1, 2),
+        Q4_1 => (32, 20),
+        Q5_0 => (32, 22),
+        Q8_0 => (32, 34),
+        Q4_K => (QK_K, 144),
+        Q6_K => (QK_K, 210),
+        _ => return None,
+    })
+}
 
 fn f16(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()
@@ -198,9 +261,55 @@ pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
             }
             out
         }
+        Q5_0 => {
+            let s = need(32, 22)?;
+            let mut out = Vec::with_capacity(n);
+            let mut q = [0i8; 32];
+            for block in bytes[..s].chunks_exact(22) {
+                let d = f16(&block[..2]);
+                q5_0_values(block, &mut q);
+                out.extend(q.iter().map(|&v| d * v as f32));
+            }
+            out
+        }
+        Q4_K => {
+            // 256 values: f16 d, f16 dmin, 12 bytes of 6-bit sub-block scales and minimums,
+            // 128 bytes of nibbles; sub-block j (32 values) is the low (even j) or high (odd
+            // j) nibbles of bytes 32·(j/2)..; x = d·sc_j·q − dmin·m_j.
+            let s = need(QK_K, 144)?;
+            let mut out = Vec::with_capacity(n);
+            for block in bytes[..s].chunks_exact(144) {
+                let (d, dmin) = (f16(&block[..2]), f16(&block[2..4]));
+                let (scales, qs) = (&block[4..16], &block[16..]);
+                for j in 0..8 {
+                    let (sc, m) = q4k_scale_min(j, scales);
+                    let (dj, mj) = (d * sc as f32, dmin * m as f32);
+                    let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+                    let shift = 4 * (j % 2);
+                    out.extend(q.iter().map(|&b| dj * ((b >> shift) & 0xf) as f32 - mj));
+                }
+            }
+            out
+        }
+        Q6_K => {
+            let s = need(QK_K, 210)?;
+            let mut out = Vec::with_capacity(n);
+            let mut q = [0i8; QK_K];
+            for block in bytes[..s].chunks_exact(210) {
+                let d = f16(&block[208..210]);
+                q6_k_values(block, &mut q);
+                let scales = &block[192..208];
+                out.extend(
+                    q.iter()
+                        .enumerate()
+                        .map(|(i, &v)| d * (scales[i / 16] as i8) as f32 * v as f32),
+                );
+            }
+            out
+        }
         other => {
             return Err(format!(
-                "ggml tensor type {other} is not supported (F32, F16, BF16, Q8_0, Q4_1 are)"
+                "ggml tensor type {other} is not supported (F32, F16, BF16, Q8_0, Q4_1, Q5_0, Q4_K, Q6_K are)"
             ));
         }
     })
@@ -301,18 +410,24 @@ impl Gguf {
                 info.dims
             ));
         }
-        let n = dims.iter().product::<u64>() as usize;
-        let size = match info.ggml_type {
-            F32 => 4 * n,
-            F16 | BF16 => 2 * n,
-            Q8_0 => n / 32 * 34,
-            Q4_1 => n / 32 * 20,
-            other => {
-                return Err(format!(
-                    "tensor `{name}`: ggml type {other} is not supported (F32, F16, BF16, Q8_0, Q4_1 are)"
-                ));
-            }
+        let n = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= usize::MAX as u64 / 4)
+            .ok_or_else(|| format!("tensor `{name}`: its dimensions overflow"))?
+            as usize;
+        let Some((per, bytes)) = block_layout(info.ggml_type) else {
+            return Err(format!(
+                "tensor `{name}`: ggml type {} is not supported (F32, F16, BF16, Q8_0, Q4_1, Q5_0, Q4_K, Q6_K are)",
+                info.ggml_type
+            ));
         };
+        if n % per != 0 {
+            return Err(format!(
+                "tensor `{name}`: {n} values are not whole blocks of {per}"
+            ));
+        }
+        let size = n / per * bytes;
         let start = self
             .data_start
             .checked_add(info.offset as usize)
@@ -331,45 +446,86 @@ impl Gguf {
         self.data
     }
 
-    /// The Llama configuration from the metadata.
+    /// The decoder's configuration from the metadata: `llama`, or `gemma3` (with llama.cpp's
+    /// defaults for what the file leaves out: every 6th layer global, local rotary base 10⁴,
+    /// attention scale `1/√head_dim`, `1/√(dim/heads)` for the 62-layer 27B).
     pub fn config(&self) -> Result<LlamaConfig, String> {
         let arch = self
             .metadata
             .get("general.architecture")
             .and_then(Value::as_str)
             .unwrap_or("");
-        if arch != "llama" {
-            return Err(format!("architecture `{arch}` is not `llama`"));
+        if arch != "llama" && arch != "gemma3" {
+            return Err(format!(
+                "architecture `{arch}` is not supported (`llama` and `gemma3` are)"
+            ));
         }
-        let heads = self.meta_u64("llama.attention.head_count")? as usize;
+        let key = |k: &str| format!("{arch}.{k}");
+        let float = |k: &str| self.metadata.get(&key(k)).and_then(Value::as_f64);
+        let heads = self.meta_u64(&key("attention.head_count"))? as usize;
         let vocab = match self.metadata.get("tokenizer.ggml.tokens") {
             Some(Value::Array(t)) => t.len(),
-            _ => self.meta_u64("llama.vocab_size")? as usize,
+            _ => self.meta_u64(&key("vocab_size"))? as usize,
+        };
+        let dim = self.meta_u64(&key("embedding_length"))? as usize;
+        let n_layers = self.meta_u64(&key("block_count"))? as usize;
+        let arch = if arch == "gemma3" {
+            let head_dim = self.meta_u64(&key("attention.key_length"))? as usize;
+            let value_dim = self
+                .metadata
+                .get(&key("attention.value_length"))
+                .and_then(Value::as_u64)
+                .map_or(head_dim, |v| v as usize);
+            if value_dim != head_dim {
+                return Err(format!("key width {head_dim} ≠ value width {value_dim}"));
+            }
+            let global_every = match self.metadata.get(&key("attention.sliding_window_pattern")) {
+                None => 6,
+                Some(v) => v.as_u64().ok_or(
+                    "a per-layer `attention.sliding_window_pattern` array is not supported",
+                )? as usize,
+            };
+            let linear = self
+                .metadata
+                .get(&key("rope.scaling.type"))
+                .and_then(Value::as_str)
+                .is_none_or(|t| t == "linear" || t == "none");
+            if !linear {
+                return Err("only linear RoPE scaling is supported".into());
+            }
+            let attn_width = if n_layers == 62 {
+                dim / heads
+            } else {
+                head_dim
+            };
+            Arch::Gemma3(Gemma3 {
+                head_dim,
+                sliding_window: self.meta_u64(&key("attention.sliding_window"))? as usize,
+                global_every,
+                rope_local_theta: float("rope.freq_base_swa").unwrap_or(10_000.0) as f32,
+                rope_scale: float("rope.scaling.factor").unwrap_or(1.0) as f32,
+                query_scale: 1.0 / (attn_width as f32).sqrt(),
+            })
+        } else {
+            Arch::Llama
         };
         let c = LlamaConfig {
             vocab_size: vocab,
-            dim: self.meta_u64("llama.embedding_length")? as usize,
-            n_layers: self.meta_u64("llama.block_count")? as usize,
+            dim,
+            n_layers,
             n_heads: heads,
             n_kv_heads: self
                 .metadata
-                .get("llama.attention.head_count_kv")
+                .get(&key("attention.head_count_kv"))
                 .and_then(Value::as_u64)
                 .map_or(heads, |v| v as usize),
-            hidden_dim: self.meta_u64("llama.feed_forward_length")? as usize,
-            max_seq_len: self.meta_u64("llama.context_length")? as usize,
-            rope_theta: self
-                .metadata
-                .get("llama.rope.freq_base")
-                .and_then(Value::as_f64)
-                .unwrap_or(10_000.0) as f32,
-            norm_eps: self
-                .metadata
-                .get("llama.attention.layer_norm_rms_epsilon")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-5) as f32,
+            hidden_dim: self.meta_u64(&key("feed_forward_length"))? as usize,
+            max_seq_len: self.meta_u64(&key("context_length"))? as usize,
+            rope_theta: float("rope.freq_base").unwrap_or(10_000.0) as f32,
+            norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
             tie_embeddings: !self.tensors.contains_key("output.weight"),
             value_head: false,
+            arch,
         };
         c.validate()?;
         Ok(c)
@@ -379,19 +535,29 @@ impl Gguf {
     pub fn weights(&self, c: &LlamaConfig) -> Result<LlamaWeights, String> {
         let (d, h, v) = (c.dim as u64, c.hidden_dim as u64, c.vocab_size as u64);
         let kv = (c.n_kv_heads * c.head_dim()) as u64;
+        let (q, hd) = (c.q_dim() as u64, c.head_dim() as u64);
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let t = |n: &str, dims: &[u64]| self.tensor(&format!("blk.{i}.{n}.weight"), dims);
             layers.push(LayerWeights {
                 attn_norm: t("attn_norm", &[d])?,
-                wq: t("attn_q", &[d, d])?,
+                wq: t("attn_q", &[d, q])?,
                 wk: t("attn_k", &[d, kv])?,
                 wv: t("attn_v", &[d, kv])?,
-                wo: t("attn_output", &[d, d])?,
+                wo: t("attn_output", &[q, d])?,
                 ffn_norm: t("ffn_norm", &[d])?,
                 w1: t("ffn_gate", &[d, h])?,
                 w2: t("ffn_down", &[h, d])?,
                 w3: t("ffn_up", &[d, h])?,
+                gemma: match c.gemma3() {
+                    None => None,
+                    Some(_) => Some(GemmaNorms {
+                        q_norm: t("attn_q_norm", &[hd])?,
+                        k_norm: t("attn_k_norm", &[hd])?,
+                        post_attn_norm: t("post_attention_norm", &[d])?,
+                        post_ffn_norm: t("post_ffw_norm", &[d])?,
+                    }),
+                },
             });
         }
         Ok(LlamaWeights {
@@ -562,15 +728,39 @@ impl Gguf {
         })
     }
 
-    /// The chat template (Jinja), if the file has one.
+    /// The chat template (Jinja): the file's own, or for a Gemma 3 file without one (the base
+    /// models ship none) Gemma's turn format.
     pub fn chat_template(&self) -> Option<&str> {
-        self.metadata
+        let own = self
+            .metadata
             .get("tokenizer.chat_template")
-            .and_then(Value::as_str)
+            .and_then(Value::as_str);
+        let arch = self
+            .metadata
+            .get("general.architecture")
+            .and_then(Value::as_str);
+        own.or((arch == Some("gemma3")).then_some(GEMMA3_CHAT_TEMPLATE))
     }
 }
 
 type Json = serde_json::Value;
+
+/// Gemma 3's chat format (its instruction-tuned models' template, text only): turns
+/// `<start_of_turn>{user|model}\n…<end_of_turn>\n`, a system message prefixed to the first
+/// user turn.
+const GEMMA3_CHAT_TEMPLATE: &str = "{{ bos_token }}\
+{%- if messages[0]['role'] == 'system' -%}\
+{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\
+{%- set loop_messages = messages[1:] -%}\
+{%- else -%}\
+{%- set first_user_prefix = '' -%}\
+{%- set loop_messages = messages -%}\
+{%- endif -%}\
+{%- for message in loop_messages -%}\
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}\
+{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
 
 /// Control tokens (type 3) as special tokens and user-defined ones (type 4) as added tokens.
 fn added_tokens(tokens: &[String], types: &[u64]) -> Vec<Json> {

@@ -68,6 +68,7 @@ impl HfConfig {
             norm_eps: self.rms_norm_eps as f32,
             tie_embeddings: self.tie_word_embeddings,
             value_head: false,
+            arch: Default::default(),
         }
     }
 
@@ -223,6 +224,7 @@ pub fn parse_weights(bytes: &[u8], config: &LlamaConfig) -> Result<LlamaWeights,
             w1: get(&format!("{p}.mlp.gate_proj.weight"), &[h, d])?,
             w2: get(&format!("{p}.mlp.down_proj.weight"), &[d, h])?,
             w3: get(&format!("{p}.mlp.up_proj.weight"), &[h, d])?,
+            gemma: None,
         });
     }
     let lm_head = if config.tie_embeddings {

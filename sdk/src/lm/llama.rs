@@ -61,6 +61,71 @@ pub struct LlamaConfig {
     /// Add a scalar head on the final hidden state (reward models, PPO critics).
     #[serde(default)]
     pub value_head: bool,
+    /// The architecture family (`llama` unless a checkpoint says otherwise).
+    #[serde(default)]
+    pub arch: Arch,
+}
+
+/// Which decoder a [`LlamaConfig`] describes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Arch {
+    /// Llama: RMSNorm before attention and the MLP, rotary embeddings on interleaved pairs,
+    /// SwiGLU, `head_dim = dim / n_heads`.
+    #[default]
+    Llama,
+    /// Gemma 3 (see [`Gemma3`]).
+    Gemma3(Gemma3),
+}
+
+/// What Gemma 3 changes, as its reference implementations (Hugging Face `Gemma3ForCausalLM`,
+/// llama.cpp's `gemma3` graph) define it:
+///
+/// - the embeddings are scaled by `√dim`; the output layer is the (unscaled) embedding;
+/// - RMSNorms before *and after* attention and the MLP; their weights are stored as the
+///   factor itself (`1 + w` in Hugging Face's parameterisation, as GGUF files store them);
+/// - queries and keys get an RMSNorm over each head (QK-norm) before the rotation;
+/// - rotary embeddings on the two halves of a head (GPT-NeoX order, not interleaved pairs);
+/// - GeGLU (`gelu_tanh(gate) · up`);
+/// - the attention logits scaled by `query_scale` instead of `1/√head_dim`;
+/// - local layers (sliding-window attention over the last `sliding_window` positions, the
+///   query's own included, rotary base `rope_local_theta`) and every `global_every`-th layer
+///   global (full causal attention, base [`LlamaConfig::rope_theta`], positions divided by
+///   `rope_scale`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Gemma3 {
+    /// Width of one attention head (not `dim / n_heads`: 256 for Gemma-3-270M, whose `dim` is
+    /// 640 with 4 heads).
+    pub head_dim: usize,
+    pub sliding_window: usize,
+    /// Layers `global_every − 1`, `2·global_every − 1`, … are global (6 in Gemma 3).
+    pub global_every: usize,
+    pub rope_local_theta: f32,
+    /// Linear RoPE scaling of the global layers (1 = none).
+    pub rope_scale: f32,
+    /// The attention logits' scale (`query_pre_attn_scalar^-½`).
+    pub query_scale: f32,
+}
+
+impl Gemma3 {
+    /// Whether layer `i` is a local (sliding-window) layer.
+    pub fn is_local(&self, i: usize) -> bool {
+        self.global_every == 0 || i % self.global_every < self.global_every - 1
+    }
+}
+
+/// [`gelu_tanh`] elementwise.
+fn gelu_tanh_tensor<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const C: f64 = 0.797_884_560_802_865_4; // √(2/π)
+    let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044_715) * C;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// `gelu(x)` with the tanh approximation (PyTorch's `gelu(approximate="tanh")`).
+pub fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // √(2/π)
+    0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 fn default_theta() -> f32 {
@@ -76,7 +141,39 @@ fn default_true() -> bool {
 impl LlamaConfig {
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
-        self.dim / self.n_heads
+        match &self.arch {
+            Arch::Llama => self.dim / self.n_heads,
+            Arch::Gemma3(g) => g.head_dim,
+        }
+    }
+
+    /// Width of the queries of all heads (`dim` for Llama).
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim()
+    }
+
+    /// The Gemma 3 settings, when it is one.
+    pub fn gemma3(&self) -> Option<&Gemma3> {
+        match &self.arch {
+            Arch::Gemma3(g) => Some(g),
+            Arch::Llama => None,
+        }
+    }
+
+    /// Rotary base and position scale of layer `i`.
+    pub fn rope_of_layer(&self, i: usize) -> (f32, f32) {
+        match &self.arch {
+            Arch::Gemma3(g) if g.is_local(i) => (g.rope_local_theta, 1.0),
+            Arch::Gemma3(g) => (self.rope_theta, g.rope_scale),
+            Arch::Llama => (self.rope_theta, 1.0),
+        }
+    }
+
+    /// The sliding window of layer `i` (`None`: full causal attention).
+    pub fn window_of_layer(&self, i: usize) -> Option<usize> {
+        self.gemma3()
+            .filter(|g| g.is_local(i))
+            .map(|g| g.sliding_window)
     }
 
     /// Checks the shapes fit together.
@@ -95,7 +192,16 @@ impl LlamaConfig {
                 return Err(format!("{name} must be positive"));
             }
         }
-        if self.dim % self.n_heads != 0 {
+        if let Some(g) = self.gemma3() {
+            if g.head_dim == 0 || g.sliding_window == 0 {
+                return Err("gemma3 head_dim and sliding_window must be positive".into());
+            }
+            if !(g.rope_scale > 0.0 && g.query_scale > 0.0 && g.rope_local_theta > 0.0) {
+                return Err(
+                    "gemma3 rope_scale, query_scale and rope_local_theta must be positive".into(),
+                );
+            }
+        } else if self.dim % self.n_heads != 0 {
             return Err(format!(
                 "dim {} is not a multiple of n_heads {}",
                 self.dim, self.n_heads
@@ -119,7 +225,13 @@ impl LlamaConfig {
     /// Trainable parameters (value head included when present).
     pub fn num_params(&self) -> usize {
         let (d, h, kv) = (self.dim, self.hidden_dim, self.n_kv_heads * self.head_dim());
-        let layer = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * h;
+        let q = self.q_dim();
+        let gemma = if self.gemma3().is_some() {
+            2 * d + 2 * self.head_dim()
+        } else {
+            0
+        };
+        let layer = 2 * d + d * q * 2 + 2 * d * kv + 3 * d * h + gemma;
         let head = if self.tie_embeddings {
             0
         } else {
@@ -148,6 +260,27 @@ pub struct LayerWeights {
     pub w2: Vec<f32>,
     /// Up projection (`w3`).
     pub w3: Vec<f32>,
+    /// Gemma 3's extra norms.
+    pub gemma: Option<GemmaNorms>,
+}
+
+/// Gemma 3's norms beyond Llama's, per layer: QK-norm (`[head_dim]`) and the norms after
+/// attention and after the MLP (`[dim]`), each the factor itself (`1 + w`).
+#[derive(Clone, Debug, Default)]
+pub struct GemmaNorms {
+    pub q_norm: Vec<f32>,
+    pub k_norm: Vec<f32>,
+    pub post_attn_norm: Vec<f32>,
+    pub post_ffn_norm: Vec<f32>,
+}
+
+/// [`GemmaNorms`] in a burn block.
+#[derive(Module, Debug)]
+pub struct GemmaBlock {
+    pub q_norm: RmsNorm,
+    pub k_norm: RmsNorm,
+    pub post_attn_norm: RmsNorm,
+    pub post_ffn_norm: RmsNorm,
 }
 
 /// All weights in checkpoint layout.
@@ -189,6 +322,7 @@ pub struct Block {
     pub w1: Param<Tensor<2>>,
     pub w2: Param<Tensor<2>>,
     pub w3: Param<Tensor<2>>,
+    pub gemma: Option<GemmaBlock>,
 }
 
 /// The transformer.
@@ -255,20 +389,28 @@ impl Llama {
         config.validate()?;
         let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
         let kv = config.n_kv_heads * config.head_dim();
+        let (q, hd) = (config.q_dim(), config.head_dim());
+        let gemma = config.gemma3().is_some();
         let mut draw =
             |n: usize, std: f32| -> Vec<f32> { (0..n).map(|_| std * normal(rng)).collect() };
         let proj = 0.02 / (2.0 * config.n_layers as f32).sqrt();
         let layers = (0..config.n_layers)
             .map(|_| LayerWeights {
                 attn_norm: vec![1.0; d],
-                wq: draw(d * d, 0.02),
+                wq: draw(q * d, 0.02),
                 wk: draw(kv * d, 0.02),
                 wv: draw(kv * d, 0.02),
-                wo: draw(d * d, proj),
+                wo: draw(d * q, proj),
                 ffn_norm: vec![1.0; d],
                 w1: draw(h * d, 0.02),
                 w2: draw(d * h, proj),
                 w3: draw(h * d, 0.02),
+                gemma: gemma.then(|| GemmaNorms {
+                    q_norm: vec![1.0; hd],
+                    k_norm: vec![1.0; hd],
+                    post_attn_norm: vec![1.0; d],
+                    post_ffn_norm: vec![1.0; d],
+                }),
             })
             .collect();
         let weights = LlamaWeights {
@@ -306,6 +448,7 @@ impl Llama {
         config.validate()?;
         let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
         let kv = config.n_kv_heads * config.head_dim();
+        let (q, hd) = (config.q_dim(), config.head_dim());
         let check = |name: &str, got: usize, want: usize| {
             if got == want {
                 Ok(())
@@ -325,10 +468,39 @@ impl Llama {
         let mut layers = Vec::with_capacity(config.n_layers);
         for (i, l) in w.layers.into_iter().enumerate() {
             check(&format!("layer {i} attention norm"), l.attn_norm.len(), d)?;
-            check(&format!("layer {i} wq"), l.wq.len(), d * d)?;
+            check(&format!("layer {i} wq"), l.wq.len(), q * d)?;
             check(&format!("layer {i} wk"), l.wk.len(), kv * d)?;
             check(&format!("layer {i} wv"), l.wv.len(), kv * d)?;
-            check(&format!("layer {i} wo"), l.wo.len(), d * d)?;
+            check(&format!("layer {i} wo"), l.wo.len(), d * q)?;
+            let norm = |w: Vec<f32>| RmsNorm {
+                weight: param1(w, device),
+                eps: config.norm_eps,
+            };
+            let gemma = match (config.gemma3().is_some(), l.gemma) {
+                (false, None) => None,
+                (false, Some(_)) => return Err(format!("layer {i} has Gemma norms in a Llama")),
+                (true, None) => return Err(format!("layer {i} lacks Gemma 3's extra norms")),
+                (true, Some(g)) => {
+                    check(&format!("layer {i} q norm"), g.q_norm.len(), hd)?;
+                    check(&format!("layer {i} k norm"), g.k_norm.len(), hd)?;
+                    check(
+                        &format!("layer {i} post-attention norm"),
+                        g.post_attn_norm.len(),
+                        d,
+                    )?;
+                    check(
+                        &format!("layer {i} post-MLP norm"),
+                        g.post_ffn_norm.len(),
+                        d,
+                    )?;
+                    Some(GemmaBlock {
+                        q_norm: norm(g.q_norm),
+                        k_norm: norm(g.k_norm),
+                        post_attn_norm: norm(g.post_attn_norm),
+                        post_ffn_norm: norm(g.post_ffn_norm),
+                    })
+                }
+            };
             check(&format!("layer {i} ffn norm"), l.ffn_norm.len(), d)?;
             check(&format!("layer {i} w1"), l.w1.len(), h * d)?;
             check(&format!("layer {i} w2"), l.w2.len(), d * h)?;
@@ -338,10 +510,10 @@ impl Llama {
                     weight: param1(l.attn_norm, device),
                     eps: config.norm_eps,
                 },
-                wq: param2(transpose(&l.wq, d, d), [d, d], device),
+                wq: param2(transpose(&l.wq, q, d), [d, q], device),
                 wk: param2(transpose(&l.wk, kv, d), [d, kv], device),
                 wv: param2(transpose(&l.wv, kv, d), [d, kv], device),
-                wo: param2(transpose(&l.wo, d, d), [d, d], device),
+                wo: param2(transpose(&l.wo, d, q), [q, d], device),
                 ffn_norm: RmsNorm {
                     weight: param1(l.ffn_norm, device),
                     eps: config.norm_eps,
@@ -349,6 +521,7 @@ impl Llama {
                 w1: param2(transpose(&l.w1, h, d), [d, h], device),
                 w2: param2(transpose(&l.w2, d, h), [h, d], device),
                 w3: param2(transpose(&l.w3, h, d), [d, h], device),
+                gemma,
             });
         }
         let lm_head = match (config.tie_embeddings, w.lm_head) {
@@ -394,6 +567,7 @@ impl Llama {
         let c = &self.config;
         let (d, h, v) = (c.dim, c.hidden_dim, c.vocab_size);
         let kv = c.n_kv_heads * c.head_dim();
+        let q = c.q_dim();
         let vec1 = |p: &Param<Tensor<1>>| {
             p.val()
                 .into_data()
@@ -415,14 +589,20 @@ impl Llama {
                 .iter()
                 .map(|b| LayerWeights {
                     attn_norm: vec1(&b.attn_norm.weight),
-                    wq: transpose(&vec2(&b.wq), d, d),
+                    wq: transpose(&vec2(&b.wq), d, q),
                     wk: transpose(&vec2(&b.wk), d, kv),
                     wv: transpose(&vec2(&b.wv), d, kv),
-                    wo: transpose(&vec2(&b.wo), d, d),
+                    wo: transpose(&vec2(&b.wo), q, d),
                     ffn_norm: vec1(&b.ffn_norm.weight),
                     w1: transpose(&vec2(&b.w1), d, h),
                     w2: transpose(&vec2(&b.w2), h, d),
                     w3: transpose(&vec2(&b.w3), d, h),
+                    gemma: b.gemma.as_ref().map(|g| GemmaNorms {
+                        q_norm: vec1(&g.q_norm.weight),
+                        k_norm: vec1(&g.k_norm.weight),
+                        post_attn_norm: vec1(&g.post_attn_norm.weight),
+                        post_ffn_norm: vec1(&g.post_ffn_norm.weight),
+                    }),
                 })
                 .collect(),
             final_norm: vec1(&self.norm.weight),
@@ -430,32 +610,41 @@ impl Llama {
         }
     }
 
-    /// Rotary tables `[B, 1, T, D]` (cos and sin, each value repeated for the two members of
-    /// its pair) for rows whose absolute indices run from `start` to `start + t`, position =
-    /// index − pad (llama2.c's f32 arithmetic).
+    /// Rotary tables `[B, 1, T, D]` (cos and sin, each value at both members of its pair)
+    /// for rows whose absolute indices run from `start` to `start + t`, position = (index −
+    /// pad) / `scale`, base `theta` (llama2.c's f32 arithmetic). Pairs are interleaved
+    /// (`2j, 2j+1`) for Llama and the two halves (`j, j + D/2`) for Gemma 3.
     fn rope(
         &self,
         pad: &[usize],
         start: usize,
         t: usize,
+        (theta, scale): (f32, f32),
         device: &Device,
     ) -> (Tensor<4>, Tensor<4>) {
         let hd = self.config.head_dim();
+        let halves = self.config.gemma3().is_some();
         let b = pad.len();
         let freqs: Vec<f32> = (0..hd / 2)
-            .map(|j| 1.0f32 / self.config.rope_theta.powf((2 * j) as f32 / hd as f32))
+            .map(|j| 1.0f32 / theta.powf((2 * j) as f32 / hd as f32))
             .collect();
         let mut cos = Vec::with_capacity(b * t * hd);
         let mut sin = Vec::with_capacity(b * t * hd);
+        let (mut c_row, mut s_row) = (vec![0f32; hd], vec![0f32; hd]);
         for &p in pad {
             for i in start..start + t {
-                let pos = i.saturating_sub(p) as f32;
-                for &f in &freqs {
-                    let val = pos * f;
-                    let (s, c) = (val.sin(), val.cos());
-                    cos.extend([c, c]);
-                    sin.extend([s, s]);
+                let pos = i.saturating_sub(p) as f32 / scale;
+                for (j, &f) in freqs.iter().enumerate() {
+                    let (s, c) = (pos * f).sin_cos();
+                    let (a, b) = if halves {
+                        (j, j + hd / 2)
+                    } else {
+                        (2 * j, 2 * j + 1)
+                    };
+                    (c_row[a], c_row[b], s_row[a], s_row[b]) = (c, c, s, s);
                 }
+                cos.extend_from_slice(&c_row);
+                sin.extend_from_slice(&s_row);
             }
         }
         let shape = [b, 1, t, hd];
@@ -465,18 +654,24 @@ impl Llama {
         )
     }
 
-    /// `[D, D]` with `x · P = (−x₁, x₀, −x₃, x₂, …)`: the pair rotation by 90°.
+    /// `[D, D]` with `x · P` the rotation of each pair by 90°: `(−x₁, x₀, −x₃, x₂, …)` for
+    /// interleaved pairs, `(−x_{D/2..}, x_{..D/2})` for halves.
     fn rope_swap(&self, device: &Device) -> Tensor<2> {
         let hd = self.config.head_dim();
         let mut p = vec![0.0f32; hd * hd];
         for j in 0..hd / 2 {
-            p[(2 * j + 1) * hd + 2 * j] = -1.0; // out[2j] = −x[2j+1]
-            p[(2 * j) * hd + 2 * j + 1] = 1.0; // out[2j+1] = x[2j]
+            let (a, b) = if self.config.gemma3().is_some() {
+                (j, j + hd / 2)
+            } else {
+                (2 * j, 2 * j + 1)
+            };
+            p[b * hd + a] = -1.0; // out[a] = −x[b]
+            p[a * hd + b] = 1.0; // out[b] = x[a]
         }
         Tensor::from_data(TensorData::new(p, [hd, hd]), device)
     }
 
-    /// Rotates interleaved pairs: `x·cos + (x·P)·sin`.
+    /// Rotates the pairs: `x·cos + (x·P)·sin`.
     fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>, swap: &Tensor<2>) -> Tensor<4> {
         let [b, h, t, d] = x.dims();
         let swapped = x
@@ -502,43 +697,60 @@ impl Llama {
         let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim());
         let start = cache.as_ref().map_or(0, |c| c.len);
         let total = start + t;
-        let (cos, sin) = self.rope(pad, start, t, &device);
+        // One rotary table per distinct (base, scale): Gemma 3's local and global layers.
+        let mut ropes: Vec<((f32, f32), (Tensor<4>, Tensor<4>))> = Vec::new();
+        for li in 0..c.n_layers {
+            let key = c.rope_of_layer(li);
+            if !ropes.iter().any(|(k, _)| *k == key) {
+                ropes.push((key, self.rope(pad, start, t, key, &device)));
+            }
+        }
         let swap = self.rope_swap(&device);
-        // Mask (true = hidden): keys that are padding or in the future. A padding query keeps
-        // its own key so its softmax is defined (its output is never used). On libtorch the
-        // keys are hidden by an additive bias instead (0 or −10³⁰, a weight of exactly 0):
-        // burn-tch 0.22 hands a boolean mask to libtorch, whose `True` means "attend", the
-        // opposite of burn's. Elsewhere the boolean mask is faster.
+        // Mask (true = hidden): keys that are padding, in the future, or (sliding-window
+        // layers) `window` or more positions back. A padding query keeps its own key so its
+        // softmax is defined (its output is never used). On libtorch the keys are hidden by an
+        // additive bias instead (0 or −10³⁰, a weight of exactly 0): burn-tch 0.22 hands a
+        // boolean mask to libtorch, whose `True` means "attend", the opposite of burn's.
+        // Elsewhere the boolean mask is faster.
         let no_pad = pad.iter().all(|&p| p == 0);
-        let mask = if no_pad && start == 0 {
-            None
-        } else if no_pad && t == 1 {
-            None
-        } else {
-            let mut m = Vec::with_capacity(b * t * total);
-            for &p in pad {
-                for qi in start..total {
-                    for kj in 0..total {
-                        m.push(kj > qi || (kj < p && kj != qi));
+        let masks = |window: Option<usize>| -> (Option<Tensor<4, Bool>>, Option<Tensor<4>>, bool) {
+            let windowed = window.is_some_and(|w| total > w);
+            let mask = if !windowed && no_pad && (start == 0 || t == 1) {
+                None
+            } else {
+                let w = window.unwrap_or(usize::MAX);
+                let mut m = Vec::with_capacity(b * t * total);
+                for &p in pad {
+                    for qi in start..total {
+                        for kj in 0..total {
+                            m.push(kj > qi || (kj != qi && (kj < p || qi - kj >= w)));
+                        }
                     }
                 }
-            }
-            let m = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, t, total]), &device);
-            Some(m.expand([b, nh, t, total]))
+                let m = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, t, total]), &device);
+                Some(m.expand([b, nh, t, total]))
+            };
+            let (mask, bias) = match mask {
+                Some(m) if is_libtorch(&device) => {
+                    let zeros = Tensor::<4>::zeros(m.dims(), &device);
+                    (None, Some(zeros.mask_fill(m, HIDDEN)))
+                }
+                m => (m, None),
+            };
+            let causal_only = mask.is_none() && bias.is_none() && start == 0;
+            (mask, bias, causal_only)
         };
-        let (mask, bias) = match mask {
-            Some(m) if is_libtorch(&device) => {
-                let zeros = Tensor::<4>::zeros(m.dims(), &device);
-                (None, Some(zeros.mask_fill(m, HIDDEN)))
-            }
-            m => (m, None),
-        };
-        let causal_only = mask.is_none() && bias.is_none() && start == 0;
+        let full = masks(None);
+        let local = c.gemma3().map(|g| masks(Some(g.sliding_window)));
+        let scale = c.gemma3().map(|g| g.query_scale as f64);
 
         // Activations stay `[B·T, dim]` so every projection is one 2-D matrix product (one
         // large GEMM that the backend parallelises), reshaped only around attention.
         let n = b * t;
         let mut x = self.embed.val().select(0, tokens.reshape([n]));
+        if c.gemma3().is_some() {
+            x = x * (c.dim as f64).sqrt();
+        }
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(x.clone());
             let q = h
@@ -555,8 +767,14 @@ impl Llama {
                 .matmul(layer.wv.val())
                 .reshape([b, t, nkv, hd])
                 .swap_dims(1, 2);
-            let q = Self::apply_rope(q, &cos, &sin, &swap);
-            let k = Self::apply_rope(k, &cos, &sin, &swap);
+            let (q, k) = match &layer.gemma {
+                Some(g) => (g.q_norm.forward(q), g.k_norm.forward(k)),
+                None => (q, k),
+            };
+            let key = c.rope_of_layer(li);
+            let (_, (cos, sin)) = ropes.iter().find(|(k, _)| *k == key).expect("built above");
+            let q = Self::apply_rope(q, cos, sin, &swap);
+            let k = Self::apply_rope(k, cos, sin, &swap);
             let (k, v) = match cache.as_deref_mut() {
                 Some(cache) => {
                     let (k, v) = match cache.layers[li].take() {
@@ -582,18 +800,38 @@ impl Llama {
                 };
                 (grow(k), grow(v))
             };
+            let (mask, bias, causal_only) = match (&local, c.window_of_layer(li)) {
+                (Some(local), Some(_)) => local,
+                _ => &full,
+            };
             let options = AttentionModuleOptions {
-                scale: None,
+                scale,
                 softcap: None,
-                is_causal: causal_only && t > 1,
+                is_causal: *causal_only && t > 1,
             };
             let o = attention(q, k, v, mask.clone(), bias.clone(), options);
-            let o = o.swap_dims(1, 2).reshape([n, c.dim]);
-            x = x + o.matmul(layer.wo.val());
+            let o = o
+                .swap_dims(1, 2)
+                .reshape([n, c.q_dim()])
+                .matmul(layer.wo.val());
+            let o = match &layer.gemma {
+                Some(g) => g.post_attn_norm.forward(o),
+                None => o,
+            };
+            x = x + o;
             let h = layer.ffn_norm.forward(x.clone());
-            let gate = silu(h.clone().matmul(layer.w1.val()));
+            let gate = h.clone().matmul(layer.w1.val());
+            let gate = if c.gemma3().is_some() {
+                gelu_tanh_tensor(gate)
+            } else {
+                silu(gate)
+            };
             let up = h.matmul(layer.w3.val());
-            x = x + (gate * up).matmul(layer.w2.val());
+            let f = (gate * up).matmul(layer.w2.val());
+            x = x + match &layer.gemma {
+                Some(g) => g.post_ffn_norm.forward(f),
+                None => f,
+            };
         }
         if let Some(cache) = cache {
             cache.len = total;
@@ -672,6 +910,20 @@ mod tests {
             norm_eps: 1e-5,
             tie_embeddings: seed % 2 == 0,
             value_head: true,
+            // Every third seed a Gemma 3 (head width 8 ≠ 16 / 4; a window of 4 positions on
+            // the local layer 0, layer 1 global).
+            arch: if seed % 3 == 0 {
+                Arch::Gemma3(Gemma3 {
+                    head_dim: 8,
+                    sliding_window: 4,
+                    global_every: 2,
+                    rope_local_theta: 50.0,
+                    rope_scale: 2.0,
+                    query_scale: 0.25,
+                })
+            } else {
+                Arch::Llama
+            },
         };
         // Larger weights than the default init, so the test sees real attention patterns.
         let mut model =

@@ -91,6 +91,7 @@ pub fn parse_checkpoint(bytes: &[u8]) -> Result<(LlamaConfig, LlamaWeights), Str
         norm_eps: 1e-5,
         tie_embeddings: tied,
         value_head: false,
+        arch: Default::default(),
     };
     config.validate()?;
     let (d, h, l, v) = (
@@ -157,6 +158,7 @@ pub fn parse_checkpoint(bytes: &[u8]) -> Result<(LlamaConfig, LlamaWeights), Str
             w1: its.6.next().expect("n_layers"),
             w2: its.7.next().expect("n_layers"),
             w3: its.8.next().expect("n_layers"),
+            gemma: None,
         });
     }
     Ok((

@@ -275,9 +275,9 @@ fn read(path: &Path, tokenizer: Option<&Path>) -> Result<Loaded<Source>, Error> 
             };
             let eos = tok.eos();
             let mut stop_ids = vec![eos];
-            // Chat models end a turn with <|im_end|> / <|eot_id|> as well.
+            // Chat models end a turn with <|im_end|> / <|eot_id|> / <end_of_turn> as well.
             if let Ok(tokens) = g.tokens() {
-                for special in ["<|im_end|>", "<|eot_id|>", "<|end|>"] {
+                for special in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
                     if let Some(i) = tokens.iter().position(|t| t == special) {
                         stop_ids.push(i as u32);
                     }

@@ -183,6 +183,7 @@ impl ModelSize {
             norm_eps: 1e-5,
             tie_embeddings: true,
             value_head: false,
+            arch: Default::default(),
         }
     }
 
@@ -425,6 +426,7 @@ mod tests {
             norm_eps: 1e-5,
             tie_embeddings: true,
             value_head: false,
+            arch: Default::default(),
         };
         let device = crate::device::test_device();
         let model = Llama::init(config, &mut rng(5, 0), &device).unwrap();
@@ -489,7 +491,7 @@ mod padding_tests {
                                            r1 in "[a-h]{1,6}", r2 in "[a-h]{1,3}") {
             let config = LlamaConfig {
                 vocab_size: 12, dim: 16, n_layers: 1, n_heads: 2, n_kv_heads: 2, hidden_dim: 24, max_seq_len: 32,
-                rope_theta: 10_000.0, norm_eps: 1e-5, tie_embeddings: true, value_head: false,
+                rope_theta: 10_000.0, norm_eps: 1e-5, tie_embeddings: true, value_head: false, arch: Default::default(),
             };
             let device = crate::device::test_device();
             let model = Llama::init(config, &mut rng(seed, 0), &device).unwrap();

@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
-use crate::lm::gguf::Gguf;
-use crate::lm::llama::{LlamaConfig, LlamaWeights};
+use crate::lm::gguf::{Gguf, QK_K, q4k_scale_min, q5_0_values, q6_k_values};
+use crate::lm::llama::{GemmaNorms, LlamaConfig, LlamaWeights, gelu_tanh};
 use crate::lm::sample::{Sequence, logprob_at, sample_next};
 use crate::policy::SamplingParams;
 use crate::rng::Rng;
@@ -25,7 +25,8 @@ use crate::rng::Rng;
 /// Values per quantization block.
 pub const QK: usize = 32;
 
-/// How a matrix's values are stored.
+/// How a matrix's values are stored (ggml's names).
+#[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QKind {
     /// Plain f32 (also what F16 / BF16 tensors become).
@@ -35,6 +36,12 @@ pub enum QKind {
     /// 32 values: f16 scale `d`, f16 minimum `m`, 16 bytes of nibbles (low nibbles are values
     /// 0..16, high nibbles 16..32); `x = d·q + m`.
     Q4_1,
+    /// 32 values of 5 bits: f16 `d`, the fifth bits, nibbles; `x = d·(q − 16)`.
+    Q5_0,
+    /// 256 values in 8 sub-blocks of 32 with 6-bit scales and minimums; `x = d·s_j·q − m·m_j`.
+    Q4_K,
+    /// 256 values of 6 bits in 16 groups of 16 with i8 scales; `x = d·s_g·(q − 32)`.
+    Q6_K,
 }
 
 impl QKind {
@@ -44,10 +51,13 @@ impl QKind {
             QKind::F32 => "f32",
             QKind::Q8_0 => "q8_0",
             QKind::Q4_1 => "q4_1",
+            QKind::Q5_0 => "q5_0",
+            QKind::Q4_K => "q4_k",
+            QKind::Q6_K => "q6_k",
         }
     }
 
-    /// Parses `f32`, `q8_0` or `q4_1`.
+    /// Parses `f32`, `q8_0` or `q4_1` (what f32 weights can be quantized to on load).
     pub fn parse(name: &str) -> Result<Self, String> {
         match name {
             "f32" => Ok(QKind::F32),
@@ -64,15 +74,46 @@ impl QKind {
             QKind::F32 => 4 * QK,
             QKind::Q8_0 => 2 + QK,
             QKind::Q4_1 => 4 + QK / 2,
+            QKind::Q5_0 => 6 + QK / 2,
+            QKind::Q4_K => 144,
+            QKind::Q6_K => 210,
         }
     }
 
-    /// The ggml type id.
+    /// Values per block: 32, or 256 for the K-quants.
+    fn block_values(self) -> usize {
+        match self {
+            QKind::Q4_K | QKind::Q6_K => QK_K,
+            _ => QK,
+        }
+    }
+
+    /// Bytes of a row of `cols` values.
+    fn row_bytes(self, cols: usize) -> usize {
+        cols / self.block_values() * self.block_bytes()
+    }
+
+    /// From the ggml type id (the kinds kept as blocks).
     fn from_ggml(ty: u32) -> Option<Self> {
         match ty {
             8 => Some(QKind::Q8_0),
             3 => Some(QKind::Q4_1),
+            6 => Some(QKind::Q5_0),
+            12 => Some(QKind::Q4_K),
+            14 => Some(QKind::Q6_K),
             _ => None,
+        }
+    }
+
+    /// The ggml type id.
+    fn ggml(self) -> u32 {
+        match self {
+            QKind::F32 => 0,
+            QKind::Q8_0 => 8,
+            QKind::Q4_1 => 3,
+            QKind::Q5_0 => 6,
+            QKind::Q4_K => 12,
+            QKind::Q6_K => 14,
         }
     }
 }
@@ -166,7 +207,9 @@ pub(crate) fn quantize_rows(w: &[f32], kind: QKind) -> Vec<u8> {
                 let q = |v: f32| (((v - min) * inv).round() as i32).clamp(0, 15) as u8;
                 out.extend((0..QK / 2).map(|j| q(xs[j]) | (q(xs[j + QK / 2]) << 4)));
             }
-            QKind::F32 => unreachable!("f32 matrices are not blocks"),
+            QKind::F32 | QKind::Q5_0 | QKind::Q4_K | QKind::Q6_K => {
+                unreachable!("only Q8_0 and Q4_1 are quantized to (QKind::parse)")
+            }
         }
     }
     out
@@ -207,6 +250,67 @@ fn dot_q4_1(table: &[f32], row: &[u8], x: &Q8Vector) -> f32 {
 }
 
 #[inline(always)]
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+/// `Σ_b d_w d_x Σ (q_w − 16) q_x` over one Q5_0 row.
+#[inline(always)]
+fn dot_q5_0(table: &[f32], row: &[u8], x: &Q8Vector) -> f32 {
+    let mut acc = 0f32;
+    let mut q = [0i8; QK];
+    for (b, blk) in row.chunks_exact(6 + QK / 2).enumerate() {
+        q5_0_values(blk, &mut q);
+        let s = dot_i8(&q, &x.q[b * QK..(b + 1) * QK]);
+        acc += f16_at(table, blk) * x.d[b] * s as f32;
+    }
+    acc
+}
+
+/// `Σ_j d·s_j·d_x Σ q_w q_x − m·m_j·d_x Σ q_x` over the sub-blocks of one Q4_K row (each
+/// sub-block of 32 is one block of the activations).
+#[inline(always)]
+fn dot_q4_k(table: &[f32], row: &[u8], x: &Q8Vector) -> f32 {
+    let mut acc = 0f32;
+    for (sb, blk) in row.chunks_exact(144).enumerate() {
+        let (d, dmin) = (f16_at(table, blk), f16_at(table, &blk[2..]));
+        let (scales, qs) = (&blk[4..16], &blk[16..144]);
+        for j in 0..8 {
+            let (sc, m) = q4k_scale_min(j, scales);
+            let b = sb * 8 + j;
+            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let xs = &x.q[b * QK..(b + 1) * QK];
+            let shift = 4 * (j % 2);
+            let s: i32 = q
+                .iter()
+                .zip(xs)
+                .map(|(&w, &v)| ((w >> shift) & 0xf) as i32 * v as i32)
+                .sum();
+            acc += d * sc as f32 * x.d[b] * s as f32 - dmin * m as f32 * x.s[b];
+        }
+    }
+    acc
+}
+
+/// `Σ_g d·s_g·d_x Σ (q_w − 32) q_x` over the groups of 16 of one Q6_K row.
+#[inline(always)]
+fn dot_q6_k(table: &[f32], row: &[u8], x: &Q8Vector) -> f32 {
+    let mut acc = 0f32;
+    let mut q = [0i8; QK_K];
+    for (sb, blk) in row.chunks_exact(210).enumerate() {
+        q6_k_values(blk, &mut q);
+        let d = f16_at(table, &blk[208..]);
+        let scales = &blk[192..208];
+        for g in 0..16 {
+            let at = sb * QK_K + 16 * g;
+            let s = dot_i8(&q[16 * g..16 * g + 16], &x.q[at..at + 16]);
+            acc += d * (scales[g] as i8) as f32 * x.d[at / QK] * s as f32;
+        }
+    }
+    acc
+}
+
+#[inline(always)]
 fn dot_f32(row: &[f32], x: &[f32]) -> f32 {
     // Eight partial sums over fixed-size chunks, so the loop vectorises.
     let mut acc = [0f32; 8];
@@ -237,13 +341,16 @@ fn rows_generic(m: &QMatrix, first: usize, x: &[f32], xq: &Q8Vector, y: &mut [f3
             }
         }
         Store::Blocks { buf, start } => {
-            let rb = m.cols / QK * m.kind.block_bytes();
+            let rb = m.kind.row_bytes(m.cols);
             for (i, out) in y.iter_mut().enumerate() {
                 let at = start + (first + i) * rb;
                 let row = &buf[at..at + rb];
                 *out = match m.kind {
                     QKind::Q8_0 => dot_q8_0(table, row, xq),
                     QKind::Q4_1 => dot_q4_1(table, row, xq),
+                    QKind::Q5_0 => dot_q5_0(table, row, xq),
+                    QKind::Q4_K => dot_q4_k(table, row, xq),
+                    QKind::Q6_K => dot_q6_k(table, row, xq),
                     QKind::F32 => unreachable!("f32 matrices are not blocks"),
                 };
             }
@@ -350,13 +457,18 @@ mod avx2 {
                 }
             }
             Store::Blocks { buf, start } => {
-                let rb = m.cols / QK * m.kind.block_bytes();
+                let rb = m.kind.row_bytes(m.cols);
+                let table = super::f16_table();
                 for (i, out) in y.iter_mut().enumerate() {
                     let at = start + (first + i) * rb;
                     let row = &buf[at..at + rb];
+                    // The 5- and 6-bit kinds: the portable kernels, vectorised for AVX2 here.
                     *out = match m.kind {
                         QKind::Q8_0 => dot_q8_0(row, xq),
                         QKind::Q4_1 => dot_q4_1(row, xq),
+                        QKind::Q5_0 => super::dot_q5_0(table, row, xq),
+                        QKind::Q4_K => super::dot_q4_k(table, row, xq),
+                        QKind::Q6_K => super::dot_q6_k(table, row, xq),
                         QKind::F32 => unreachable!("f32 matrices are not blocks"),
                     };
                 }
@@ -417,7 +529,7 @@ impl QMatrix {
     pub fn bytes(&self) -> usize {
         match &self.store {
             Store::F32(w) => 4 * w.len(),
-            Store::Blocks { .. } => self.rows * self.cols / QK * self.kind.block_bytes(),
+            Store::Blocks { .. } => self.rows * self.kind.row_bytes(self.cols),
         }
     }
 
@@ -426,14 +538,9 @@ impl QMatrix {
         match &self.store {
             Store::F32(w) => w[r * self.cols..(r + 1) * self.cols].to_vec(),
             Store::Blocks { buf, start } => {
-                let rb = self.cols / QK * self.kind.block_bytes();
+                let rb = self.kind.row_bytes(self.cols);
                 let at = start + r * rb;
-                let ty = match self.kind {
-                    QKind::Q8_0 => 8,
-                    QKind::Q4_1 => 3,
-                    QKind::F32 => 0,
-                };
-                crate::lm::gguf::dequantize(ty, &buf[at..at + rb], self.cols)
+                crate::lm::gguf::dequantize(self.kind.ggml(), &buf[at..at + rb], self.cols)
                     .expect("a row holds whole blocks")
             }
         }
@@ -664,9 +771,11 @@ pub struct QLayer {
     pub w1: QMatrix,
     pub w2: QMatrix,
     pub w3: QMatrix,
+    /// Gemma 3's extra norms.
+    pub gemma: Option<GemmaNorms>,
 }
 
-/// A Llama for block-quantized CPU decoding (the same arithmetic as
+/// A Llama (or Gemma 3) for block-quantized CPU decoding (the same arithmetic as
 /// [`Llama`](crate::lm::Llama): RMSNorm, interleaved rotary pairs, grouped-query attention,
 /// SwiGLU).
 #[derive(Clone, Debug)]
@@ -685,19 +794,21 @@ impl QLlama {
     pub fn from_weights(config: LlamaConfig, w: LlamaWeights, kind: QKind) -> Self {
         let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
         let kv = config.n_kv_heads * config.head_dim();
+        let q = config.q_dim();
         let layers = w
             .layers
             .into_iter()
             .map(|l| QLayer {
                 attn_norm: l.attn_norm,
-                wq: QMatrix::from_f32(l.wq, d, d, kind),
+                wq: QMatrix::from_f32(l.wq, q, d, kind),
                 wk: QMatrix::from_f32(l.wk, kv, d, kind),
                 wv: QMatrix::from_f32(l.wv, kv, d, kind),
-                wo: QMatrix::from_f32(l.wo, d, d, kind),
+                wo: QMatrix::from_f32(l.wo, d, q, kind),
                 ffn_norm: l.ffn_norm,
                 w1: QMatrix::from_f32(l.w1, h, d, kind),
                 w2: QMatrix::from_f32(l.w2, d, h, kind),
                 w3: QMatrix::from_f32(l.w3, h, d, kind),
+                gemma: l.gemma,
             })
             .collect();
         Self {
@@ -709,12 +820,13 @@ impl QLlama {
         }
     }
 
-    /// From a GGUF file, keeping its Q8_0 / Q4_1 blocks where they are (the file's buffer is
-    /// shared, not copied); other tensor types are read as f32.
+    /// From a GGUF file, keeping its Q8_0 / Q4_1 / Q5_0 / Q4_K / Q6_K blocks where they are
+    /// (the file's buffer is shared, not copied); other tensor types are read as f32.
     pub fn from_gguf(g: Gguf) -> Result<Self, String> {
         let config = g.config()?;
         let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
         let kv = config.n_kv_heads * config.head_dim();
+        let (q, hd) = (config.q_dim(), config.head_dim());
         // Which tensors stay as blocks, and where; the rest are dequantized now.
         let mut plan = Vec::new();
         let mut mats = std::collections::HashMap::new();
@@ -724,10 +836,10 @@ impl QLlama {
         }
         for i in 0..config.n_layers {
             for (n, rows, cols) in [
-                ("attn_q", d, d),
+                ("attn_q", q, d),
                 ("attn_k", kv, d),
                 ("attn_v", kv, d),
-                ("attn_output", d, d),
+                ("attn_output", d, q),
                 ("ffn_gate", h, d),
                 ("ffn_down", d, h),
                 ("ffn_up", h, d),
@@ -738,19 +850,30 @@ impl QLlama {
         for (name, rows, cols) in &want {
             let (ty, at) = g.raw(name, &[*cols as u64, *rows as u64])?;
             match QKind::from_ggml(ty) {
-                Some(kind) if cols % QK == 0 => plan.push((name.clone(), *rows, *cols, kind, at)),
+                Some(kind) if cols % kind.block_values() == 0 => {
+                    plan.push((name.clone(), *rows, *cols, kind, at))
+                }
                 _ => {
                     let w = g.tensor(name, &[*cols as u64, *rows as u64])?;
                     mats.insert(name.clone(), QMatrix::from_f32(w, *rows, *cols, QKind::F32));
                 }
             }
         }
-        let norms: Vec<(Vec<f32>, Vec<f32>)> = (0..config.n_layers)
+        type Norms = (Vec<f32>, Vec<f32>, Option<GemmaNorms>);
+        let norms: Vec<Norms> = (0..config.n_layers)
             .map(|i| {
-                Ok((
-                    g.tensor(&format!("blk.{i}.attn_norm.weight"), &[d as u64])?,
-                    g.tensor(&format!("blk.{i}.ffn_norm.weight"), &[d as u64])?,
-                ))
+                let t =
+                    |n: &str, len: usize| g.tensor(&format!("blk.{i}.{n}.weight"), &[len as u64]);
+                let gemma = match config.gemma3() {
+                    None => None,
+                    Some(_) => Some(GemmaNorms {
+                        q_norm: t("attn_q_norm", hd)?,
+                        k_norm: t("attn_k_norm", hd)?,
+                        post_attn_norm: t("post_attention_norm", d)?,
+                        post_ffn_norm: t("post_ffw_norm", d)?,
+                    }),
+                };
+                Ok((t("attn_norm", d)?, t("ffn_norm", d)?, gemma))
             })
             .collect::<Result<_, String>>()?;
         let norm = g.tensor("output_norm.weight", &[d as u64])?;
@@ -772,7 +895,7 @@ impl QLlama {
                 .ok_or(format!("tensor `{name}` is missing"))
         };
         let mut layers = Vec::with_capacity(config.n_layers);
-        for (i, (attn_norm, ffn_norm)) in norms.into_iter().enumerate() {
+        for (i, (attn_norm, ffn_norm, gemma)) in norms.into_iter().enumerate() {
             let mut t = |n: &str| take(&format!("blk.{i}.{n}.weight"));
             layers.push(QLayer {
                 attn_norm,
@@ -784,6 +907,7 @@ impl QLlama {
                 w1: t("ffn_gate")?,
                 w2: t("ffn_down")?,
                 w3: t("ffn_up")?,
+                gemma,
             });
         }
         Ok(Self {
@@ -841,10 +965,11 @@ impl QLlama {
             pos: 0,
             x: vec![0.0; c.dim],
             h: vec![0.0; c.dim],
-            q: vec![0.0; c.dim],
+            t: vec![0.0; c.dim.max(c.head_dim())],
+            q: vec![0.0; c.q_dim()],
             k: vec![0.0; kv],
             v: vec![0.0; kv],
-            att: vec![0.0; c.dim],
+            att: vec![0.0; c.q_dim()],
             gate: vec![0.0; c.hidden_dim],
             up: vec![0.0; c.hidden_dim],
             scores: Vec::new(),
@@ -918,6 +1043,8 @@ pub struct QSession<'a> {
     pub pos: usize,
     x: Vec<f32>,
     h: Vec<f32>,
+    /// Scratch for the norms applied in place (Gemma 3's QK- and post-norms).
+    t: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -939,24 +1066,41 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// The rotary angles' `(sin, cos)` at `pos` for a head of width `hd` (llama2.c's f32
-/// arithmetic, as [`Llama`](crate::lm::Llama)).
-fn rope_table(hd: usize, pos: usize, theta: f32, out: &mut Vec<(f32, f32)>) {
+/// The rotary angles' `(sin, cos)` at `pos / scale` for a head of width `hd` (llama2.c's
+/// f32 arithmetic, as [`Llama`](crate::lm::Llama)).
+fn rope_table(hd: usize, pos: usize, (theta, scale): (f32, f32), out: &mut Vec<(f32, f32)>) {
     out.clear();
+    let pos = pos as f32 / scale;
     out.extend((0..hd / 2).map(|j| {
         let f = 1.0f32 / theta.powf((2 * j) as f32 / hd as f32);
-        (pos as f32 * f).sin_cos()
+        (pos * f).sin_cos()
     }));
 }
 
-/// Rotates the interleaved pairs of each head of `x` by `table`'s angles.
-fn rope(x: &mut [f32], table: &[(f32, f32)]) {
-    for head in x.chunks_exact_mut(2 * table.len()) {
+/// Rotates the pairs of each head of `x` by `table`'s angles: interleaved pairs `(2j, 2j+1)`,
+/// or with `halves` the pairs `(j, j + hd/2)` (GPT-NeoX order, Gemma 3's).
+fn rope(x: &mut [f32], table: &[(f32, f32)], halves: bool) {
+    let half = table.len();
+    for head in x.chunks_exact_mut(2 * half) {
         for (j, &(s, c)) in table.iter().enumerate() {
-            let (a, b) = (head[2 * j], head[2 * j + 1]);
-            head[2 * j] = a * c - b * s;
-            head[2 * j + 1] = a * s + b * c;
+            let (ia, ib) = if halves {
+                (j, j + half)
+            } else {
+                (2 * j, 2 * j + 1)
+            };
+            let (a, b) = (head[ia], head[ib]);
+            head[ia] = a * c - b * s;
+            head[ib] = a * s + b * c;
         }
+    }
+}
+
+/// RMSNorm of each `w.len()`-wide piece of `x` in place, with `scratch` as room.
+fn rms_norm_each(x: &mut [f32], w: &[f32], eps: f32, scratch: &mut [f32]) {
+    let n = w.len();
+    for piece in x.chunks_exact_mut(n) {
+        scratch[..n].copy_from_slice(piece);
+        rms_norm(&scratch[..n], w, eps, piece);
     }
 }
 
@@ -1049,9 +1193,14 @@ impl QSession<'_> {
         let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim());
         let kvd = nkv * hd;
         let pos = self.pos;
+        let gemma = c.gemma3();
         self.x = m.embed.row(token as usize);
-        rope_table(hd, pos, c.rope_theta, &mut self.angles);
-        let scale = 1.0 / (hd as f32).sqrt();
+        if gemma.is_some() {
+            let scale = (c.dim as f32).sqrt();
+            self.x.iter_mut().for_each(|v| *v *= scale);
+        }
+        let scale = gemma.map_or(1.0 / (hd as f32).sqrt(), |g| g.query_scale);
+        let mut rope_key = None;
         for (li, l) in m.layers.iter().enumerate() {
             rms_norm(&self.x, &l.attn_norm, c.norm_eps, &mut self.h);
             self.hq.quantize(&self.h);
@@ -1064,11 +1213,23 @@ impl QSession<'_> {
                 &self.h,
                 &self.hq,
             );
-            rope(&mut self.q, &self.angles);
-            rope(&mut self.k, &self.angles);
+            if let Some(g) = &l.gemma {
+                rms_norm_each(&mut self.q, &g.q_norm, c.norm_eps, &mut self.t);
+                rms_norm_each(&mut self.k, &g.k_norm, c.norm_eps, &mut self.t);
+            }
+            let key = c.rope_of_layer(li);
+            if rope_key != Some(key) {
+                rope_table(hd, pos, key, &mut self.angles);
+                rope_key = Some(key);
+            }
+            rope(&mut self.q, &self.angles, gemma.is_some());
+            rope(&mut self.k, &self.angles, gemma.is_some());
             self.keys[li].extend_from_slice(&self.k);
             self.values[li].extend_from_slice(&self.v);
-            let (keys, values) = (&self.keys[li][..], &self.values[li][..]);
+            // A sliding-window layer sees the last `window` positions, its own included.
+            let seen = self.keys[li].len() / kvd;
+            let from = c.window_of_layer(li).map_or(0, |w| seen.saturating_sub(w));
+            let (keys, values) = (&self.keys[li][from * kvd..], &self.values[li][from * kvd..]);
             let geometry = Heads {
                 n_heads: nh,
                 group: nh / nkv,
@@ -1100,6 +1261,9 @@ impl QSession<'_> {
             }
             self.hq.quantize(&self.att);
             matvec_on(team, &mut [(&l.wo, &mut self.h)], &self.att, &self.hq);
+            if let Some(g) = &l.gemma {
+                rms_norm_each(&mut self.h, &g.post_attn_norm, c.norm_eps, &mut self.t);
+            }
             for (x, &o) in self.x.iter_mut().zip(&self.h) {
                 *x += o;
             }
@@ -1111,11 +1275,20 @@ impl QSession<'_> {
                 &self.h,
                 &self.hq,
             );
-            for (g, &u) in self.gate.iter_mut().zip(&self.up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+            if gemma.is_some() {
+                for (g, &u) in self.gate.iter_mut().zip(&self.up) {
+                    *g = gelu_tanh(*g) * u;
+                }
+            } else {
+                for (g, &u) in self.gate.iter_mut().zip(&self.up) {
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
             }
             self.hq.quantize(&self.gate);
             matvec_on(team, &mut [(&l.w2, &mut self.h)], &self.gate, &self.hq);
+            if let Some(g) = &l.gemma {
+                rms_norm_each(&mut self.h, &g.post_ffn_norm, c.norm_eps, &mut self.t);
+            }
             for (x, &o) in self.x.iter_mut().zip(&self.h) {
                 *x += o;
             }
@@ -1229,7 +1402,109 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// The Q5_0, Q4_K and Q6_K products (the file's blocks, as Gemma 3's GGUF holds them)
+        /// equal the dot product of the dequantized row with the dequantized activations.
+        /// The blocks are random bytes with small f16 scales.
+        #[test]
+        fn k_quant_products_match_their_dequantization(
+            seed in 0u64..1000,
+            rows in 1usize..12,
+            blocks in 1usize..3,
+            kind in prop::sample::select(vec![QKind::Q5_0, QKind::Q4_K, QKind::Q6_K]),
+        ) {
+            let cols = blocks * QK_K;
+            let mut r = crate::rng::rng(seed, 0);
+            let mut bytes: Vec<u8> = (0..rows * kind.row_bytes(cols))
+                .map(|_| rand::Rng::random::<u8>(&mut r))
+                .collect();
+            // Scales: f16 values in ±[2⁻⁸, 2⁻²] (random bytes could be NaN or huge).
+            let scale_at: &[usize] = match kind {
+                QKind::Q5_0 => &[0],
+                QKind::Q4_K => &[0, 2],
+                _ => &[208],
+            };
+            for blk in bytes.chunks_exact_mut(kind.block_bytes()) {
+                for &at in scale_at {
+                    let v = (1.0 + (blk[at] as f32) / 64.0) / 256.0 * if blk[at + 1] & 1 == 0 { 1.0 } else { -1.0 };
+                    blk[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+                }
+            }
+            let m = QMatrix { rows, cols, kind, store: Store::Blocks { buf: Arc::new(bytes), start: 0 } };
+            let x: Vec<f32> = (0..cols).map(|_| 3.0 * crate::components::regression::normal(&mut r)).collect();
+            let mut xq = Q8Vector::default();
+            xq.quantize(&x);
+            let xd: Vec<f32> = (0..cols).map(|i| xq.d[i / QK] * xq.q[i] as f32).collect();
+            let mut y = vec![0.0; rows];
+            m.matvec(&x, &xq, &mut y);
+            let mut portable = vec![0.0; rows];
+            rows_generic(&m, 0, &x, &xq, &mut portable);
+            for (i, &got) in y.iter().enumerate() {
+                let row = m.row(i);
+                let want: f64 = row.iter().zip(&xd).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let size: f64 = row.iter().zip(&xd).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                prop_assert!((got as f64 - want).abs() <= 1e-5 * size.max(1.0), "{kind:?} row {i}: {got} vs {want}");
+                prop_assert!((got - portable[i]).abs() as f64 <= 1e-5 * size.max(1.0));
+            }
+        }
+    }
+
+    /// Q4_K's packed 6-bit scales and Q6_K's bit planes, on blocks built by hand.
+    #[test]
+    fn k_quant_blocks_dequantize_by_definition() {
+        // Q4_K: d = 1, dmin = 0.5; sub-block j has scale j + 1 and minimum 2j (6 bits:
+        // the low 6 bits of bytes 0..8 for j < 4, nibbles of bytes 8..12 plus the top two
+        // bits of bytes 0..8 for j ≥ 4); every nibble of byte l is (l % 16).
+        let mut blk = vec![0u8; 144];
+        blk[0..2].copy_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
+        blk[2..4].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+        let (sc, mn): (Vec<u8>, Vec<u8>) = (0..8).map(|j| (j as u8 + 1, 2 * j as u8)).unzip();
+        let scales = &mut blk[4..16];
+        for j in 0..4 {
+            scales[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+            scales[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
+            scales[j + 8] = (sc[j + 4] & 0xf) | ((mn[j + 4] & 0xf) << 4);
+        }
+        for l in 0..128 {
+            blk[16 + l] = ((l % 16) as u8) | (((l % 16) as u8) << 4);
+        }
+        let v = crate::lm::gguf::dequantize(12, &blk, 256).unwrap();
+        for (i, &x) in v.iter().enumerate() {
+            let j = i / 32;
+            let q = (i % 32) % 16;
+            let want = sc[j] as f32 * q as f32 - 0.5 * mn[j] as f32;
+            assert_eq!(x, want, "Q4_K value {i}");
+        }
+        // Q6_K: d = 0.25, group g has scale g − 8; value i's 6-bit q is i % 64, split into the
+        // low nibble (ql) and the top two bits (qh) of its plane.
+        let mut blk = vec![0u8; 210];
+        for i in 0..256 {
+            let q = (i % 64) as u8;
+            let (half, r) = (i / 128, i % 128);
+            let (plane, l) = (r / 32, r % 32);
+            let ql = 64 * half + l + if plane % 2 == 1 { 32 } else { 0 };
+            blk[ql] |= (q & 0xf) << if plane >= 2 { 4 } else { 0 };
+            blk[128 + 32 * half + l] |= (q >> 4) << (2 * plane);
+        }
+        for g in 0..16 {
+            blk[192 + g] = (g as i8 - 8) as u8;
+        }
+        blk[208..210].copy_from_slice(&half::f16::from_f32(0.25).to_le_bytes());
+        let v = crate::lm::gguf::dequantize(14, &blk, 256).unwrap();
+        for (i, &x) in v.iter().enumerate() {
+            let want = 0.25 * (i / 16) as f32 - 2.0;
+            let want = want * ((i % 64) as f32 - 32.0);
+            assert_eq!(x, want, "Q6_K value {i}");
+        }
+    }
+
     fn tiny() -> Llama {
+        tiny_of(Default::default())
+    }
+
+    fn tiny_of(arch: crate::lm::llama::Arch) -> Llama {
         let config = LlamaConfig {
             vocab_size: 50,
             dim: 64,
@@ -1242,15 +1517,53 @@ mod tests {
             norm_eps: 1e-5,
             tie_embeddings: false,
             value_head: false,
+            arch,
         };
         Llama::init(config, &mut crate::rng::rng(3, 0), &Device::flex()).unwrap()
+    }
+
+    /// A tiny Gemma 3: head width 32 (≠ 64 / 4), a window of 3 positions on layer 0 and a
+    /// global layer 1 with its own rotary base and scale.
+    pub(crate) fn tiny_gemma() -> crate::lm::llama::Arch {
+        crate::lm::llama::Arch::Gemma3(crate::lm::llama::Gemma3 {
+            head_dim: 32,
+            sliding_window: 3,
+            global_every: 2,
+            rope_local_theta: 100.0,
+            rope_scale: 2.0,
+            query_scale: 0.3,
+        })
     }
 
     /// The f32 kind computes exactly what the burn model computes, position by position; Q8_0
     /// stays close to it.
     #[test]
     fn decoding_matches_the_burn_model() {
-        let model = tiny();
+        for model in [tiny(), gemma_with_norms()] {
+            decoding_matches(model);
+        }
+    }
+
+    /// The tiny Gemma 3 with its norms away from 1, so each one matters.
+    fn gemma_with_norms() -> Llama {
+        let model = tiny_of(tiny_gemma());
+        let mut w = model.to_weights();
+        let mut r = crate::rng::rng(9, 0);
+        let mut jitter = |v: &mut Vec<f32>| {
+            v.iter_mut()
+                .for_each(|x| *x += 0.5 * crate::components::regression::normal(&mut r))
+        };
+        for l in &mut w.layers {
+            let g = l.gemma.as_mut().expect("gemma norms");
+            jitter(&mut g.q_norm);
+            jitter(&mut g.k_norm);
+            jitter(&mut g.post_attn_norm);
+            jitter(&mut g.post_ffn_norm);
+        }
+        Llama::from_weights(model.config.clone(), w, &Device::flex()).unwrap()
+    }
+
+    fn decoding_matches(model: Llama) {
         let ids: Vec<u32> = vec![1, 7, 3, 44, 9, 12, 30, 2];
         let t = ids.len();
         let tokens = Tensor::<2, Int>::from_data(

@@ -1,0 +1,163 @@
+//! Gemma-3-270M (the pretrained base model, Q4_K_M: F32, Q8_0, Q5_0, Q4_K and Q6_K tensors,
+//! 262,144 tokens) against llama.cpp on the same file: tokenizer ids, greedy decoding on the
+//! native path (the file's own blocks) and on the f32 burn model. `cargo xtask fetch gemma3`
+//! puts the file in the cache; llama.cpp is `llama-cpp-python` in the cached virtualenv
+//! (`cargo xtask setup-python`).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{lmlab, python_with, reference, run};
+
+fn gemma3() -> Option<PathBuf> {
+    common::cached(
+        "gemma3/gemma-3-270m-q4_k_m.gguf",
+        "run `cargo xtask fetch gemma3`",
+    )
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("ids: {v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn gemma3_tokenizer_ids_equal_llama_cpp() {
+    let Some(model) = gemma3() else { return };
+    let Some(python) = python_with(&["llama_cpp"]) else {
+        return;
+    };
+    let texts = [
+        "The capital of France is",
+        "In 2024, 1234567 people paid $3.50 each.",
+        "  leading spaces,\ttabs\t\tand   runs    of spaces\n\n\nnewlines",
+        "naïve café — déjà vu; Ελληνικά, русский, 日本語のテキスト, emoji 🙂👍",
+        "<start_of_turn>user\nHi<end_of_turn>\ncode: fn main() { println!(\"{}\", x); }",
+        "",
+    ];
+    let tok = lmlab::lm::load::tokenizer(&model, None).unwrap();
+    let as_text = tok.with_special_as_text();
+    for (command, tok) in [
+        ("llama-tokenize", &as_text),
+        ("llama-tokenize-special", &tok),
+    ] {
+        let mut args = vec![command.to_string(), model.display().to_string()];
+        args.extend(texts.iter().map(|t| t.to_string()));
+        let want = reference(&python, &args);
+        for (i, text) in texts.iter().enumerate() {
+            assert_eq!(tok.encode(text, false), ids(&want[i]), "{command} {text:?}");
+        }
+    }
+    // Parsed as special tokens, the chat template's turn markers are single tokens.
+    let turn = tok.encode("<start_of_turn>user\n", false);
+    assert_eq!(turn.len(), 3, "{turn:?}");
+    let hi = tok.encode("Hello world", false);
+    assert_eq!(tok.decode(&hi, None), "Hello world");
+}
+
+/// Greedy continuations of three prompts: the native path (the file's blocks, activations
+/// rounded to 8 bits like llama.cpp's) equals llama.cpp on the prefix where llama.cpp itself
+/// agrees between prompt batches of 1 and 64, and the f32 burn model on the dequantized
+/// weights agrees on the first 8 tokens.
+#[test]
+fn gemma3_greedy_decoding_equals_llama_cpp() {
+    let Some(model) = gemma3() else { return };
+    let Some(python) = python_with(&["llama_cpp"]) else {
+        return;
+    };
+    let native = lmlab::lm::load::load_quantized(&model, None, None).unwrap();
+    let device = lmlab::burn::tensor::Device::flex();
+    let f32_model = lmlab::lm::load::load(&model, None, &device).unwrap();
+    let n = 24;
+    let params = lmlab::SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: n,
+        ..Default::default()
+    };
+    let mut compared = 0;
+    for prompt in [
+        "The capital of France is",
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+        "Water boils at 100 degrees Celsius, which is",
+    ] {
+        let prompt_ids = native.tokenizer.encode(prompt, true);
+        let mut args = vec![
+            "llama-greedy-batches".to_string(),
+            model.display().to_string(),
+            n.to_string(),
+        ];
+        args.extend(prompt_ids.iter().map(|i| i.to_string()));
+        let r = reference(&python, &args);
+        let (one, many) = (ids(&r["1"]), ids(&r["64"]));
+        let agreed = one.iter().zip(&many).take_while(|(a, b)| a == b).count();
+        let ours = native
+            .model
+            .generate(&prompt_ids, &params, &[], &mut lmlab::rng::rng(0, 0))
+            .tokens;
+        assert_eq!(
+            ours[..agreed.min(ours.len())],
+            one[..agreed.min(ours.len())],
+            "{prompt:?}: native {:?} vs llama.cpp {:?}",
+            native.tokenizer.decode(&ours, None),
+            native.tokenizer.decode(&one, None)
+        );
+        assert!(
+            agreed >= 8,
+            "{prompt:?}: llama.cpp's batch sizes agree on {agreed} tokens"
+        );
+        compared += agreed;
+        let f32_ours = lmlab::lm::sample::generate(
+            &f32_model.model,
+            &[prompt_ids.clone()],
+            &lmlab::SamplingParams {
+                max_new_tokens: 8,
+                ..params.clone()
+            },
+            None,
+            0,
+            true,
+            &mut lmlab::rng::rng(0, 0),
+            &|_, _| false,
+            &device,
+        );
+        assert_eq!(
+            f32_ours[0].tokens[..],
+            one[..8],
+            "{prompt:?}: the f32 model"
+        );
+    }
+    println!("native greedy equals llama.cpp on {compared} tokens over 3 prompts");
+}
+
+/// The base model continues a prompt on topic (greedy: " the capital of the country of
+/// France. It is …", llama.cpp's continuation too) and completes a question with the fact.
+#[test]
+fn gemma3_continues_the_capital_of_france() {
+    let Some(model) = gemma3() else { return };
+    for (prompt, want) in [
+        ("The capital of France is", "France"),
+        ("Question: What is the capital of France?\nAnswer:", "Paris"),
+    ] {
+        let (code, out, err) = run(lmlab()
+            .args([
+                "generate",
+                "--weights",
+                "native",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "12",
+                "--prompt",
+                prompt,
+                "--model",
+            ])
+            .arg(&model));
+        assert_eq!(code, 0, "{err}");
+        let continuation = out.trim_start_matches(prompt);
+        assert!(continuation.contains(want), "{prompt:?} → {continuation:?}");
+    }
+}
