@@ -386,3 +386,45 @@ fn out_of_range_sampling_flags_are_refused_before_the_model_loads() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--max-new-tokens"), "{err}");
 }
+
+/// A checkpoint's block-quantized weights are for inference: a scheduler that trains its
+/// policy refuses them at `--dry-run`, naming the table and field.
+#[test]
+fn native_weights_in_a_training_role_are_refused_at_dry_run() {
+    let Some(data) = common::data_dir("stories260k/stories260K.bin") else {
+        return;
+    };
+    let model = data.join("stories260k/stories260K.bin");
+    let out = run(lmlab().args([
+        "recipe",
+        "sft-arith",
+        "--dry-run",
+        "--set",
+        "policy.use=checkpoint",
+        "--set",
+        &format!("policy.path={}", model.display()),
+        "--set",
+        "policy.weights=native",
+    ]));
+    assert_user_error(
+        &out,
+        &[
+            "[policy]",
+            "weights",
+            "scheduler `sft` trains this policy",
+            "weights = \"f32\"",
+        ],
+    );
+    let out = run(lmlab().args([
+        "recipe",
+        "sft-arith",
+        "--dry-run",
+        "--set",
+        "policy.use=checkpoint",
+        "--set",
+        &format!("policy.path={}", model.display()),
+        "--set",
+        "policy.weights=f32",
+    ]));
+    assert_eq!(out.0, 0, "{}", out.2);
+}

@@ -161,3 +161,59 @@ fn gemma3_continues_the_capital_of_france() {
         assert!(continuation.contains(want), "{prompt:?} → {continuation:?}");
     }
 }
+
+/// The `checkpoint` policy on the native path (Gemma 3's own K-quant blocks): scoring a
+/// completion in one batch gives the log-probabilities its sampler reported token by token,
+/// and is close to the f32 burn model's (activations rounded to 8 bits).
+#[test]
+fn gemma3_native_policy_scores_as_it_samples() {
+    use lmlab::Policy;
+    let Some(model) = gemma3() else { return };
+    let native = lmlab::lm::policy::NativePolicy::new(
+        lmlab::lm::load::load_quantized(&model, None, None).unwrap(),
+    );
+    let params = lmlab::SamplingParams {
+        temperature: 0.8,
+        n: 2,
+        max_new_tokens: 12,
+        seed: 3,
+        ..Default::default()
+    };
+    let prompts = vec!["The three primary colours are".to_string()];
+    let out = native.generate(&prompts, &params).unwrap();
+    let seqs: Vec<lmlab::Sequence> = out[0].iter().map(|c| c.sequence()).collect();
+    let scored = native.log_probs(&seqs, 0.8).unwrap().per_token().unwrap();
+    for (c, lp) in out[0].iter().zip(&scored) {
+        assert_eq!(lp.len(), c.logprobs.len());
+        for (a, b) in lp.iter().zip(&c.logprobs) {
+            assert!((a - b).abs() <= 1e-4, "batched {a} vs decoded {b}");
+        }
+    }
+    let f32_policy = lmlab::lm::policy::LmPolicy {
+        model: lmlab::lm::load::load(&model, None, &lmlab::burn::tensor::Device::flex())
+            .unwrap()
+            .model,
+        tokenizer: native.tokenizer.clone(),
+        device: lmlab::burn::tensor::Device::flex(),
+    };
+    let want = f32_policy
+        .log_probs(&seqs, 0.8)
+        .unwrap()
+        .per_token()
+        .unwrap();
+    let (mut worst, mut total, mut n) = (0f32, 0f32, 0);
+    for (a, b) in scored.iter().flatten().zip(want.iter().flatten()) {
+        worst = worst.max((a - b).abs());
+        total += (a - b).abs();
+        n += 1;
+    }
+    println!(
+        "native vs f32 log-probs: max |Δ| {worst}, mean {}",
+        total / n as f32
+    );
+    assert!(
+        total / (n as f32) < 0.2 && worst < 1.0,
+        "max {worst}, mean {}",
+        total / n as f32
+    );
+}

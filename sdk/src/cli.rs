@@ -6,7 +6,7 @@
 //! lmlab schema [--out DIR] write the JSON schemas
 //! lmlab plugins            list registered components
 //! lmlab generate --model PATH [...]    a completion from a checkpoint
-//! lmlab bench train|check|decode [...] LM-core speed and device agreement, as JSON lines
+//! lmlab bench train|check|prefill|decode [...] LM-core speed and device agreement, as JSON lines
 //! ```
 //!
 //! `--plugin PATH` (or `LMLAB_PLUGINS=a.so:b.so`) loads dynamic plugins first. User errors
@@ -142,6 +142,21 @@ pub enum BenchCommand {
         device: String,
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f32,
+    },
+    /// Scoring speed on the native path: a prompt of `--tokens` ids in one batch
+    /// (`QLlama::score`, matrix–matrix products), log-probabilities at every position, as
+    /// an echo + logprobs request needs. The ids are `benches/llamacpp_reference.py
+    /// --prefill`'s: BOS, then `1000 + 37·i mod 5000`.
+    Prefill {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        /// Timed runs (the fastest is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
     },
     /// Greedy KV-cached decoding speed of a checkpoint (no early stop) and peak memory.
     Decode {
@@ -530,6 +545,42 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
                     "{name} disagrees with cpu: max |Δlogit| {diff} at logit scale {scale}"
                 ))
             }
+        }
+        BenchCommand::Prefill {
+            model,
+            tokenizer,
+            tokens,
+            repeats,
+        } => {
+            let t0 = std::time::Instant::now();
+            let loaded = crate::lm::load::load_quantized(&model, tokenizer.as_deref(), None)?;
+            let load_s = t0.elapsed().as_secs_f64();
+            let bos = loaded
+                .tokenizer
+                .encode("", true)
+                .first()
+                .copied()
+                .unwrap_or(1);
+            let ids: Vec<u32> = std::iter::once(bos)
+                .chain((1..tokens.max(2)).map(|i| 1000 + (37 * i as u32) % 5000))
+                .collect();
+            let mut best = f64::INFINITY;
+            for _ in 0..repeats.max(1) {
+                let t = std::time::Instant::now();
+                loaded.model.score(&ids, 1, 1.0).map_err(Error::Usage)?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let m = &loaded.model;
+            println!(
+                "{}",
+                json!({"bench": "prefill", "model": model.display().to_string(),
+                       "threads": rayon::current_num_threads(), "prompt_tokens": ids.len(),
+                       "seconds": best, "tokens_per_s": ids.len() as f64 / best,
+                       "load_s": load_s, "weights_bytes": m.weight_bytes(),
+                       "weights_dtype": m.weight_kind().name(),
+                       "peak_rss_bytes": bench::peak_rss_bytes()})
+            );
+            Ok(())
         }
         BenchCommand::Decode {
             model,

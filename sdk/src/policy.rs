@@ -125,6 +125,31 @@ pub struct SequenceLogProbs {
 }
 
 impl SequenceLogProbs {
+    /// From per-token log-probabilities computed on the host (one row per sequence, its
+    /// response tokens in order): `[batch, longest]` tensors on the CPU, zero-padded. Not
+    /// differentiable: what an inference-only policy (block-quantized, served) returns.
+    pub fn from_host(rows: &[Vec<f32>]) -> Self {
+        let device = Device::flex();
+        let (b, w) = (
+            rows.len(),
+            rows.iter().map(Vec::len).max().unwrap_or(0).max(1),
+        );
+        let (mut lp, mut mask) = (vec![0f32; b * w], vec![0f32; b * w]);
+        for (i, r) in rows.iter().enumerate() {
+            lp[i * w..i * w + r.len()].copy_from_slice(r);
+            mask[i * w..i * w + r.len()].fill(1.0);
+        }
+        let sums: Vec<f32> = rows.iter().map(|r| r.iter().sum()).collect();
+        let t = |v: Vec<f32>, shape: [usize; 2]| {
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(v, shape), &device)
+        };
+        Self {
+            token_logprobs: t(lp, [b, w]),
+            mask: t(mask, [b, w]),
+            sum: Tensor::<1>::from_data(burn::tensor::TensorData::new(sums, [b]), &device),
+        }
+    }
+
     /// The summed log-probability of each sequence, on the host.
     pub fn sums(&self) -> anyhow::Result<Vec<f32>> {
         crate::rl::host(self.sum.clone())
@@ -260,6 +285,20 @@ pub trait PolicyInit: Send + Sync {
         rng: &mut crate::rng::Rng,
         device: &Device,
     ) -> anyhow::Result<crate::lm::policy::LmPolicy>;
+
+    /// Whether [`init`](Self::init) gives a trainable policy (false for inference-only
+    /// weights such as a checkpoint's `weights = "native"`): the runner refuses, already at
+    /// `--dry-run`, such a policy in a role that trains.
+    fn trainable(&self) -> bool {
+        true
+    }
+
+    /// A policy for sampling and scoring only (nothing is trained through it): by default an
+    /// inference copy of [`init`](Self::init)'s, drawn from a fixed seed.
+    fn inference(&self, tokenizer: &Tokenizer, device: &Device) -> anyhow::Result<Box<dyn Policy>> {
+        let policy = self.init(tokenizer, &mut crate::rng::rng(0, 0), device)?;
+        Ok(Box::new(policy.inference()))
+    }
 
     /// One line for a summary ("a 162K-parameter Llama trained from scratch").
     fn describe(&self, params: usize) -> String;

@@ -573,6 +573,20 @@ impl Recipe {
                     )
                 })?;
             }
+            if let Some(policy) = b.get::<Box<dyn crate::policy::PolicyInit>>()
+                && role.trains
+                && !policy.trainable()
+            {
+                return Err(self.field_error(
+                    &role.name,
+                    Some("weights"),
+                    format!(
+                        "scheduler `{name}` trains this policy ({}), but these weights are for \
+                         inference only: use weights = \"f32\"",
+                        role.about
+                    ),
+                ));
+            }
         }
         built.insert("scheduler".into(), scheduler);
         Ok(Components::new(built))

@@ -551,6 +551,9 @@ pub struct Role {
     type_name: &'static str,
     /// For objectives: the tensors the scheduler hands it.
     pub inputs: Option<Vec<&'static str>>,
+    /// For policies: whether the scheduler trains it (an inference-only policy, such as a
+    /// checkpoint's `weights = "native"`, is refused there).
+    pub trains: bool,
 }
 
 impl Role {
@@ -564,6 +567,7 @@ impl Role {
             type_id: std::any::TypeId::of::<T>(),
             type_name: std::any::type_name::<T>(),
             inputs: None,
+            trains: kind == Kind::Policy,
         }
     }
 
@@ -572,9 +576,18 @@ impl Role {
         Self::of::<Box<T>>(name, Kind::Task, about)
     }
 
-    /// A policy (`[policy] use = "llama"`, `"checkpoint"`, …).
+    /// A policy the scheduler trains (`[policy] use = "llama"`, `"checkpoint"`, …).
     pub fn policy(name: impl Into<String>, about: impl Into<String>) -> Self {
         Self::of::<Box<dyn crate::policy::PolicyInit>>(name, Kind::Policy, about)
+    }
+
+    /// A policy the scheduler only samples from and scores with
+    /// ([`PolicyInit::inference`](crate::policy::PolicyInit::inference)): inference-only
+    /// weights (`weights = "native"`) are welcome.
+    pub fn inference_policy(name: impl Into<String>, about: impl Into<String>) -> Self {
+        let mut r = Self::policy(name, about);
+        r.trains = false;
+        r
     }
 
     /// A sampler.

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::{Libtorch, cargo, fetch_smollm2, pip_install, setup_libtorch};
+use crate::{Libtorch, cargo, fetch_gemma3, fetch_smollm2, pip_install, setup_libtorch};
 
 /// The torch both commands build against: the GPU machine's (PyTorch 2.11 + CUDA 13), so one
 /// release build serves the CPU comparison and the bundle. tch 0.22 targets 2.9, hence
@@ -68,6 +68,7 @@ fn num(v: &Value, key: &str) -> f64 {
 
 /// The models the CPU comparison trains (the bench models that fit a 2-core machine).
 const CPU_MODELS: [&str; 2] = ["sft-arith-0.75M", "4.4M"];
+const PREFILL_TOKENS: &str = "256";
 const DECODE_TOKENS: &str = "128";
 
 /// `cargo xtask bench-compare`: measures, one after the other on this machine, the train step
@@ -147,24 +148,50 @@ pub fn bench_compare(root: &Path) -> anyhow::Result<()> {
             .max_by(|a, b| num(a, "tokens_per_s").total_cmp(&num(b, "tokens_per_s")))
             .expect("at least one run")
     };
-    let (mut native, mut reference) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        native.push(decode(&smollm2, DECODE_TOKENS, "native")?);
-        reference.push(py(
+    let gemma3 = fetch_gemma3()?;
+    for model in [&smollm2, &gemma3] {
+        let (mut native, mut reference) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            native.push(decode(model, DECODE_TOKENS, "native")?);
+            reference.push(py(
+                "llamacpp_reference.py",
+                &[
+                    "--model",
+                    &model.display().to_string(),
+                    "--tokens",
+                    DECODE_TOKENS,
+                    "--threads",
+                    "2",
+                ],
+            )?);
+        }
+        results.push(fastest(native));
+        results.push(decode(model, DECODE_TOKENS, "f32")?);
+        results.push(fastest(reference));
+    }
+    // Scoring a prompt in one batch, log-probabilities at every position (echo + logprobs).
+    for model in [&smollm2, &gemma3] {
+        let path = model.display().to_string();
+        results.push(ours(&[
+            "bench",
+            "prefill",
+            "--model",
+            &path,
+            "--tokens",
+            PREFILL_TOKENS,
+        ])?);
+        results.push(py(
             "llamacpp_reference.py",
             &[
                 "--model",
-                &smollm2.display().to_string(),
-                "--tokens",
-                DECODE_TOKENS,
+                &path,
+                "--prefill",
+                PREFILL_TOKENS,
                 "--threads",
                 "2",
             ],
         )?);
     }
-    results.push(fastest(native));
-    results.push(decode(&smollm2, DECODE_TOKENS, "f32")?);
-    results.push(fastest(reference));
     if stories.is_file() {
         for weights in ["native", "f32"] {
             results.push(decode(&stories, "199", weights)?);
@@ -268,7 +295,11 @@ fn render_cpu_table(rs: &[Value]) -> String {
         "\n| greedy decoding, KV cache, 2 threads, fastest of 3 × 3 runs | weights in memory | tokens/s | ratio to llama.cpp (target ≥ 0.8) | peak RSS | RSS / weights (target ≤ 1.3) |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
-    let llama = find(rs, |r| r["impl"] == "llama.cpp");
+    let llama_for = |bench: &str, model: &Value| {
+        find(rs, |r| {
+            r["impl"] == "llama.cpp" && r["bench"] == bench && r["model"] == *model
+        })
+    };
     let mib = |b: f64| b / (1024.0 * 1024.0);
     for r in rs.iter().filter(|r| r["bench"] == "decode") {
         let model = r["model"].as_str().unwrap_or("?");
@@ -287,8 +318,8 @@ fn render_cpu_table(rs: &[Value]) -> String {
             continue;
         }
         let weights = num(r, "weights_bytes");
-        let ratio = match llama {
-            Some(l) if l["model"] == r["model"] => {
+        let ratio = match llama_for("decode", &r["model"]) {
+            Some(l) => {
                 let x = tps / num(l, "tokens_per_s");
                 format!("{x:.2}× ({})", if x >= 0.8 { "met" } else { "missed" })
             }
@@ -309,6 +340,37 @@ fn render_cpu_table(rs: &[Value]) -> String {
             r["weights_dtype"].as_str().unwrap_or(""),
             mib(rss),
         );
+    }
+    let prefills: Vec<&Value> = rs.iter().filter(|r| r["bench"] == "prefill").collect();
+    if !prefills.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| scoring a prompt in one batch (log-probabilities at every position), 2 threads | prompt tokens | tokens/s | ratio to llama.cpp (`logits_all`) | peak RSS |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for r in prefills {
+            let model = r["model"].as_str().unwrap_or("?");
+            let name = Path::new(model)
+                .file_name()
+                .map_or(model.to_string(), |n| n.to_string_lossy().into_owned());
+            let tps = num(r, "tokens_per_s");
+            let who = if r["impl"] == "llama.cpp" {
+                format!("llama.cpp {}", r["llama_cpp_python"].as_str().unwrap_or(""))
+            } else {
+                "lmlab native".to_string()
+            };
+            let ratio = match (r["impl"] == "llama.cpp", llama_for("prefill", &r["model"])) {
+                (true, _) => "1.00".to_string(),
+                (false, Some(l)) => format!("{:.2}×", tps / num(l, "tokens_per_s")),
+                (false, None) => "—".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "| {who}, {name} | {} | {tps:.1} | {ratio} | {:.0} MiB |",
+                num(r, "prompt_tokens"),
+                mib(num(r, "peak_rss_bytes"))
+            );
+        }
     }
     s
 }

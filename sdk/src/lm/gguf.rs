@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::error::Error;
 use crate::lm::llama::{Arch, Gemma3, GemmaNorms, LayerWeights, LlamaConfig, LlamaWeights};
@@ -158,17 +159,29 @@ pub(crate) fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Byte `b` spread over eight bytes, bit k to 16 or 0 in byte k (Q5_0's fifth bits).
+pub(crate) fn spread_bits() -> &'static [u64; 256] {
+    static SPREAD: OnceLock<[u64; 256]> = OnceLock::new();
+    SPREAD.get_or_init(|| {
+        std::array::from_fn(|b| (0..8).map(|k| (((b >> k) & 1) as u64) << (8 * k + 4)).sum())
+    })
+}
+
 /// Q5_0 block (22 bytes: f16 `d`, 4 bytes of fifth bits, 16 bytes of nibbles): its 32
 /// values' `q − 16` (`x = d·(q − 16)`).
 #[inline(always)]
 pub(crate) fn q5_0_values(block: &[u8], out: &mut [i8; 32]) {
-    let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+    // Value i's fifth bit is bit i of the 32-bit `qh`: each byte of it spread into eight bytes
+    // of 0 or 16 by a table, so the loops below have constant shifts and vectorise.
+    let spread = spread_bits();
+    let mut hi = [0u8; 32];
+    for (k, chunk) in hi.chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&spread[block[2 + k] as usize].to_le_bytes());
+    }
     let qs = &block[6..22];
     for j in 0..16 {
-        let h0 = (((qh >> j) << 4) & 0x10) as u8;
-        let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-        out[j] = ((qs[j] & 0x0f) | h0) as i8 - 16;
-        out[j + 16] = ((qs[j] >> 4) | h1) as i8 - 16;
+        out[j] = ((qs[j] & 0x0f) | hi[j]) as i8 - 16;
+        out[j + 16] = ((qs[j] >> 4) | hi[j + 16]) as i8 - 16;
     }
 }
 

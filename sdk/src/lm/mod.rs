@@ -9,6 +9,7 @@ pub mod hf;
 pub mod llama;
 pub mod llama2c;
 pub mod load;
+pub mod openai;
 pub mod policy;
 pub mod quant;
 pub mod sample;

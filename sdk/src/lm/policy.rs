@@ -323,6 +323,18 @@ crate::register_component! {
     },
 }
 
+/// How a `checkpoint` policy holds its weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Weights {
+    /// The burn model on dequantized f32 weights, on the run's device: trainable.
+    #[default]
+    F32,
+    /// Block-quantized CPU inference ([`QLlama`](crate::lm::quant::QLlama): a GGUF file's own
+    /// blocks, other formats quantized to Q8_0): sampling and scoring, not training.
+    Native,
+}
+
 /// Configuration of the `checkpoint` policy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -332,13 +344,17 @@ pub struct CheckpointConfig {
     pub path: PathBuf,
     /// The tokenizer, when it is not the one beside the model.
     pub tokenizer: Option<PathBuf>,
+    /// `f32` (trainable, any device) or `native` (block-quantized CPU inference).
+    pub weights: Weights,
 }
 
 /// Policy `checkpoint`: a pretrained model loaded with [`lm::load`](crate::lm::load), in f32
-/// on the run's device (trainable). The file is read once, when the scheduler first asks.
+/// on the run's device (trainable), or with `weights = "native"` for block-quantized CPU
+/// inference. The file is read once, when the scheduler first asks.
 pub struct CheckpointInit {
     pub config: CheckpointConfig,
     loaded: Mutex<Option<crate::lm::load::Loaded>>,
+    native: Mutex<Option<std::sync::Arc<NativePolicy>>>,
 }
 
 impl CheckpointInit {
@@ -357,11 +373,28 @@ impl CheckpointInit {
         }
         f(slot.as_ref().expect("loaded"))
     }
+
+    /// The block-quantized policy, loaded once.
+    fn native(&self) -> anyhow::Result<std::sync::Arc<NativePolicy>> {
+        let mut slot = self.native.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let loaded = crate::lm::load::load_quantized(
+                &self.config.path,
+                self.config.tokenizer.as_deref(),
+                None,
+            )?;
+            *slot = Some(std::sync::Arc::new(NativePolicy::new(loaded)));
+        }
+        Ok(slot.clone().expect("loaded"))
+    }
 }
 
 impl PolicyInit for CheckpointInit {
     fn tokenizer(&self, _texts: &mut dyn FnMut() -> Vec<String>) -> anyhow::Result<Tokenizer> {
-        self.with_loaded(|l| Ok(l.tokenizer.clone()))
+        match self.config.weights {
+            Weights::F32 => self.with_loaded(|l| Ok(l.tokenizer.clone())),
+            Weights::Native => Ok(self.native()?.tokenizer.clone()),
+        }
     }
 
     fn init(
@@ -370,6 +403,11 @@ impl PolicyInit for CheckpointInit {
         _rng: &mut Rng,
         device: &Device,
     ) -> anyhow::Result<LmPolicy> {
+        anyhow::ensure!(
+            self.config.weights == Weights::F32,
+            "[policy] weights = \"native\" is for inference (sampling and scoring); this \
+             scheduler trains its policy: use weights = \"f32\""
+        );
         let model = self.with_loaded(|l| {
             l.model
                 .trainable_copy(device)
@@ -382,18 +420,154 @@ impl PolicyInit for CheckpointInit {
         })
     }
 
+    fn trainable(&self) -> bool {
+        self.config.weights == Weights::F32
+    }
+
+    fn inference(&self, tokenizer: &Tokenizer, device: &Device) -> anyhow::Result<Box<dyn Policy>> {
+        match self.config.weights {
+            Weights::F32 => {
+                let p = self.init(tokenizer, &mut rng(0, 0), device)?;
+                Ok(Box::new(p.inference()))
+            }
+            Weights::Native => Ok(Box::new(SharedPolicy(self.native()?))),
+        }
+    }
+
     fn describe(&self, params: usize) -> String {
+        let how = match self.config.weights {
+            Weights::F32 => "",
+            Weights::Native => " (block-quantized, CPU)",
+        };
         format!(
-            "the {params}-parameter checkpoint `{}`",
+            "the {params}-parameter checkpoint `{}`{how}",
             self.config.path.display()
         )
+    }
+
+    fn summary(&self, tokenizer: &Tokenizer) -> anyhow::Result<String> {
+        match self.config.weights {
+            Weights::F32 => {
+                let policy = self.init(tokenizer, &mut rng(0, 0), &Device::flex())?;
+                Ok(self.describe(policy.params()))
+            }
+            Weights::Native => Ok(self.describe(self.native()?.num_params())),
+        }
+    }
+}
+
+/// A checkpoint on the block-quantized CPU path ([`QLlama`](crate::lm::quant::QLlama)) as a
+/// [`Policy`]: sampling decodes with the KV cache; scoring runs each sequence through
+/// [`QLlama::score`](crate::lm::quant::QLlama::score) in one batch. Log-probabilities come
+/// back as host values (not differentiable).
+pub struct NativePolicy {
+    pub model: crate::lm::quant::QLlama,
+    pub tokenizer: Tokenizer,
+    /// Generation stops after any of these (EOS, end-of-turn tokens).
+    pub stop_ids: Vec<u32>,
+}
+
+impl NativePolicy {
+    pub fn new(loaded: crate::lm::load::Loaded<crate::lm::quant::QLlama>) -> Self {
+        Self {
+            model: loaded.model,
+            tokenizer: loaded.tokenizer,
+            stop_ids: loaded.stop_ids,
+        }
+    }
+}
+
+impl Policy for NativePolicy {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn num_params(&self) -> usize {
+        self.model.config.num_params()
+    }
+
+    fn generate(
+        &self,
+        prompts: &[String],
+        params: &SamplingParams,
+    ) -> anyhow::Result<Vec<Vec<Completion>>> {
+        params.validate()?;
+        let mut r = rng(params.seed, 7);
+        let tokenizer = &self.tokenizer;
+        let stop = |toks: &[u32]| {
+            !params.stop.is_empty() && {
+                let text = tokenizer.decode(toks, None);
+                params.stop.iter().any(|s| text.ends_with(s.as_str()))
+            }
+        };
+        let mut out = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let prompt = self.tokenizer.encode(p, true);
+            let mut comps = Vec::with_capacity(params.n.max(1));
+            for _ in 0..params.n.max(1) {
+                let s = self
+                    .model
+                    .generate_until(&prompt, params, &self.stop_ids, &stop, &mut r);
+                comps.push(Completion {
+                    prompt: prompt.clone(),
+                    text: self.tokenizer.decode(&s.tokens, None),
+                    token_ids: s.tokens,
+                    logprobs: s.logprobs,
+                    finished: s.finished,
+                });
+            }
+            out.push(comps);
+        }
+        Ok(out)
+    }
+
+    fn log_probs(&self, seqs: &[Sequence], temperature: f32) -> anyhow::Result<SequenceLogProbs> {
+        let rows = seqs
+            .iter()
+            .map(|s| {
+                if s.response.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut ids = s.prompt.clone();
+                if ids.is_empty() {
+                    anyhow::bail!("a sequence to score needs at least one prompt token");
+                }
+                ids.extend(&s.response);
+                self.model
+                    .score(&ids, s.prompt.len(), temperature)
+                    .map_err(|e| anyhow::anyhow!(e))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(SequenceLogProbs::from_host(&rows))
+    }
+}
+
+/// A shared [`Policy`] (the checkpoint's native policy, loaded once).
+struct SharedPolicy(std::sync::Arc<NativePolicy>);
+
+impl Policy for SharedPolicy {
+    fn tokenizer(&self) -> &Tokenizer {
+        self.0.tokenizer()
+    }
+    fn num_params(&self) -> usize {
+        self.0.num_params()
+    }
+    fn generate(
+        &self,
+        prompts: &[String],
+        params: &SamplingParams,
+    ) -> anyhow::Result<Vec<Vec<Completion>>> {
+        self.0.generate(prompts, params)
+    }
+    fn log_probs(&self, seqs: &[Sequence], temperature: f32) -> anyhow::Result<SequenceLogProbs> {
+        self.0.log_probs(seqs, temperature)
     }
 }
 
 crate::register_component! {
     kind: Policy,
     name: "checkpoint",
-    description: "a pretrained checkpoint (llama2.c .bin, Hugging Face safetensors or GGUF), in f32 and trainable",
+    description: "a pretrained checkpoint (llama2.c .bin, Hugging Face safetensors or GGUF): f32 and trainable, or weights = \"native\" for block-quantized CPU inference",
     config: CheckpointConfig,
     build: |config: CheckpointConfig, _ctx| {
         if !config.path.exists() {
@@ -402,7 +576,7 @@ crate::register_component! {
         if let Some(t) = &config.tokenizer && !t.exists() {
             return Err(ConfigError::field("tokenizer", format!("{} does not exist", t.display())).into());
         }
-        Ok(Box::new(CheckpointInit { config, loaded: Mutex::new(None) }) as Box<dyn PolicyInit>)
+        Ok(Box::new(CheckpointInit { config, loaded: Mutex::new(None), native: Mutex::new(None) }) as Box<dyn PolicyInit>)
     },
 }
 

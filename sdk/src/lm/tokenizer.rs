@@ -91,6 +91,16 @@ impl Tokenizer {
     }
 
     /// The text of `ids` (special tokens dropped), as a continuation of `prev` when given.
+    /// [`decode`](Self::decode) with special tokens written out (`<|im_end|>`), so that a
+    /// server that parses special tokens in text (as OpenAI-compatible servers do) reads the
+    /// same ids back. Only Hugging Face tokenizers have such tokens in text form.
+    pub fn decode_with_special(&self, ids: &[u32], prev: Option<u32>) -> String {
+        match self {
+            Tokenizer::Hf { inner, .. } => inner.decode(ids, false).unwrap_or_default(),
+            _ => self.decode(ids, prev),
+        }
+    }
+
     pub fn decode(&self, ids: &[u32], prev: Option<u32>) -> String {
         match self {
             Tokenizer::Llama2c(t) => {
