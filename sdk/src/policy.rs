@@ -269,6 +269,35 @@ pub trait Policy: Send + Sync {
     }
 }
 
+/// A shared policy is a policy (one loaded model handed to several roles).
+impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
+    fn tokenizer(&self) -> &Tokenizer {
+        (**self).tokenizer()
+    }
+    fn num_params(&self) -> usize {
+        (**self).num_params()
+    }
+    fn generate(
+        &self,
+        prompts: &[String],
+        params: &SamplingParams,
+    ) -> anyhow::Result<Vec<Vec<Completion>>> {
+        (**self).generate(prompts, params)
+    }
+    fn log_probs(&self, seqs: &[Sequence], temperature: f32) -> anyhow::Result<SequenceLogProbs> {
+        (**self).log_probs(seqs, temperature)
+    }
+}
+
+/// Whether decoded `tokens` end with one of `params.stop`'s strings (every policy's stop-string
+/// test).
+pub fn ends_with_stop(tokenizer: &Tokenizer, params: &SamplingParams, tokens: &[u32]) -> bool {
+    !params.stop.is_empty() && {
+        let text = tokenizer.decode(tokens, None);
+        params.stop.iter().any(|s| text.ends_with(s.as_str()))
+    }
+}
+
 /// What a recipe's `[policy]` table builds: the model a scheduler starts from, made when the
 /// scheduler needs it (a model trained from scratch needs a tokenizer built from the task's
 /// texts and a seed; a checkpoint brings both).

@@ -508,28 +508,6 @@ impl OpenAiInit {
     }
 }
 
-/// An `Arc`'d served policy as a `Box<dyn Policy>`.
-struct Shared(Arc<OpenAiPolicy>);
-
-impl Policy for Shared {
-    fn tokenizer(&self) -> &Tokenizer {
-        self.0.tokenizer()
-    }
-    fn num_params(&self) -> usize {
-        0
-    }
-    fn generate(
-        &self,
-        p: &[String],
-        params: &SamplingParams,
-    ) -> anyhow::Result<Vec<Vec<Completion>>> {
-        self.0.generate(p, params)
-    }
-    fn log_probs(&self, seqs: &[Sequence], t: f32) -> anyhow::Result<SequenceLogProbs> {
-        self.0.log_probs(seqs, t)
-    }
-}
-
 impl PolicyInit for OpenAiInit {
     fn tokenizer(&self, _texts: &mut dyn FnMut() -> Vec<String>) -> anyhow::Result<Tokenizer> {
         Ok(self.policy()?.tokenizer.clone())
@@ -553,7 +531,7 @@ impl PolicyInit for OpenAiInit {
         _tokenizer: &Tokenizer,
         _device: &burn::tensor::Device,
     ) -> anyhow::Result<Box<dyn Policy>> {
-        Ok(Box::new(Shared(self.policy()?)))
+        Ok(Box::new(self.policy()?))
     }
 
     fn describe(&self, _params: usize) -> String {

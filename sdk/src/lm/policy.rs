@@ -99,13 +99,8 @@ impl Policy for LmPolicy {
             .iter()
             .flat_map(|p| std::iter::repeat_n(self.tokenizer.encode(p, true), n))
             .collect();
-        let tokenizer = &self.tokenizer;
-        let stop = |_: usize, toks: &[u32]| {
-            !params.stop.is_empty() && {
-                let text = tokenizer.decode(toks, None);
-                params.stop.iter().any(|s| text.ends_with(s.as_str()))
-            }
-        };
+        let stop =
+            |_: usize, toks: &[u32]| crate::policy::ends_with_stop(&self.tokenizer, params, toks);
         let mut r = rng(params.seed, 7);
         let seqs = sample::generate(
             &self.model,
@@ -430,7 +425,7 @@ impl PolicyInit for CheckpointInit {
                 let p = self.init(tokenizer, &mut rng(0, 0), device)?;
                 Ok(Box::new(p.inference()))
             }
-            Weights::Native => Ok(Box::new(SharedPolicy(self.native()?))),
+            Weights::Native => Ok(Box::new(self.native()?)),
         }
     }
 
@@ -493,13 +488,7 @@ impl Policy for NativePolicy {
     ) -> anyhow::Result<Vec<Vec<Completion>>> {
         params.validate()?;
         let mut r = rng(params.seed, 7);
-        let tokenizer = &self.tokenizer;
-        let stop = |toks: &[u32]| {
-            !params.stop.is_empty() && {
-                let text = tokenizer.decode(toks, None);
-                params.stop.iter().any(|s| text.ends_with(s.as_str()))
-            }
-        };
+        let stop = |toks: &[u32]| crate::policy::ends_with_stop(&self.tokenizer, params, toks);
         let mut out = Vec::with_capacity(prompts.len());
         for p in prompts {
             let prompt = self.tokenizer.encode(p, true);
@@ -539,28 +528,6 @@ impl Policy for NativePolicy {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(SequenceLogProbs::from_host(&rows))
-    }
-}
-
-/// A shared [`Policy`] (the checkpoint's native policy, loaded once).
-struct SharedPolicy(std::sync::Arc<NativePolicy>);
-
-impl Policy for SharedPolicy {
-    fn tokenizer(&self) -> &Tokenizer {
-        self.0.tokenizer()
-    }
-    fn num_params(&self) -> usize {
-        self.0.num_params()
-    }
-    fn generate(
-        &self,
-        prompts: &[String],
-        params: &SamplingParams,
-    ) -> anyhow::Result<Vec<Vec<Completion>>> {
-        self.0.generate(prompts, params)
-    }
-    fn log_probs(&self, seqs: &[Sequence], temperature: f32) -> anyhow::Result<SequenceLogProbs> {
-        self.0.log_probs(seqs, temperature)
     }
 }
 
