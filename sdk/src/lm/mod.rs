@@ -2,6 +2,7 @@
 //! and sampling. Every LM method builds on these.
 
 pub mod bench;
+pub mod engine;
 pub mod export;
 pub mod fit;
 pub mod gguf;
@@ -13,6 +14,7 @@ pub mod openai;
 pub mod policy;
 pub mod quant;
 pub mod sample;
+pub mod serve;
 pub mod tokenizer;
 
 pub use llama::{KvCache, LayerWeights, Llama, LlamaConfig, LlamaWeights};

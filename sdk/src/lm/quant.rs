@@ -1243,35 +1243,106 @@ impl QLlama {
     }
 }
 
+/// The key/value cache of one sequence for [`QLlama::forward_batch`]: per layer,
+/// `[positions, kv_heads · head_dim]`.
+#[derive(Clone, Debug, Default)]
+pub struct QCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl QCache {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 impl QLlama {
+    /// An empty cache for [`forward_batch`](Self::forward_batch).
+    pub fn cache(&self) -> QCache {
+        QCache {
+            keys: vec![Vec::new(); self.config.n_layers],
+            values: vec![Vec::new(); self.config.n_layers],
+            len: 0,
+        }
+    }
+
     /// `log p(tokens[i] | tokens[..i])` for `i` in `from..tokens.len()` (`from ≥ 1`), logits
     /// divided by `temperature` (≤ 0 or 1: the model's own distribution): the whole sequence
-    /// in one batch, every projection a matrix–matrix product ([`matmat`]), attention causal
-    /// (and windowed on Gemma 3's local layers) within it. The same arithmetic as feeding the
-    /// tokens one by one to a [`QSession`], position for position.
+    /// in one batch ([`forward_batch`](Self::forward_batch)). The same arithmetic as feeding
+    /// the tokens one by one to a [`QSession`], position for position.
     pub fn score(&self, tokens: &[u32], from: usize, temperature: f32) -> Result<Vec<f32>, String> {
-        let c = &self.config;
         let t = tokens.len();
         if from == 0 || from > t {
             return Err(format!("scoring from position {from} of {t}"));
         }
-        if t > c.max_seq_len {
-            return Err(format!(
-                "{t} tokens exceed the context of {}",
-                c.max_seq_len
-            ));
+        let mut caches = [self.cache()];
+        let rows: Vec<(usize, u32)> = tokens.iter().map(|&id| (0, id)).collect();
+        let wanted: Vec<usize> = (from - 1..t - 1).collect();
+        let mut out = Vec::with_capacity(t - from);
+        self.forward_batch(&mut caches, &rows, &wanted, &mut |row, logits| {
+            out.push(logprob_at(logits, temperature, tokens[row + 1] as usize));
+        })?;
+        Ok(out)
+    }
+
+    /// One forward pass over `rows`, each a `(cache, token)`: the token goes at the next
+    /// position of `caches[cache]` (rows of one cache in position order), so one call can
+    /// prefill a prompt (many rows of one cache), decode one step of many sequences (one row
+    /// each), or both. Every projection is a matrix–matrix product ([`matmat`]) over all rows;
+    /// each row attends to its own cache up to its own position (windowed on Gemma 3's local
+    /// layers). `logits(row, logits)` is called for each row in `wanted` (ascending), a few
+    /// rows at a time (a 262K vocabulary is 1 MiB of logits per row). Per row, the same
+    /// arithmetic as [`QSession::feed`].
+    pub fn forward_batch(
+        &self,
+        caches: &mut [QCache],
+        rows: &[(usize, u32)],
+        wanted: &[usize],
+        logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), String> {
+        let c = &self.config;
+        let t = rows.len();
+        // Each row's position; every check before anything is written.
+        let mut next: Vec<usize> = caches.iter().map(QCache::len).collect();
+        let mut pos = Vec::with_capacity(t);
+        for &(ci, id) in rows {
+            let Some(p) = next.get_mut(ci) else {
+                return Err(format!("row of cache {ci}; there are {}", caches.len()));
+            };
+            if *p >= c.max_seq_len {
+                return Err(format!(
+                    "{} tokens exceed the context of {}",
+                    *p + 1,
+                    c.max_seq_len
+                ));
+            }
+            if id as usize >= c.vocab_size {
+                return Err(format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    c.vocab_size
+                ));
+            }
+            pos.push(*p);
+            *p += 1;
         }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                c.vocab_size
-            ));
+        if wanted.windows(2).any(|w| w[0] >= w[1]) || wanted.last().is_some_and(|&w| w >= t) {
+            return Err("wanted rows must ascend and exist".into());
+        }
+        if caches.iter().any(|k| k.keys.len() != c.n_layers) {
+            return Err("a cache of another model".into());
         }
         let (d, nh, nkv, hd) = (c.dim, c.n_heads, c.n_kv_heads, c.head_dim());
         let (qd, kvd, hid) = (c.q_dim(), nkv * hd, c.hidden_dim);
         let gemma = c.gemma3();
         let mut x: Vec<f32> = Vec::with_capacity(t * d);
-        for &id in tokens {
+        for &(_, id) in rows {
             x.extend(self.embed.row(id as usize));
         }
         if gemma.is_some() {
@@ -1289,19 +1360,20 @@ impl QLlama {
             let mut scratch = vec![0f32; w.len()];
             rms_norm_each(x, w, c.norm_eps, &mut scratch);
         };
-        // Rotary tables per (base, scale) and position.
+        // Rotary tables per (base, scale), for each row's position.
         let mut tables: Vec<((f32, f32), Vec<Vec<(f32, f32)>>)> = Vec::new();
         for li in 0..c.n_layers {
             let key = c.rope_of_layer(li);
             if !tables.iter().any(|(k, _)| *k == key) {
-                let rows = (0..t)
-                    .map(|p| {
+                let per_row = pos
+                    .iter()
+                    .map(|&p| {
                         let mut v = Vec::new();
                         rope_table(hd, p, key, &mut v);
                         v
                     })
                     .collect();
-                tables.push((key, rows));
+                tables.push((key, per_row));
             }
         }
         let scale = gemma.map_or(1.0 / (hd as f32).sqrt(), |g| g.query_scale);
@@ -1321,9 +1393,13 @@ impl QLlama {
             }
             let key = c.rope_of_layer(li);
             let (_, table) = tables.iter().find(|(k, _)| *k == key).expect("built above");
-            for p in 0..t {
-                rope(&mut q[p * qd..(p + 1) * qd], &table[p], gemma.is_some());
-                rope(&mut k[p * kvd..(p + 1) * kvd], &table[p], gemma.is_some());
+            for r in 0..t {
+                rope(&mut q[r * qd..(r + 1) * qd], &table[r], gemma.is_some());
+                rope(&mut k[r * kvd..(r + 1) * kvd], &table[r], gemma.is_some());
+            }
+            for (r, &(ci, _)) in rows.iter().enumerate() {
+                caches[ci].keys[li].extend_from_slice(&k[r * kvd..(r + 1) * kvd]);
+                caches[ci].values[li].extend_from_slice(&v[r * kvd..(r + 1) * kvd]);
             }
             let window = c.window_of_layer(li);
             let geometry = Heads {
@@ -1333,12 +1409,16 @@ impl QLlama {
                 kv_dim: kvd,
                 scale,
             };
-            att.par_chunks_mut(qd).enumerate().for_each(|(p, out)| {
+            let cached: &[QCache] = caches;
+            att.par_chunks_mut(qd).enumerate().for_each(|(r, out)| {
+                let (ci, p) = (rows[r].0, pos[r]);
                 let from = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                let (keys, values) = (&k[from * kvd..(p + 1) * kvd], &v[from * kvd..(p + 1) * kvd]);
+                let kv = &cached[ci];
+                let keys = &kv.keys[li][from * kvd..(p + 1) * kvd];
+                let values = &kv.values[li][from * kvd..(p + 1) * kvd];
                 let mut scores = Vec::new();
+                let qrow = &q[r * qd..(r + 1) * qd];
                 for head in 0..nh {
-                    let qrow = &q[p * qd..(p + 1) * qd];
                     geometry.attend(
                         head,
                         qrow,
@@ -1375,34 +1455,29 @@ impl QLlama {
             }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
-        // The predictions of tokens `from..t` come from positions `from − 1..t − 1`; the output
-        // layer runs over a few positions at a time (a 262K vocabulary is 1 MiB of logits each).
+        for (ci, n) in next.into_iter().enumerate() {
+            caches[ci].len = n;
+        }
+        // The output layer over a few wanted rows at a time.
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let vocab = c.vocab_size;
-        let mut out = Vec::with_capacity(t - from);
-        let positions: Vec<usize> = (from - 1..t - 1).collect();
-        for chunk in positions.chunks(8) {
-            let rows: Vec<f32> = chunk
+        for chunk in wanted.chunks(8) {
+            let normed: Vec<f32> = chunk
                 .iter()
-                .flat_map(|&p| {
-                    let mut r = vec![0f32; d];
-                    rms_norm(&x[p * d..(p + 1) * d], &self.norm, c.norm_eps, &mut r);
-                    r
+                .flat_map(|&r| {
+                    let mut n = vec![0f32; d];
+                    rms_norm(&x[r * d..(r + 1) * d], &self.norm, c.norm_eps, &mut n);
+                    n
                 })
                 .collect();
-            let rq = quantize_rows_of(&rows, d);
-            let mut logits = vec![0f32; chunk.len() * vocab];
-            matmat(head, &rows, &rq, &mut logits);
-            for (i, &p) in chunk.iter().enumerate() {
-                let target = tokens[p + 1] as usize;
-                out.push(logprob_at(
-                    &logits[i * vocab..(i + 1) * vocab],
-                    temperature,
-                    target,
-                ));
+            let nq = quantize_rows_of(&normed, d);
+            let mut out = vec![0f32; chunk.len() * vocab];
+            matmat(head, &normed, &nq, &mut out);
+            for (i, &r) in chunk.iter().enumerate() {
+                logits(r, &out[i * vocab..(i + 1) * vocab]);
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
