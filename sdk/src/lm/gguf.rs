@@ -482,6 +482,14 @@ impl Gguf {
         };
         let dim = self.meta_u64(&key("embedding_length"))? as usize;
         let n_layers = self.meta_u64(&key("block_count"))? as usize;
+        // Each layer is at least 9 tensors: a count the file cannot hold is refused before
+        // anything is built for its layers.
+        if n_layers > self.tensors.len() / 9 {
+            return Err(format!(
+                "{n_layers} layers claimed, and the file holds {} tensors",
+                self.tensors.len()
+            ));
+        }
         let arch = if arch == "gemma3" {
             let head_dim = self.meta_u64(&key("attention.key_length"))? as usize;
             let value_dim = self
@@ -549,7 +557,7 @@ impl Gguf {
         let (d, h, v) = (c.dim as u64, c.hidden_dim as u64, c.vocab_size as u64);
         let kv = (c.n_kv_heads * c.head_dim()) as u64;
         let (q, hd) = (c.q_dim() as u64, c.head_dim() as u64);
-        let mut layers = Vec::with_capacity(c.n_layers);
+        let mut layers = Vec::with_capacity(c.n_layers.min(self.tensors.len()));
         for i in 0..c.n_layers {
             let t = |n: &str, dims: &[u64]| self.tensor(&format!("blk.{i}.{n}.weight"), dims);
             layers.push(LayerWeights {

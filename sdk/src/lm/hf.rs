@@ -156,24 +156,8 @@ pub fn load(path: &Path) -> Result<(LlamaConfig, LlamaWeights), Error> {
     let (config_path, weights_path) = files(path)?;
     let text =
         std::fs::read_to_string(&config_path).map_err(|e| Error::io("read", &config_path, e))?;
-    let hf: HfConfig = serde_json::from_str(&text).map_err(|e| {
-        Error::Usage(format!(
-            "{}: not a Llama config.json: {e}",
-            config_path.display()
-        ))
-    })?;
-    if let Some(t) = &hf.model_type
-        && t != "llama"
-    {
-        return Err(Error::Usage(format!(
-            "{}: model_type `{t}` is not `llama`",
-            config_path.display()
-        )));
-    }
-    let config = hf.to_llama();
-    config
-        .validate()
-        .map_err(|e| Error::Usage(format!("{}: {e}", config_path.display())))?;
+    let config =
+        parse_config(&text).map_err(|e| Error::Usage(format!("{}: {e}", config_path.display())))?;
     let bytes = std::fs::read(&weights_path).map_err(|e| Error::io("read", &weights_path, e))?;
     let weights = parse_weights(&bytes, &config).map_err(|e| {
         Error::Usage(format!(
@@ -182,6 +166,20 @@ pub fn load(path: &Path) -> Result<(LlamaConfig, LlamaWeights), Error> {
         ))
     })?;
     Ok((config, weights))
+}
+
+/// A Llama `config.json`'s text as a checked [`LlamaConfig`].
+pub fn parse_config(text: &str) -> Result<LlamaConfig, String> {
+    let hf: HfConfig =
+        serde_json::from_str(text).map_err(|e| format!("not a Llama config.json: {e}"))?;
+    if let Some(t) = &hf.model_type
+        && t != "llama"
+    {
+        return Err(format!("model_type `{t}` is not `llama`"));
+    }
+    let config = hf.to_llama();
+    config.validate()?;
+    Ok(config)
 }
 
 /// Parses safetensors bytes into checkpoint-layout weights for `config`.
@@ -201,7 +199,8 @@ pub fn parse_weights(bytes: &[u8], config: &LlamaConfig) -> Result<LlamaWeights,
     };
     let (d, h, v) = (config.dim, config.hidden_dim, config.vocab_size);
     let kv = config.n_kv_heads * config.head_dim();
-    let mut layers = Vec::with_capacity(config.n_layers);
+    // Not the claimed count: a config.json may claim more layers than the file holds.
+    let mut layers = Vec::with_capacity(config.n_layers.min(st.len()));
     for i in 0..config.n_layers {
         let p = format!("model.layers.{i}");
         layers.push(LayerWeights {

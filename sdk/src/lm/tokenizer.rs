@@ -166,12 +166,24 @@ impl Tokenizer {
         bos: Option<u32>,
         eos: u32,
     ) -> Result<Self, crate::Error> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+        let bytes = std::fs::read(path).map_err(|e| crate::Error::io("read", path, e))?;
+        Self::from_hf_bytes(&bytes, bos, eos).map_err(|e| {
             crate::Error::Usage(format!(
                 "{}: not a readable tokenizer.json: {e}",
                 path.display()
             ))
-        })?;
+        })
+    }
+
+    /// A Hugging Face `tokenizer.json`'s bytes as a tokenizer.
+    pub fn from_hf_bytes(bytes: &[u8], bos: Option<u32>, eos: u32) -> Result<Self, String> {
+        // tokenizers 0.22 panics (`expect("Helper")` in its decoder's deserializer) on some
+        // malformed JSON: the syntax is checked first, and any other panic in it is caught
+        // and reported as a bad file.
+        serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())?;
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|_| "the tokenizers library failed on this file".to_string())?;
+        let inner = parsed.map_err(|e| e.to_string())?;
         Ok(Tokenizer::Hf {
             inner: Box::new(inner),
             bos,
