@@ -195,14 +195,6 @@ fn gpt2_tokenizer_ids_match() {
     assert_eq!(tok.decode(&[15496, 995], None), "Hello world");
 }
 
-/// The SmolLM2 GGUF that `cargo xtask fetch smollm2` puts in the cache, if it is there.
-fn smollm2() -> Option<std::path::PathBuf> {
-    common::cached(
-        "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "run `cargo xtask fetch smollm2`",
-    )
-}
-
 #[test]
 fn missing_data_skips_by_default_and_fails_under_lmlab_require_data() {
     let test = "stories260k_greedy_matches_llama2c_byte_for_byte";
@@ -233,7 +225,9 @@ fn missing_data_skips_by_default_and_fails_under_lmlab_require_data() {
 
 #[test]
 fn smollm2_gguf_chat_answer_is_sensible() {
-    let Some(model) = smollm2() else { return };
+    let Some(model) = common::smollm2() else {
+        return;
+    };
     let (code, out, err) = run(lmlab()
         .args([
             "generate",
@@ -252,7 +246,9 @@ fn smollm2_gguf_chat_answer_is_sensible() {
 
 #[test]
 fn smollm2_gguf_tokenizer_matches_its_token_list() {
-    let Some(model) = smollm2() else { return };
+    let Some(model) = common::smollm2() else {
+        return;
+    };
     let g = lmlab::lm::gguf::load(&model).unwrap();
     let tokens = g.tokens().unwrap();
     let tok = g.tokenizer().unwrap();
@@ -292,7 +288,9 @@ fn smollm2_gguf_tokenizer_matches_its_token_list() {
 
 #[test]
 fn truncated_gguf_is_refused() {
-    let Some(model) = smollm2() else { return };
+    let Some(model) = common::smollm2() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(&model).unwrap();
     for (name, cut) in [("head.gguf", 64usize), ("half.gguf", bytes.len() / 2)] {
@@ -314,7 +312,9 @@ fn truncated_gguf_is_refused() {
 fn smollm2_native_blocks_agree_with_the_f32_model() {
     use lmlab::burn::tensor::{Device, Int, Tensor, TensorData};
 
-    let Some(model) = smollm2() else { return };
+    let Some(model) = common::smollm2() else {
+        return;
+    };
     let device = Device::flex();
     let f32_model = lmlab::lm::load::load(&model, None, &device).unwrap();
     let quant = lmlab::lm::load::load_quantized(&model, None, None).unwrap();

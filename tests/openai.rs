@@ -5,19 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lmlab::Policy;
 use lmlab::lm::openai::{OpenAiConfig, OpenAiPolicy};
-
-fn smollm2() -> Option<PathBuf> {
-    common::cached(
-        "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "run `cargo xtask fetch smollm2`",
-    )
-}
 
 /// A free port on loopback.
 fn port() -> u16 {
@@ -28,18 +21,8 @@ fn port() -> u16 {
         .port()
 }
 
-/// A server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Waits (at most `limit`) until `GET {base}/models` answers.
-fn wait_ready(base: &str, server: &mut Server, limit: Duration) {
+fn wait_ready(base: &str, server: &mut common::Server, limit: Duration) {
     let t0 = Instant::now();
     let addr = base
         .trim_start_matches("http://")
@@ -59,7 +42,7 @@ fn wait_ready(base: &str, server: &mut Server, limit: Duration) {
     panic!("the server did not listen on {addr} within {limit:?}");
 }
 
-fn llama_cpp_server(python: &Path, model: &Path) -> (Server, String) {
+fn llama_cpp_server(python: &Path, model: &Path) -> (common::Server, String) {
     let port = port();
     let child = Command::new(python)
         .args(["-m", "llama_cpp.server", "--host", "127.0.0.1", "--port"])
@@ -71,7 +54,7 @@ fn llama_cpp_server(python: &Path, model: &Path) -> (Server, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("the server starts");
-    let mut server = Server(child);
+    let mut server = common::Server(child);
     let base = format!("http://127.0.0.1:{port}/v1");
     wait_ready(&base, &mut server, Duration::from_secs(90));
     (server, base)
@@ -95,28 +78,17 @@ fn client(base: &str, tokenizer: &Path) -> OpenAiPolicy {
 /// error within the timeout, not a hang.
 #[test]
 fn openai_policy_against_llama_cpp_python_server() {
-    let Some(model) = smollm2() else { return };
+    let Some(model) = common::smollm2() else {
+        return;
+    };
     let Some(python) = common::python_with(&["llama_cpp.server"]) else {
         return;
     };
     let (server, base) = llama_cpp_server(&python, &model);
     let served = client(&base, &model);
-    let native = lmlab::lm::policy::NativePolicy::new(
-        lmlab::lm::load::load_quantized(&model, None, None).unwrap(),
-    );
-    let prompts: Vec<String> = [
-        "The capital of France is",
-        "Once upon a time, there was a",
-        "def add(a, b):\n",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let greedy = lmlab::SamplingParams {
-        temperature: 0.0,
-        max_new_tokens: 16,
-        ..Default::default()
-    };
+    let native = common::native_policy(&model);
+    let prompts = common::server_prompts();
+    let greedy = common::greedy(16);
     let theirs = served.generate(&prompts, &greedy).unwrap();
     let ours = native.generate(&prompts, &greedy).unwrap();
     // Equal token for token, except at a near-tie: where they first differ, the server's
@@ -209,17 +181,8 @@ fn openai_policy_scores_through_echo_logprobs() {
     };
     let (_server, base) = llama_cpp_server(&python, &model);
     let gserved = client(&base, &model);
-    let gnative = lmlab::lm::policy::NativePolicy::new(
-        lmlab::lm::load::load_quantized(&model, None, None).unwrap(),
-    );
-    let prompts: Vec<String> = [
-        "The capital of France is",
-        "Once upon a time, there was a",
-        "def add(a, b):\n",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let gnative = common::native_policy(&model);
+    let prompts = common::server_prompts();
     // Scoring: the gnative policy's own samples, through echo + logprobs.
     let sampled = gnative
         .generate(
@@ -282,7 +245,9 @@ fn openai_policy_scores_through_echo_logprobs() {
 /// that says so.
 #[test]
 fn a_server_without_prompt_logprobs_is_named() {
-    let Some(model) = smollm2() else { return };
+    let Some(model) = common::smollm2() else {
+        return;
+    };
     let port = port();
     let script = common::root().join("tests/fixtures/no_echo_server.py");
     let child = Command::new("python3")
@@ -290,7 +255,7 @@ fn a_server_without_prompt_logprobs_is_named() {
         .arg(port.to_string())
         .spawn()
         .unwrap();
-    let mut server = Server(child);
+    let mut server = common::Server(child);
     let base = format!("http://127.0.0.1:{port}/v1");
     wait_ready(&base, &mut server, Duration::from_secs(20));
     let served = client(&base, &model);

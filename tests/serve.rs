@@ -6,33 +6,16 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lmlab::Policy;
 use lmlab::lm::openai::{OpenAiConfig, OpenAiPolicy};
 
-fn smollm2() -> Option<PathBuf> {
-    common::cached(
-        "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "run `cargo xtask fetch smollm2`",
-    )
-}
-
-/// `lmlab serve`, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `lmlab serve --model MODEL --port 0 ARGS`; its base URL (`…/v1`) from the line it
 /// prints once listening.
-fn serve(model: &Path, args: &[&str]) -> (Server, String) {
+fn serve(model: &Path, args: &[&str]) -> (common::Server, String) {
     let mut child = common::lmlab()
         .arg("serve")
         .arg("--model")
@@ -44,7 +27,7 @@ fn serve(model: &Path, args: &[&str]) -> (Server, String) {
         .spawn()
         .expect("lmlab serve starts");
     let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
+    let server = common::Server(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -67,7 +50,9 @@ fn serve(model: &Path, args: &[&str]) -> (Server, String) {
 /// 4 at once) are batched by the server without changing them.
 #[test]
 fn the_openai_policy_against_lmlab_serve_equals_in_process() {
-    let Some(model) = smollm2() else { return };
+    let Some(model) = common::smollm2() else {
+        return;
+    };
     let (_server, base) = serve(&model, &[]);
     let served = OpenAiPolicy::new(OpenAiConfig {
         base_url: base.clone(),
@@ -79,23 +64,10 @@ fn the_openai_policy_against_lmlab_serve_equals_in_process() {
         ..Default::default()
     })
     .unwrap();
-    let native = lmlab::lm::policy::NativePolicy::new(
-        lmlab::lm::load::load_quantized(&model, None, None).unwrap(),
-    );
-    let prompts: Vec<String> = [
-        "The capital of France is",
-        "Once upon a time, there was a",
-        "def add(a, b):\n",
-        "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let greedy = lmlab::SamplingParams {
-        temperature: 0.0,
-        max_new_tokens: 16,
-        ..Default::default()
-    };
+    let native = common::native_policy(&model);
+    let mut prompts = common::server_prompts();
+    prompts.push("<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n".into());
+    let greedy = common::greedy(16);
     let t0 = Instant::now();
     let theirs = served.generate(&prompts, &greedy).unwrap();
     println!(
@@ -154,7 +126,9 @@ fn the_openai_policy_against_lmlab_serve_equals_in_process() {
 /// with OpenAI-style 4xx errors while the server keeps serving.
 #[test]
 fn lmlab_serve_answers_the_openai_python_client() {
-    let Some(model) = smollm2() else { return };
+    let Some(model) = common::smollm2() else {
+        return;
+    };
     let Some(python) = common::python_with(&["openai"]) else {
         return;
     };
@@ -171,11 +145,7 @@ fn lmlab_serve_answers_the_openai_python_client() {
         .chat_prompt("What is the capital of France?")
         .unwrap();
     let native = lmlab::lm::policy::NativePolicy::new(loaded);
-    let greedy = lmlab::SamplingParams {
-        temperature: 0.0,
-        max_new_tokens: 8,
-        ..Default::default()
-    };
+    let greedy = common::greedy(8);
     let want = native
         .generate(&["The capital of France is".to_string()], &greedy)
         .unwrap();
@@ -226,13 +196,7 @@ fn lmlab_serve_answers_the_openai_python_client() {
     assert_eq!(idx, [0, 1, 2, 3]);
     // Chat: SmolLM2's own template; the in-process greedy answer to the same turn.
     let want = native
-        .generate(
-            &[chat_prompt],
-            &lmlab::SamplingParams {
-                max_new_tokens: 12,
-                ..greedy.clone()
-            },
-        )
+        .generate(&[chat_prompt], &common::greedy(12))
         .unwrap();
     assert_eq!(v["chat"], want[0][0].text.as_str());
     assert!(v["chat_logprobs"].as_u64().unwrap() >= 1);

@@ -191,3 +191,49 @@ pub fn reference(python: &std::path::Path, args: &[String]) -> serde_json::Value
     let last = out.lines().last().unwrap_or("");
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
+
+/// SmolLM2-135M-Instruct (GGUF, Q4_1) in the cache (`cargo xtask fetch smollm2`).
+pub fn smollm2() -> Option<PathBuf> {
+    cached(
+        "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "run `cargo xtask fetch smollm2`",
+    )
+}
+
+/// A server process, killed when dropped.
+pub struct Server(pub std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A checkpoint on the block-quantized CPU path as an in-process policy.
+pub fn native_policy(model: &Path) -> lmlab::lm::policy::NativePolicy {
+    lmlab::lm::policy::NativePolicy::new(
+        lmlab::lm::load::load_quantized(model, None, None).unwrap(),
+    )
+}
+
+/// Prompts that the server tests send: prose, a story, code.
+pub fn server_prompts() -> Vec<String> {
+    [
+        "The capital of France is",
+        "Once upon a time, there was a",
+        "def add(a, b):\n",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Greedy sampling of up to `max_new_tokens` tokens.
+pub fn greedy(max_new_tokens: usize) -> lmlab::SamplingParams {
+    lmlab::SamplingParams {
+        temperature: 0.0,
+        max_new_tokens,
+        ..Default::default()
+    }
+}

@@ -54,9 +54,8 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     match cmd.as_str() {
-        "recipe" | "recipes" | "plugins" | "generate" | "bench" | "export" | "tokenize" | "serve" => {
-            runner(&root, &args)
-        }
+        "recipe" | "recipes" | "plugins" | "generate" | "bench" | "export" | "tokenize"
+        | "serve" => runner(&root, &args),
         "schema" => {
             let mut a = args.clone();
             if !a.iter().any(|x| x == "--out") {

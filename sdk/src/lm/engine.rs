@@ -20,7 +20,7 @@ use std::sync::mpsc;
 
 use crate::lm::Tokenizer;
 use crate::lm::quant::{QCache, QLlama};
-use crate::lm::sample::{logprob_at, sample_next};
+use crate::lm::sample::{log_normalizer, logprob_at, sample_next};
 use crate::policy::SamplingParams;
 use crate::rng::{Rng, rng};
 
@@ -467,16 +467,7 @@ fn scored(logits: &[f32], token: u32, t: f32, k: usize) -> Scored {
     let top = if k == 0 {
         Vec::new()
     } else {
-        let t = if t > 0.0 { t as f64 } else { 1.0 };
-        let max = logits
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
-        let lse = max
-            + logits
-                .iter()
-                .map(|&x| (x as f64 / t - max).exp())
-                .sum::<f64>()
-                .ln();
+        let (t, lse) = log_normalizer(logits, t);
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
         let k = k.min(idx.len());
         let by = |a: &u32, b: &u32| {

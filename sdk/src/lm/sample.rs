@@ -25,6 +25,13 @@ pub struct Sequence {
 
 /// `log softmax(logits / t)` at `index`, in f64.
 pub fn logprob_at(logits: &[f32], t: f32, index: usize) -> f32 {
+    let (t, lse) = log_normalizer(logits, t);
+    (logits[index] as f64 / t - lse) as f32
+}
+
+/// The temperature as used (`t ≤ 0`: 1) and `log Σ exp(logits / t)`, in f64: `log softmax`
+/// of logit `x` is `x / t − lse`.
+pub fn log_normalizer(logits: &[f32], t: f32) -> (f64, f64) {
     let t = if t > 0.0 { t as f64 } else { 1.0 };
     let max = logits
         .iter()
@@ -35,7 +42,7 @@ pub fn logprob_at(logits: &[f32], t: f32, index: usize) -> f32 {
             .map(|&x| (x as f64 / t - max).exp())
             .sum::<f64>()
             .ln();
-    (logits[index] as f64 / t - lse) as f32
+    (t, lse)
 }
 
 /// The first index of the largest value.
