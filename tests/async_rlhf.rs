@@ -129,18 +129,26 @@ fn off_policy_robustness_smoke_writes_the_win_rate_vs_kl_plot() {
         6,
         "3 methods × N ∈ {{1, 2}}"
     );
-    // Sync with N minibatches: minibatch i of a round is i updates stale.
+    // Sync with N minibatches: minibatch i of a round is i updates stale. Each record has
+    // the minibatch's measured KL from its generating policy to the learner: zero up to
+    // rounding when fresh, larger once the learner has moved on.
+    let mut k3 = [Vec::new(), Vec::new()];
     for r in recs.iter().filter(|r| r["stage"] == "rl") {
         let n = r["n"].as_u64().unwrap();
-        assert_eq!(
-            r["staleness"].as_u64().unwrap(),
-            r["step"].as_u64().unwrap() % n,
-            "{r}"
-        );
+        let staleness = r["staleness"].as_u64().unwrap();
+        assert_eq!(staleness, r["step"].as_u64().unwrap() % n, "{r}");
+        let kl = r["behaviour_kl"].as_f64().unwrap();
+        if staleness == 0 {
+            assert!(kl.abs() < 1e-3, "a fresh minibatch's KL {kl}: {r}");
+        }
+        k3[staleness as usize].push(r["behaviour_kl_k3"].as_f64().unwrap());
     }
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(mean(&k3[1]) > mean(&k3[0]), "k3 by staleness: {k3:?}");
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     for needle in [
         "## Robustness to off-policy data",
+        "## How off-policy the consumed minibatches were",
         "| PPO |",
         "| RLOO |",
         "| online DPO |",

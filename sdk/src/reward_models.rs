@@ -4,8 +4,8 @@
 //! - `bradley-terry` (fitted): the handed-over policy plus a scalar head read at the last token
 //!   (EOS), trained on preference pairs with the `bradley-terry` objective; its mean score on
 //!   reference responses is subtracted, so a reference scores 0 on average. Its
-//!   [`critic`](RewardModel::critic) is the model itself, value head included: PPO's critic
-//!   starts there.
+//!   [`critic`](RewardModel::critic) is the model itself, value head included, with the same
+//!   bias subtracted: PPO's critic starts there, its first values the normalised rewards.
 
 use burn::module::Module;
 use std::sync::Arc;
@@ -112,11 +112,17 @@ impl RewardModel for Learned {
         Some(self.score(seqs))
     }
 
+    /// The reward model itself, its value head's bias lowered by [`bias`](Self::bias): the
+    /// critic starts out predicting the normalised rewards it will fit, not the raw scores.
     fn critic(&self, device: &burn::tensor::Device) -> Option<anyhow::Result<Llama>> {
         Some(
             self.head
                 .model
                 .trainable_copy(device)
+                .map(|mut m| {
+                    m.offset_value(-self.bias);
+                    m
+                })
                 .map_err(|e| anyhow::anyhow!(e)),
         )
     }
@@ -259,4 +265,59 @@ crate::register_component! {
         if c.batch == 0 { return Err(ConfigError::field("batch", "must be at least 1").into()); }
         Ok(Box::new(BradleyTerrySpec { objective, stage, bias_references: c.bias_references, batch: c.batch }) as Box<dyn RewardSpec>)
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::LlamaConfig;
+
+    /// At initialisation the critic's value at EOS is the normalised reward the reward model
+    /// gives the same sequence.
+    #[test]
+    fn the_critic_starts_at_the_normalised_reward() {
+        let config = LlamaConfig {
+            vocab_size: 10,
+            dim: 16,
+            n_layers: 1,
+            n_heads: 2,
+            n_kv_heads: 2,
+            hidden_dim: 24,
+            max_seq_len: 16,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            tie_embeddings: true,
+            value_head: false,
+            arch: Default::default(),
+        };
+        let device = crate::device::test_device();
+        let mut r = crate::rng::rng(4, 0);
+        let model = Llama::init(config, &mut r, &device)
+            .unwrap()
+            .with_value_head(&mut r, &device);
+        let head = ValueHead {
+            model,
+            pad: 0,
+            device: device.clone(),
+            batch: 8,
+        };
+        let seqs = vec![
+            Sequence::new(vec![1, 4, 5], vec![6, 2]),
+            Sequence::new(vec![1, 7], vec![8, 9, 2]),
+        ];
+        let raw = head.values(&seqs).unwrap();
+        let learned = Learned { head, bias: 0.8 };
+        let rewards = learned.score(&seqs).unwrap();
+        let train = device.clone().autodiff();
+        let critic = learned.critic(&train).unwrap().unwrap();
+        let values: Vec<f32> = final_values(&critic, &seqs, 0, &train)
+            .unwrap()
+            .into_data()
+            .try_into_vec()
+            .unwrap();
+        for ((v, r), x) in values.iter().zip(&rewards).zip(&raw) {
+            assert!((v - r).abs() < 1e-5, "critic {v} vs normalised reward {r}");
+            assert!((x - r - 0.8).abs() < 1e-5, "the raw score is {x}");
+        }
+    }
 }

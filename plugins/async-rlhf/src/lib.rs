@@ -32,7 +32,7 @@ use lmlab_sdk::reward::Preference;
 use lmlab_sdk::rl::methods::{self, RlMethod};
 use lmlab_sdk::rl::rlhf::{
     Base, Models, Rlhf, RunStats, base_table, cores_line, group_runs, plot_updates, runs_table,
-    speedups, sweep,
+    speedups, staleness_kl, staleness_kl_table, sweep,
 };
 use lmlab_sdk::rl::{RlConfig, pipeline_config};
 use lmlab_sdk::train::{LrSchedule, OptimConfig, Stage};
@@ -350,6 +350,21 @@ impl AsyncRlhf {
             );
         }
 
+        let records =
+            lmlab_sdk::run::read_metrics(&ctx.run.path().join(lmlab_sdk::run::METRICS_FILE))?;
+        let off_policy = staleness_kl(&records);
+        if !off_policy.is_empty() {
+            s += &format!(
+                "## How off-policy the consumed minibatches were
+
+For every minibatch the learner consumed, the KL from the policy that generated it to the learner as it was then (estimated on the minibatch's own samples), grouped by staleness.
+
+{}
+",
+                staleness_kl_table(&off_policy)
+            );
+        }
+
         // Robustness to off-policy data: the sync runs as N grows.
         let mut ns: Vec<usize> = groups
             .iter()
@@ -383,14 +398,21 @@ impl AsyncRlhf {
                     ns[ns.len() - 1]
                 );
                 let mut claim = Claim::check(what, measured.join(", "), least);
-                if sweeps.iter().all(|x| x.change >= 0.0 || x.within_noise) {
+                // The sweep decides only if its stalest minibatches are measurably off-policy.
+                let n_max = ns[ns.len() - 1];
+                let stalest = off_policy
+                    .iter()
+                    .filter(|r| r.run.ends_with(&format!("sync N={n_max}")))
+                    .max_by_key(|r| r.staleness);
+                let moved = stalest.is_some_and(|r| r.measurable());
+                if !moved {
+                    claim = claim.note(format!("at N = {n_max} the stalest minibatches are not measurably off-policy (the staleness table), so the sweep cannot decide robustness to off-policy data"));
+                } else if sweeps.iter().all(|x| x.change >= 0.0 || x.within_noise) {
                     claim = claim.note("no method's win rate falls beyond its seed spread up to this N, so the sweep cannot single out online DPO at this scale");
                 }
                 claims.push(claim);
             }
         }
-        let records =
-            lmlab_sdk::run::read_metrics(&ctx.run.path().join(lmlab_sdk::run::METRICS_FILE))?;
         plot_updates(
             &records,
             "train_gold",

@@ -151,6 +151,38 @@ pub fn rloo_advantages(rewards: &[f32], k: usize) -> anyhow::Result<Vec<f32>> {
     Ok(out)
 }
 
+/// How far a minibatch is off-policy: `KL(π_gen ‖ π_learn)` estimated from the minibatch's
+/// own samples (drawn from `π_gen`), given per response token the generating policy's
+/// log-probabilities `old` and the learner's `new` (both at the sampling temperature).
+/// Returns `(k1, k3)`: the mean over sequences of `Σ_t (log π_gen − log π_learn)` (unbiased,
+/// nats per sequence), and the mean over tokens of `k3 = (r − 1) − log r` with
+/// `r = π_learn / π_gen` (never negative, lower variance; Schulman's estimator). Both are 0
+/// when the two policies agree. Errors when the shapes differ.
+pub fn behaviour_kl(old: &[Vec<f32>], new: &[Vec<f32>]) -> anyhow::Result<(f64, f64)> {
+    anyhow::ensure!(
+        old.len() == new.len(),
+        "{} sequences of old log-probs, {} of new",
+        old.len(),
+        new.len()
+    );
+    let (mut k1, mut k3, mut tokens) = (0.0f64, 0.0f64, 0usize);
+    for (o, n) in old.iter().zip(new) {
+        anyhow::ensure!(
+            o.len() == n.len(),
+            "{} old log-probs, {} new",
+            o.len(),
+            n.len()
+        );
+        for (&a, &b) in o.iter().zip(n) {
+            let log_r = b as f64 - a as f64;
+            k1 -= log_r;
+            k3 += log_r.exp() - 1.0 - log_r;
+            tokens += 1;
+        }
+    }
+    Ok((k1 / old.len().max(1) as f64, k3 / tokens.max(1) as f64))
+}
+
 /// The clip range of a ratio objective.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -426,8 +458,33 @@ mod tests {
         x.grad(&grads).unwrap().into_scalar::<f32>()
     }
 
+    #[test]
+    fn behaviour_kl_follows_its_definition() {
+        // Two sequences: log r = new − old per token.
+        let old = vec![vec![-1.0f32, -2.0], vec![-0.5]];
+        let new = vec![vec![-1.5f32, -1.0], vec![-0.5]];
+        let (k1, k3) = behaviour_kl(&old, &new).unwrap();
+        let lr = [-0.5f64, 1.0, 0.0];
+        assert!(close(k1, -(lr[0] + lr[1]) / 2.0, 1e-9), "{k1}");
+        let want = lr.iter().map(|x| x.exp() - 1.0 - x).sum::<f64>() / 3.0;
+        assert!(close(k3, want, 1e-9), "{k3}");
+        assert_eq!(behaviour_kl(&old, &old).unwrap(), (0.0, 0.0));
+        assert!(behaviour_kl(&old, &new[..1]).is_err());
+        assert!(behaviour_kl(&old, &[vec![0.0], vec![0.0]]).is_err());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// k3 is never negative, and both estimators vanish when nothing moved.
+        #[test]
+        fn behaviour_kl_k3_is_non_negative(xs in prop::collection::vec((-5.0f32..0.0, -5.0f32..0.0), 1..20)) {
+            let old = vec![xs.iter().map(|p| p.0).collect::<Vec<f32>>()];
+            let new = vec![xs.iter().map(|p| p.1).collect::<Vec<f32>>()];
+            let (_, k3) = behaviour_kl(&old, &new).unwrap();
+            prop_assert!(k3 >= 0.0);
+            prop_assert_eq!(behaviour_kl(&old, &old).unwrap(), (0.0, 0.0));
+        }
 
         #[test]
         fn online_dpo_pairs_rank_and_differ(scores in prop::collection::vec(-3.0f32..3.0, 2..9),

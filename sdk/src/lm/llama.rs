@@ -439,6 +439,16 @@ impl Llama {
         self
     }
 
+    /// Adds `delta` to the value head's bias (nothing without a head): how a critic started
+    /// from a reward model inherits the reward's normalisation.
+    pub fn offset_value(&mut self, delta: f32) {
+        if let Some(b) = &self.value_b {
+            let device = b.val().device();
+            let v: Vec<f32> = b.val().into_data().try_into_vec().unwrap_or_default();
+            self.value_b = Some(param1(v.into_iter().map(|x| x + delta).collect(), &device));
+        }
+    }
+
     /// A model from checkpoint-layout weights (no value head); checks every size.
     pub fn from_weights(
         config: LlamaConfig,

@@ -281,6 +281,14 @@ impl Learner for RlLearner<'_> {
     fn learn(&mut self, batch: Tagged<Rollout>, staleness: u64) -> anyhow::Result<()> {
         let step = self.policy.step;
         let b = &batch.data;
+        // How off-policy this minibatch is: the learner, as it is now, against the policy
+        // that generated it (one inference pass; 0 up to rounding when nothing is stale).
+        let learner = self.policy.model.valid();
+        let inner = learner.embed.val().device();
+        let now =
+            response_token_logprobs(&learner, &b.sequences, self.pad, self.temperature, &inner)?;
+        let (behaviour_kl, behaviour_k3) =
+            crate::components::rl::behaviour_kl(&b.old_logprobs, &now)?;
         let mut u = Update {
             policy: &mut self.policy,
             critic: self.critic.as_mut(),
@@ -315,6 +323,7 @@ impl Learner for RlLearner<'_> {
         let mut rec = serde_json::json!({
             "step": step, "round": batch.round, "version": batch.version, "staleness": staleness,
             "train_gold": gold, "train_rm": proxy, "train_kl": kl,
+            "behaviour_kl": behaviour_kl, "behaviour_kl_k3": behaviour_k3,
         });
         for (n, v) in metrics {
             rec[n] = serde_json::json!(host(v)?[0] as f64);

@@ -690,6 +690,82 @@ pub fn cores_line(groups: &[RunGroup<'_>], pinned: bool) -> String {
     )
 }
 
+/// How off-policy the minibatches of one run kind were at one staleness, from the learner's
+/// per-update records (`stage = "rl"`: `staleness`, `behaviour_kl`, `behaviour_kl_k3`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StalenessKl {
+    /// `method mode N=n`.
+    pub run: String,
+    pub staleness: u64,
+    pub minibatches: usize,
+    /// Mean and standard error over minibatches of KL(π_gen ‖ π_learn), nats per sequence (k1).
+    pub kl: (f64, f64),
+    /// Mean k3 per token.
+    pub k3: f64,
+}
+
+impl StalenessKl {
+    /// Whether the KL is above zero beyond two standard errors.
+    pub fn measurable(&self) -> bool {
+        self.minibatches >= 2 && self.kl.0 - 2.0 * self.kl.1 > 0.0
+    }
+}
+
+/// Groups the records by run kind and staleness (see [`StalenessKl`]).
+pub fn staleness_kl(records: &[serde_json::Value]) -> Vec<StalenessKl> {
+    let mut groups: BTreeMap<(String, u64), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for r in records.iter().filter(|r| r["stage"] == "rl") {
+        let (Some(st), Some(kl)) = (r["staleness"].as_u64(), r["behaviour_kl"].as_f64()) else {
+            continue;
+        };
+        let run = format!(
+            "{} {} N={}",
+            r["method"].as_str().unwrap_or("?"),
+            r["mode"].as_str().unwrap_or("?"),
+            r["n"]
+        );
+        let g = groups.entry((run, st)).or_default();
+        g.0.push(kl);
+        g.1.push(r["behaviour_kl_k3"].as_f64().unwrap_or(f64::NAN));
+    }
+    groups
+        .into_iter()
+        .map(|((run, staleness), (kl, k3))| {
+            let (m, sd) = mean_std(&kl);
+            StalenessKl {
+                run,
+                staleness,
+                minibatches: kl.len(),
+                kl: (m, sd / (kl.len() as f64).sqrt()),
+                k3: mean_std(&k3).0,
+            }
+        })
+        .collect()
+}
+
+/// The staleness × measured-KL table.
+pub fn staleness_kl_table(rows: &[StalenessKl]) -> String {
+    let mut t = Table::new([
+        "run",
+        "staleness",
+        "minibatches",
+        "KL(π_gen ‖ π_learn) per sequence (± s.e.)",
+        "k3 per token",
+        "off-policy beyond 2 s.e.",
+    ]);
+    for r in rows {
+        t.row([
+            r.run.clone(),
+            r.staleness.to_string(),
+            r.minibatches.to_string(),
+            format!("{:.2e} ± {:.1e}", r.kl.0, r.kl.1),
+            format!("{:.2e}", r.k3),
+            if r.measurable() { "yes" } else { "no" }.to_string(),
+        ]);
+    }
+    t.markdown()
+}
+
 /// Plots each run kind's per-update records (`stage = "rl"`) of `metric` against the update,
 /// averaged over seeds; runs are told apart by their `method`, `mode` and `n`.
 pub fn plot_updates(
@@ -732,4 +808,39 @@ pub fn plot_updates(
         })
         .collect();
     crate::plot::line_plot(path, title, "update", metric, &series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staleness_kl_groups_records_by_run_and_staleness() {
+        let rec = |n: u64, st: u64, kl: f64| {
+            serde_json::json!({"stage": "rl", "method": "ppo", "mode": "sync", "n": n,
+                               "staleness": st, "behaviour_kl": kl, "behaviour_kl_k3": kl / 10.0})
+        };
+        let records = vec![
+            rec(1, 0, 0.0),
+            rec(1, 0, 0.0),
+            rec(4, 3, 0.2),
+            rec(4, 3, 0.3),
+            rec(4, 3, 0.25),
+            serde_json::json!({"stage": "sft", "staleness": 3, "behaviour_kl": 9.0}),
+        ];
+        let rows = staleness_kl(&records);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].run.as_str(), rows[0].staleness, rows[0].minibatches),
+            ("ppo sync N=1", 0, 2)
+        );
+        assert!(!rows[0].measurable());
+        let r = &rows[1];
+        assert_eq!((r.staleness, r.minibatches), (3, 3));
+        assert!((r.kl.0 - 0.25).abs() < 1e-12 && (r.k3 - 0.025).abs() < 1e-12);
+        // sd 0.05 over 3 minibatches: s.e. 0.05 / √3.
+        assert!((r.kl.1 - 0.05 / 3f64.sqrt()).abs() < 1e-9, "{:?}", r.kl);
+        assert!(r.measurable());
+        assert!(staleness_kl_table(&rows).contains("ppo sync N=4"));
+    }
 }
