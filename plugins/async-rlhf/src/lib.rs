@@ -32,7 +32,7 @@ use lmlab_sdk::reward::Preference;
 use lmlab_sdk::rl::methods::{self, RlMethod};
 use lmlab_sdk::rl::rlhf::{
     Base, Models, Rlhf, RunStats, base_table, cores_line, group_runs, plot_updates, runs_table,
-    speedups, staleness_kl, staleness_kl_table, sweep,
+    speedups, staleness_kl, staleness_kl_table, stalest, sweep,
 };
 use lmlab_sdk::rl::{RlConfig, pipeline_config};
 use lmlab_sdk::train::{LrSchedule, OptimConfig, Stage};
@@ -357,7 +357,7 @@ impl AsyncRlhf {
             s += &format!(
                 "## How off-policy the consumed minibatches were
 
-For every minibatch the learner consumed, the KL from the policy that generated it to the learner as it was then (estimated on the minibatch's own samples), grouped by staleness.
+For every minibatch the learner consumed, the KL from the policy that generated it to the learner as it was then (estimated on the minibatch's own samples: k1 per sequence, with its standard error over minibatches, and k3 per token), pooled over each method's runs by staleness; shown for staleness 0 and for each round's stalest minibatch (2^k − 1 for N = 2^k).
 
 {}
 ",
@@ -400,13 +400,19 @@ For every minibatch the learner consumed, the KL from the policy that generated 
                 let mut claim = Claim::check(what, measured.join(", "), least);
                 // The sweep decides only if its stalest minibatches are measurably off-policy.
                 let n_max = ns[ns.len() - 1];
-                let stalest = off_policy
+                let ends = stalest(&off_policy);
+                let unmoved: Vec<String> = ends
                     .iter()
-                    .filter(|r| r.run.ends_with(&format!("sync N={n_max}")))
-                    .max_by_key(|r| r.staleness);
-                let moved = stalest.is_some_and(|r| r.measurable());
-                if !moved {
-                    claim = claim.note(format!("at N = {n_max} the stalest minibatches are not measurably off-policy (the staleness table), so the sweep cannot decide robustness to off-policy data"));
+                    .filter(|r| r.run.ends_with(" sync") && !r.measurable())
+                    .map(|r| {
+                        format!(
+                            "{} (staleness {}: {:.1e} ± {:.1e} nats)",
+                            r.run, r.staleness, r.kl.0, r.kl.1
+                        )
+                    })
+                    .collect();
+                if !unmoved.is_empty() {
+                    claim = claim.note(format!("at N = {n_max} the stalest minibatches of {} are not measurably off-policy (the staleness table), so the sweep cannot decide robustness to off-policy data", unmoved.join(", ")));
                 } else if sweeps.iter().all(|x| x.change >= 0.0 || x.within_noise) {
                     claim = claim.note("no method's win rate falls beyond its seed spread up to this N, so the sweep cannot single out online DPO at this scale");
                 }

@@ -690,11 +690,12 @@ pub fn cores_line(groups: &[RunGroup<'_>], pinned: bool) -> String {
     )
 }
 
-/// How off-policy the minibatches of one run kind were at one staleness, from the learner's
-/// per-update records (`stage = "rl"`: `staleness`, `behaviour_kl`, `behaviour_kl_k3`).
+/// How off-policy one method's minibatches were at one staleness, pooled over its runs of
+/// one mode (every `N`), from the learner's per-update records (`stage = "rl"`:
+/// `staleness`, `behaviour_kl`, `behaviour_kl_k3`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StalenessKl {
-    /// `method mode N=n`.
+    /// `method mode`.
     pub run: String,
     pub staleness: u64,
     pub minibatches: usize,
@@ -711,7 +712,7 @@ impl StalenessKl {
     }
 }
 
-/// Groups the records by run kind and staleness (see [`StalenessKl`]).
+/// Groups the records by method, mode and staleness (see [`StalenessKl`]), in that order.
 pub fn staleness_kl(records: &[serde_json::Value]) -> Vec<StalenessKl> {
     let mut groups: BTreeMap<(String, u64), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for r in records.iter().filter(|r| r["stage"] == "rl") {
@@ -719,10 +720,9 @@ pub fn staleness_kl(records: &[serde_json::Value]) -> Vec<StalenessKl> {
             continue;
         };
         let run = format!(
-            "{} {} N={}",
+            "{} {}",
             r["method"].as_str().unwrap_or("?"),
-            r["mode"].as_str().unwrap_or("?"),
-            r["n"]
+            r["mode"].as_str().unwrap_or("?")
         );
         let g = groups.entry((run, st)).or_default();
         g.0.push(kl);
@@ -743,7 +743,21 @@ pub fn staleness_kl(records: &[serde_json::Value]) -> Vec<StalenessKl> {
         .collect()
 }
 
-/// The staleness × measured-KL table.
+/// Each run's stalest row.
+pub fn stalest(rows: &[StalenessKl]) -> Vec<&StalenessKl> {
+    let mut out: Vec<&StalenessKl> = Vec::new();
+    for r in rows {
+        match out.iter_mut().find(|x| x.run == r.run) {
+            Some(x) if x.staleness < r.staleness => *x = r,
+            Some(_) => {}
+            None => out.push(r),
+        }
+    }
+    out
+}
+
+/// The staleness × measured-KL table: staleness 0 and `2^k − 1` (the stalest minibatch of a
+/// round of `N = 2^k`) for each method and mode.
 pub fn staleness_kl_table(rows: &[StalenessKl]) -> String {
     let mut t = Table::new([
         "run",
@@ -753,7 +767,7 @@ pub fn staleness_kl_table(rows: &[StalenessKl]) -> String {
         "k3 per token",
         "off-policy beyond 2 s.e.",
     ]);
-    for r in rows {
+    for r in rows.iter().filter(|r| (r.staleness + 1).is_power_of_two()) {
         t.row([
             r.run.clone(),
             r.staleness.to_string(),
@@ -822,25 +836,30 @@ mod tests {
         };
         let records = vec![
             rec(1, 0, 0.0),
-            rec(1, 0, 0.0),
+            rec(4, 0, 0.0),
             rec(4, 3, 0.2),
             rec(4, 3, 0.3),
-            rec(4, 3, 0.25),
+            rec(8, 3, 0.25),
+            rec(8, 2, 0.1),
             serde_json::json!({"stage": "sft", "staleness": 3, "behaviour_kl": 9.0}),
         ];
         let rows = staleness_kl(&records);
-        assert_eq!(rows.len(), 2);
+        // Pooled over N: staleness 0 (2 minibatches), 2 (1), 3 (3).
+        assert_eq!(rows.len(), 3);
         assert_eq!(
             (rows[0].run.as_str(), rows[0].staleness, rows[0].minibatches),
-            ("ppo sync N=1", 0, 2)
+            ("ppo sync", 0, 2)
         );
         assert!(!rows[0].measurable());
-        let r = &rows[1];
+        let r = &rows[2];
         assert_eq!((r.staleness, r.minibatches), (3, 3));
         assert!((r.kl.0 - 0.25).abs() < 1e-12 && (r.k3 - 0.025).abs() < 1e-12);
         // sd 0.05 over 3 minibatches: s.e. 0.05 / √3.
         assert!((r.kl.1 - 0.05 / 3f64.sqrt()).abs() < 1e-9, "{:?}", r.kl);
         assert!(r.measurable());
-        assert!(staleness_kl_table(&rows).contains("ppo sync N=4"));
+        assert_eq!(stalest(&rows), vec![r]);
+        // Staleness 2 is not a round's stalest minibatch: not a row of the table.
+        let table = staleness_kl_table(&rows);
+        assert_eq!(table.matches("| ppo sync |").count(), 2, "{table}");
     }
 }
