@@ -56,6 +56,8 @@ fn ordered_memory_smoke_reports_both_models_and_resumes_mid_training() {
         "accuracy `test`",
         "accuracy `long`",
         "parse F1 `test`",
+        "### Accuracy by root operator and by depth on `test`",
+        "| root MAX |",
         "## Claims at our scale",
         "Ordered Memory ≫ LSTM",
         "degrades less with length",

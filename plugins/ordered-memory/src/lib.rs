@@ -172,6 +172,70 @@ pub struct SetResult {
     pub f1: Option<f64>,
     /// Accuracy by length bucket: (bucket, examples, accuracy).
     pub by_length: Vec<(String, usize, f64)>,
+    /// Accuracy by the root's operator (`MIN`, `MAX`, `MED`, `SM`, …; `digit` for a lone
+    /// digit): (operator, examples, accuracy).
+    #[serde(default)]
+    pub by_operator: Vec<(String, usize, f64)>,
+    /// Accuracy by operator nesting depth: (depth, examples, accuracy).
+    #[serde(default)]
+    pub by_depth: Vec<(usize, usize, f64)>,
+}
+
+/// Accuracy over the examples `keep` selects: (examples, accuracy; NaN when none).
+fn accuracy_of(correct: &[bool], keep: impl Fn(usize) -> bool) -> (usize, f64) {
+    let (mut n, mut c) = (0usize, 0usize);
+    for (i, &ok) in correct.iter().enumerate() {
+        if keep(i) {
+            n += 1;
+            c += ok as usize;
+        }
+    }
+    (
+        n,
+        if n == 0 {
+            f64::NAN
+        } else {
+            c as f64 / n as f64
+        },
+    )
+}
+
+/// Accuracy by length bucket, by root operator and by depth, of predictions `correct` on
+/// `examples` (groups without examples left out).
+#[allow(clippy::type_complexity)]
+pub fn breakdown(
+    examples: &[Example],
+    correct: &[bool],
+) -> (
+    Vec<(String, usize, f64)>,
+    Vec<(String, usize, f64)>,
+    Vec<(usize, usize, f64)>,
+) {
+    let by_length = LENGTH_BUCKETS
+        .iter()
+        .filter_map(|&(lo, hi, label)| {
+            let (n, a) = accuracy_of(correct, |i| (lo..=hi).contains(&examples[i].tokens.len()));
+            (n > 0).then(|| (label.to_string(), n, a))
+        })
+        .collect();
+    let name = |op: Option<listops::Op>| op.map_or("digit", |o| o.token().trim_start_matches('['));
+    let by_operator = listops::Op::ALL
+        .iter()
+        .map(|&o| Some(o))
+        .chain([None])
+        .filter_map(|op| {
+            let (n, a) = accuracy_of(correct, |i| examples[i].root() == op);
+            (n > 0).then(|| (name(op).to_string(), n, a))
+        })
+        .collect();
+    let max_depth = examples.iter().map(|e| e.depth).max().unwrap_or(0);
+    let by_depth = (0..=max_depth)
+        .filter_map(|d| {
+            let (n, a) = accuracy_of(correct, |i| examples[i].depth == d);
+            (n > 0).then_some((d, n, a))
+        })
+        .collect();
+    (by_length, by_operator, by_depth)
 }
 
 /// One model trained with one seed.
@@ -224,37 +288,16 @@ pub fn evaluate<M: Classifier>(
             }
         }
     }
-    let acc = |idx: &mut dyn Iterator<Item = usize>| -> (usize, f64) {
-        let (mut n, mut c) = (0, 0);
-        for i in idx {
-            n += 1;
-            c += correct[i] as usize;
-        }
-        (
-            n,
-            if n == 0 {
-                f64::NAN
-            } else {
-                c as f64 / n as f64
-            },
-        )
-    };
-    let (n, accuracy) = acc(&mut (0..examples.len()));
-    let by_length = LENGTH_BUCKETS
-        .iter()
-        .filter_map(|&(lo, hi, label)| {
-            let (n, a) =
-                acc(&mut (0..examples.len())
-                    .filter(|&i| (lo..=hi).contains(&examples[i].tokens.len())));
-            (n > 0).then(|| (label.to_string(), n, a))
-        })
-        .collect();
+    let (n, accuracy) = accuracy_of(&correct, |_| true);
+    let (by_length, by_operator, by_depth) = breakdown(examples, &correct);
     SetResult {
         name: name.to_string(),
         n,
         accuracy,
         f1: if trees { score.f1() } else { None },
         by_length,
+        by_operator,
+        by_depth,
     }
 }
 
@@ -327,7 +370,18 @@ impl<M: Classifier> Hooks<M> for TrainHooks<'_, '_> {
             );
             let reduced = trainer.observe(v.accuracy);
             self.curve.push((step, v.accuracy));
-            let rec = serde_json::json!({ "step": step, "split": "validation", "accuracy": v.accuracy, "lr_reduced": reduced });
+            let by_operator: serde_json::Map<String, serde_json::Value> = v
+                .by_operator
+                .iter()
+                .map(|(o, _, a)| (o.clone(), (*a).into()))
+                .collect();
+            let by_depth: serde_json::Map<String, serde_json::Value> = v
+                .by_depth
+                .iter()
+                .map(|(d, _, a)| (d.to_string(), (*a).into()))
+                .collect();
+            let rec = serde_json::json!({ "step": step, "split": "validation", "accuracy": v.accuracy,
+                                          "by_operator": by_operator, "by_depth": by_depth, "lr_reduced": reduced });
             self.cx.log(rec)?;
         }
         if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || step == t.steps {
@@ -575,4 +629,38 @@ lmlab_sdk::register_component! {
         t.optim.validate().map_err(|e| e.within("train.optim"))?;
         Ok(Box::new(OrderedMemoryScheduler { config }) as Box<dyn Scheduler>)
     },
+}
+
+#[cfg(test)]
+mod breakdown_tests {
+    use super::*;
+    use crate::listops::parse_line;
+
+    /// Accuracy by root operator and by depth counts each example once, in its own group.
+    #[test]
+    fn breakdown_groups_by_operator_and_depth() {
+        let examples: Vec<Example> = [
+            "9\t( ( ( [MAX 2 ) 9 ) ] )",
+            "2\t( ( ( [MIN 2 ) 9 ) ] )",
+            "3\t( ( ( [SM 1 ) 2 ) ] )",
+            "4\t4",
+            "5\t( ( ( [MAX 2 ) ( ( ( [MIN 5 ) 7 ) ] ) ) ] )",
+        ]
+        .iter()
+        .map(|l| parse_line(l).unwrap())
+        .collect();
+        let correct = [true, false, true, true, false];
+        let (by_length, by_operator, by_depth) = breakdown(&examples, &correct);
+        assert_eq!(by_length, vec![("≤20".to_string(), 5, 0.6)]);
+        assert_eq!(
+            by_operator,
+            vec![
+                ("MIN".to_string(), 1, 0.0),
+                ("MAX".to_string(), 2, 0.5),
+                ("SM".to_string(), 1, 1.0),
+                ("digit".to_string(), 1, 1.0),
+            ]
+        );
+        assert_eq!(by_depth, vec![(0, 1, 1.0), (1, 3, 2.0 / 3.0), (2, 1, 0.0)]);
+    }
 }

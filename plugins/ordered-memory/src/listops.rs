@@ -191,6 +191,14 @@ pub struct Example {
     pub depth: usize,
 }
 
+impl Example {
+    /// The root's operator (`None` for a lone digit): the last operation the model must apply.
+    pub fn root(&self) -> Option<Op> {
+        let first = *self.tokens.first()? as usize;
+        Op::ALL.get(first.checked_sub(11)?).copied()
+    }
+}
+
 /// Parses a line of the original TSV format; the label must equal the expression's value.
 pub fn parse_line(line: &str) -> anyhow::Result<Example> {
     let (label, expr) = line
@@ -517,6 +525,12 @@ mod tests {
     #[test]
     fn parses_the_original_format_and_its_spans() {
         let ex = parse_line("9\t( ( ( [MAX 2 ) 9 ) ] )").unwrap();
+        assert_eq!(ex.root(), Some(Op::Max));
+        assert_eq!(parse_line("4\t4").unwrap().root(), None);
+        assert_eq!(
+            parse_line("3\t( ( ( [SM 1 ) 2 ) ] )").unwrap().root(),
+            Some(Op::Sm)
+        );
         assert_eq!(ex.tokens.len(), 4);
         assert_eq!(ex.gold, vec![(0, 2), (0, 3), (0, 4)]);
         assert_eq!(ex.depth, 1);

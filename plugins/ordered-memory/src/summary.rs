@@ -277,6 +277,72 @@ impl Summary<'_> {
             "### Accuracy by length (mean over seeds, %)\n\n{}\n",
             table.markdown()
         );
+        // Which operator or depth is learned, in distribution (the first set).
+        if let Some(set) = names.first() {
+            let first = |model: &str| {
+                self.of(model)
+                    .first()
+                    .and_then(|r| r.sets.iter().find(|x| &x.name == set))
+                    .cloned()
+            };
+            let ops: Vec<String> = MODELS
+                .iter()
+                .filter_map(|(m, _)| first(m))
+                .flat_map(|r| r.by_operator.into_iter().map(|x| x.0))
+                .fold(Vec::new(), |mut v, o| {
+                    if !v.contains(&o) {
+                        v.push(o);
+                    }
+                    v
+                });
+            let depths: Vec<usize> = MODELS
+                .iter()
+                .filter_map(|(m, _)| first(m))
+                .flat_map(|r| r.by_depth.into_iter().map(|x| x.0))
+                .fold(Vec::new(), |mut v, d| {
+                    if !v.contains(&d) {
+                        v.push(d);
+                    }
+                    v
+                });
+            if !ops.is_empty() {
+                let cols = std::iter::once("model".to_string())
+                    .chain(ops.iter().map(|o| format!("root {o}")))
+                    .chain(depths.iter().map(|d| format!("depth {d}")));
+                let mut table = Table::new(cols);
+                for (model, label) in MODELS {
+                    let op_cells = ops.iter().map(|o| {
+                        let v = self.per_seed(model, set, |r| {
+                            r.by_operator.iter().find(|x| &x.0 == o).map(|x| x.2)
+                        });
+                        if v.is_empty() {
+                            "—".to_string()
+                        } else {
+                            pct.num(mean_std(&v).0)
+                        }
+                    });
+                    let depth_cells = depths.iter().map(|d| {
+                        let v = self.per_seed(model, set, |r| {
+                            r.by_depth.iter().find(|x| x.0 == *d).map(|x| x.2)
+                        });
+                        if v.is_empty() {
+                            "—".to_string()
+                        } else {
+                            pct.num(mean_std(&v).0)
+                        }
+                    });
+                    table.row(
+                        std::iter::once(label.to_string())
+                            .chain(op_cells)
+                            .chain(depth_cells),
+                    );
+                }
+                s += &format!(
+                    "### Accuracy by root operator and by depth on `{set}` (mean over seeds, %)\n\n{}\n",
+                    table.markdown()
+                );
+            }
+        }
         s += &format!(
             "## Claims at our scale\n\n{}\n",
             claims_table(&self.claims())
