@@ -12,6 +12,7 @@ use lmlab::burn::module::Module;
 use lmlab::burn::tensor::Device;
 use lmlab::components::cross_entropy::CrossEntropy;
 use lmlab::rng::rng;
+use lmlab::train::{OptimConfig, Trainer};
 use lmlab::{Objective, TensorMap};
 use lmlab_plugin_ordered_memory::listops::{Example, ListOpsConfig, ListOpsTask};
 use lmlab_plugin_ordered_memory::model::{Batch, LstmClassifier, OrderedMemory};
@@ -77,9 +78,34 @@ fn bench(c: &mut Criterion) {
         cfg.om.slots,
         lstm.num_params()
     );
+    // A trained Ordered Memory (its pointer sharp, so many slots are active on few rows):
+    // `LMLAB_OM_CHECKPOINT` names a checkpoint directory of the recipe's Ordered Memory
+    // (`runs/ordered-memory/<time>/checkpoints/ordered-memory-seed0`).
+    let trained = std::env::var_os("LMLAB_OM_CHECKPOINT").map(|dir| {
+        let mut t = Trainer::new(om.clone(), OptimConfig::default(), 1);
+        t.load_latest(std::path::Path::new(&dir))
+            .expect("a readable checkpoint")
+            .expect("LMLAB_OM_CHECKPOINT holds a checkpoint");
+        eprintln!(
+            "trained Ordered Memory from {} (step {})",
+            dir.to_string_lossy(),
+            t.step
+        );
+        t.model
+    });
     let mut g = c.benchmark_group("forward+backward per batch of 128 × 20 tokens");
     g.sample_size(10);
     g.bench_function("ordered-memory", |b| b.iter(|| step(&om, &batch)));
+    if let Some(m) = &trained {
+        let every = m.clone().with_row_gathering(false);
+        let gathered = m.clone().with_row_gathering(true);
+        g.bench_function("ordered-memory trained, cells on every row", |b| {
+            b.iter(|| step(&every, &batch))
+        });
+        g.bench_function("ordered-memory trained, cells on active rows", |b| {
+            b.iter(|| step(&gathered, &batch))
+        });
+    }
     g.bench_function("lstm", |b| b.iter(|| step(&lstm, &batch)));
     g.finish();
 }

@@ -98,8 +98,17 @@ fn ordered_memory_smoke_reports_both_models_and_resumes_mid_training() {
     assert_eq!(second.len(), 4);
     let key = |r: &serde_json::Value| {
         let mut r = r["result"].clone();
-        r.as_object_mut().unwrap().remove("train_seconds");
-        r
+        let r = r.as_object_mut().unwrap();
+        r.remove("train_seconds");
+        // Wall-clock seconds at each validation (a resumed run counts only its own).
+        let steps: Vec<serde_json::Value> = r["time_curve"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x[0].clone())
+            .collect();
+        r.insert("time_curve".into(), steps.into());
+        serde_json::Value::Object(r.clone())
     };
     for r in &first {
         let again = second

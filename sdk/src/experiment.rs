@@ -316,8 +316,21 @@ impl Experiment {
         let outcomes: Vec<anyhow::Result<()>> = if self.threads == 1 {
             vec![worker()]
         } else {
+            // Each thread's unit gets its share of rayon's threads (its own pool): the
+            // tensor kernels a unit calls split their work only over those, not over threads
+            // that are busy with the other units.
+            let share = (rayon::current_num_threads() / self.threads).max(1);
             std::thread::scope(|s| {
-                let handles: Vec<_> = (0..self.threads).map(|_| s.spawn(worker)).collect();
+                let handles: Vec<_> = (0..self.threads)
+                    .map(|_| {
+                        s.spawn(move || {
+                            match rayon::ThreadPoolBuilder::new().num_threads(share).build() {
+                                Ok(pool) => pool.install(worker),
+                                Err(_) => worker(),
+                            }
+                        })
+                    })
+                    .collect();
                 handles
                     .into_iter()
                     .map(|h| {

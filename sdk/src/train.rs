@@ -56,6 +56,10 @@ pub struct OptimConfig {
     pub plateau_factor: f64,
     /// `plateau` schedule: observations without improvement tolerated before reducing.
     pub plateau_patience: u32,
+    /// `plateau` schedule: only observations made at multiples of this many steps count (an
+    /// epoch-sized interval, as PyTorch's `ReduceLROnPlateau` stepped once per epoch); 0:
+    /// every observation counts.
+    pub plateau_every: u64,
 }
 
 impl Default for OptimConfig {
@@ -72,6 +76,7 @@ impl Default for OptimConfig {
             grad_clip_norm: Some(1.0),
             plateau_factor: 0.5,
             plateau_patience: 2,
+            plateau_every: 0,
         }
     }
 }
@@ -304,9 +309,13 @@ impl<M: Module> Trainer<M> {
     }
 
     /// Hands a validation metric (higher is better) to the `plateau` schedule; returns whether
-    /// the learning rate was reduced. Other schedules ignore it.
+    /// the learning rate was reduced. Other schedules ignore it, and so does `plateau` between
+    /// multiples of `plateau_every` steps.
     pub fn observe(&mut self, metric: f64) -> bool {
         if self.config.schedule != LrSchedule::Plateau || !metric.is_finite() {
+            return false;
+        }
+        if !self.plateau_counts_at(self.step) {
             return false;
         }
         self.plateau.observe(
@@ -314,6 +323,18 @@ impl<M: Module> Trainer<M> {
             self.config.plateau_factor,
             self.config.plateau_patience,
         )
+    }
+
+    /// Ends training after the current step: a [`crate::fit::fit`] loop stops before its next
+    /// batch (early stopping). The schedule of the steps taken is unchanged.
+    pub fn stop(&mut self) {
+        self.total_steps = self.step;
+    }
+
+    /// Whether an observation after `step` steps counts for the `plateau` schedule.
+    pub fn plateau_counts_at(&self, step: u64) -> bool {
+        let every = self.config.plateau_every;
+        self.config.schedule == LrSchedule::Plateau && (every == 0 || step.is_multiple_of(every))
     }
 
     /// Back-propagates `loss` (computed from `self.model`) and takes one optimiser step;
@@ -542,6 +563,58 @@ mod tests {
                 prop_assert!((*g as f64 - scale * *c as f64).abs() <= 1e-5 * (1.0 + c.abs() as f64), "{g} vs {scale}·{c}");
             }
         }
+    }
+
+    /// With `plateau_every`, only observations at multiples of it count: a metric that never
+    /// improves, observed every 100 steps with an interval of 700 and patience 2, halves the
+    /// rate first at step 4 × 700 (the first observation sets the best, three more are bad),
+    /// however many observations fall between.
+    #[test]
+    fn plateau_counts_only_every_interval() {
+        use burn::tensor::TensorData;
+        let device = crate::device::test_device().autodiff();
+        let model = Two {
+            a: Param::from_tensor(Tensor::<1>::from_data(
+                TensorData::new(vec![0.0f32; 3], [3]),
+                &device,
+            )),
+            b: Param::from_tensor(Tensor::<2>::from_data(
+                TensorData::new(vec![0.0f32; 4], [2, 2]),
+                &device,
+            )),
+        };
+        let cfg = OptimConfig {
+            schedule: LrSchedule::Plateau,
+            plateau_every: 700,
+            plateau_patience: 2,
+            ..OptimConfig::default()
+        };
+        let mut every = Trainer::new(
+            model.clone(),
+            OptimConfig {
+                plateau_every: 0,
+                ..cfg.clone()
+            },
+            10_000,
+        );
+        let mut t = Trainer::new(model, cfg, 10_000);
+        let mut first_every = None;
+        let mut reductions = Vec::new();
+        for step in (100..=7000).step_by(100) {
+            t.step = step;
+            every.step = step;
+            if t.observe(0.5) {
+                reductions.push(step);
+            }
+            if every.observe(0.5) && first_every.is_none() {
+                first_every = Some(step);
+            }
+        }
+        // After a reduction the count starts over (the best stays): 2800, 4900, 7000.
+        assert_eq!(reductions, vec![2800, 4900, 7000]);
+        assert_eq!(t.plateau.scale, 0.125);
+        // Counting every observation, the rate halves at the fourth one (step 400).
+        assert_eq!(first_every, Some(400));
     }
 
     #[test]

@@ -248,6 +248,12 @@ pub struct ModelResult {
     pub train_seconds: f64,
     /// (step, validation accuracy).
     pub curve: Vec<(u64, f64)>,
+    /// (step, validation accuracy by root operator), at the same steps as `curve`.
+    #[serde(default)]
+    pub operator_curve: Vec<(u64, Vec<(String, f64)>)>,
+    /// (step, seconds of training so far, evaluations included), at the same steps.
+    #[serde(default)]
+    pub time_curve: Vec<(u64, f64)>,
     pub final_train_loss: f64,
     pub sets: Vec<SetResult>,
 }
@@ -335,15 +341,29 @@ struct TrainHooks<'a, 'c> {
     validation: &'a [Example],
     eval_batch: usize,
     curve: Vec<(u64, f64)>,
+    operator_curve: Vec<(u64, Vec<(String, f64)>)>,
+    time_curve: Vec<(u64, f64)>,
     seconds: f64,
     started: std::time::Instant,
     last_loss: f64,
 }
 
+impl TrainHooks<'_, '_> {
+    /// Validation runs every `eval_every` steps, at each observation the plateau schedule
+    /// counts (every `optim.plateau_every` steps), and at the end.
+    fn evaluates_at(&self, step: u64) -> bool {
+        let t = self.t;
+        let plateau = t.optim.schedule == LrSchedule::Plateau
+            && t.optim.plateau_every > 0
+            && step.is_multiple_of(t.optim.plateau_every);
+        step.is_multiple_of(t.eval_every.max(1)) || plateau || step == t.steps
+    }
+}
+
 impl<M: Classifier> Hooks<M> for TrainHooks<'_, '_> {
     fn sync_at(&self, step: u64) -> bool {
         let every = |n: u64| n > 0 && step.is_multiple_of(n);
-        every(self.t.eval_every.max(1)) || every(self.t.checkpoint_every) || step == self.t.steps
+        self.evaluates_at(step) || every(self.t.checkpoint_every) || step == self.t.steps
     }
 
     fn logged(&mut self, _: &Trainer<M>, steps: &[StepLog]) -> anyhow::Result<()> {
@@ -359,7 +379,7 @@ impl<M: Classifier> Hooks<M> for TrainHooks<'_, '_> {
     fn after_step(&mut self, trainer: &mut Trainer<M>, _: &FitLog) -> anyhow::Result<()> {
         let (t, step) = (self.t, trainer.step);
         self.cx.progress().inc(1);
-        if step.is_multiple_of(t.eval_every.max(1)) || step == t.steps {
+        if self.evaluates_at(step) {
             let device = self.cx.device();
             let v = evaluate(
                 &trainer.model.valid(),
@@ -368,8 +388,18 @@ impl<M: Classifier> Hooks<M> for TrainHooks<'_, '_> {
                 self.eval_batch,
                 device,
             );
+            let counted = trainer.plateau_counts_at(step);
             let reduced = trainer.observe(v.accuracy);
+            let elapsed = self.seconds + self.started.elapsed().as_secs_f64();
             self.curve.push((step, v.accuracy));
+            self.operator_curve.push((
+                step,
+                v.by_operator
+                    .iter()
+                    .map(|(o, _, a)| (o.clone(), *a))
+                    .collect(),
+            ));
+            self.time_curve.push((step, elapsed));
             let by_operator: serde_json::Map<String, serde_json::Value> = v
                 .by_operator
                 .iter()
@@ -381,13 +411,16 @@ impl<M: Classifier> Hooks<M> for TrainHooks<'_, '_> {
                 .map(|(d, _, a)| (d.to_string(), (*a).into()))
                 .collect();
             let rec = serde_json::json!({ "step": step, "split": "validation", "accuracy": v.accuracy,
-                                          "by_operator": by_operator, "by_depth": by_depth, "lr_reduced": reduced });
+                                          "by_operator": by_operator, "by_depth": by_depth, "lr": trainer.lr(),
+                                          "plateau_observed": counted, "lr_reduced": reduced,
+                                          "train_seconds": elapsed });
             self.cx.log(rec)?;
         }
         if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || step == t.steps {
             self.seconds += self.started.elapsed().as_secs_f64();
             self.started = std::time::Instant::now();
-            let state = serde_json::json!({ "curve": self.curve, "seconds": self.seconds, "loss": self.last_loss });
+            let state = serde_json::json!({ "curve": self.curve, "operator_curve": self.operator_curve,
+                                            "time_curve": self.time_curve, "seconds": self.seconds, "loss": self.last_loss });
             trainer.save_checkpoint(&self.cx.checkpoints(), &state, 2)?;
         }
         // Another training failed: stop at a step boundary (the checkpoints stay).
@@ -433,12 +466,18 @@ impl OrderedMemoryScheduler {
             validation: data.validation,
             eval_batch: self.config.eval_batch_size,
             curve: Vec::new(),
+            operator_curve: Vec::new(),
+            time_curve: Vec::new(),
             seconds: 0.0,
             started: std::time::Instant::now(),
             last_loss: f64::NAN,
         };
         if let Some(state) = cx.resume(&mut trainer)? {
             hooks.curve = serde_json::from_value(state["curve"].clone()).unwrap_or_default();
+            hooks.operator_curve =
+                serde_json::from_value(state["operator_curve"].clone()).unwrap_or_default();
+            hooks.time_curve =
+                serde_json::from_value(state["time_curve"].clone()).unwrap_or_default();
             hooks.seconds = state["seconds"].as_f64().unwrap_or(0.0);
             hooks.last_loss = state["loss"].as_f64().unwrap_or(f64::NAN);
             cx.progress().inc(trainer.step);
@@ -500,6 +539,8 @@ impl OrderedMemoryScheduler {
             steps: t.steps,
             train_seconds: seconds,
             curve: hooks.curve,
+            operator_curve: hooks.operator_curve,
+            time_curve: hooks.time_curve,
             final_train_loss: hooks.last_loss,
             sets,
         })

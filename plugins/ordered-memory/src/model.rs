@@ -17,12 +17,14 @@
 //! As in the reference code, one layer norm serves the input projection and the cell, the
 //! cell's hidden layer is `4D` wide by default, and a slot whose `π→` is exactly 0 for the
 //! whole batch skips the cell (its candidate is `x_t` either way), which makes a sharp pointer
-//! cheap. The classifier reads the output at each sequence's last token.
+//! cheap. Going further than the reference, when at most ¾ of the rows have a positive `π→` at
+//! a slot, the cell runs on those rows only and is added back into `x_t`'s (the same values
+//! and gradients, for less arithmetic). The classifier reads the output at each sequence's last token.
 
 use lmlab_sdk::burn::module::{Module, Param};
 use lmlab_sdk::burn::nn::{LayerNorm, LayerNormConfig};
 use lmlab_sdk::burn::tensor::activation::{relu, sigmoid};
-use lmlab_sdk::burn::tensor::{Device, Int, Tensor, TensorData};
+use lmlab_sdk::burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use lmlab_sdk::components::regression::normal;
 use lmlab_sdk::components::supervised::Dense;
 use lmlab_sdk::rng::Rng;
@@ -56,6 +58,9 @@ pub struct OmConfig {
     pub dropout_input: f64,
     /// Dropout before the classifier.
     pub dropout_output: f64,
+    /// Run a slot's cell only on the rows whose `π→` there is positive when at most ¾ of them
+    /// are (false: on the whole batch, as the reference; the values are the same).
+    pub gather_rows: bool,
 }
 
 impl Default for OmConfig {
@@ -68,6 +73,7 @@ impl Default for OmConfig {
             dropout_memory: 0.3,
             dropout_input: 0.1,
             dropout_output: 0.2,
+            gather_rows: true,
         }
     }
 }
@@ -276,6 +282,9 @@ pub struct OrderedMemory {
     dropout_memory: f64,
     dropout_input: f64,
     dropout_output: f64,
+    /// Compute a slot's cell only on the rows whose `π→` there is positive, when few are
+    /// (off: on the whole batch, as the reference; the results are the same).
+    gather_rows: bool,
 }
 
 impl OrderedMemory {
@@ -310,7 +319,15 @@ impl OrderedMemory {
             dropout_memory: cfg.dropout_memory,
             dropout_input: cfg.dropout_input,
             dropout_output: cfg.dropout_output,
+            gather_rows: cfg.gather_rows,
         }
+    }
+
+    /// The same model computing every slot's cell on the whole batch (`false`) or only on
+    /// the rows where it matters (`true`, the default).
+    pub fn with_row_gathering(mut self, on: bool) -> Self {
+        self.gather_rows = on;
+        self
     }
 
     /// Memory slots.
@@ -443,21 +460,33 @@ impl OrderedMemory {
             .matmul(self.cell_h.val())
             .reshape([b, n, self.cell_h.val().dims()[1]]);
         let fwd_host = host(fwd.clone());
+        let device = x.device();
+        let ch = h_proj.dims()[2];
         let mut h = x.clone();
         let mut cands = Vec::with_capacity(n);
         for i in 0..n {
-            let active = i == n - 1 || (0..b).any(|k| fwd_host[k * n + i] > 0.0);
-            if active {
-                let w = fwd.clone().narrow(1, i, 1);
-                let mi = m.clone().narrow(1, i, 1).reshape([b, d]);
-                let pi = h_proj
-                    .clone()
-                    .narrow(1, i, 1)
-                    .reshape([b, h_proj.dims()[2]]);
+            // The rows whose π→ at slot i is positive: elsewhere the candidate is x_t exactly.
+            let rows: Vec<usize> = (0..b).filter(|&k| fwd_host[k * n + i] > 0.0).collect();
+            let w = fwd.clone().narrow(1, i, 1);
+            let mi = m.clone().narrow(1, i, 1).reshape([b, d]);
+            let pi = h_proj.clone().narrow(1, i, 1).reshape([b, ch]);
+            if rows.is_empty() {
+                h = x.clone();
+            } else if !self.gather_rows || rows.len() * 4 > b * 3 {
                 let c = self.cell_with(h, mi, pi, drop);
                 h = x.clone() * (w.clone().neg() + 1.0) + c * w;
             } else {
-                h = x.clone();
+                // Few rows active (a sharp pointer): the cell on those rows only, added back
+                // as h_i = x_t + (cell − x_t) ⊙ π→ on them.
+                let idx: Vec<i64> = rows.iter().map(|&k| k as i64).collect();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
+                let pick = |t: Tensor<2>| t.select(0, idx.clone());
+                let xr = pick(x.clone());
+                let c = self.cell_with(pick(h), pick(mi), pick(pi), drop);
+                let delta = (c - xr) * pick(w);
+                h = x
+                    .clone()
+                    .select_assign(0, idx, delta, IndexingUpdateOp::Add);
             }
             cands.push(h.clone());
         }
@@ -800,6 +829,108 @@ mod tests {
         let lstm = LstmClassifier::init(&LstmConfig::default(), 32, h, &mut rng(0, 1), &device);
         assert_eq!(lstm.num_params(), LstmClassifier::count_params(32, h));
         assert!(lstm.num_params() <= budget && LstmClassifier::count_params(32, h + 1) > budget);
+    }
+
+    /// Running a slot's cell on the active rows only gives the dense computation's outputs
+    /// and gradients: 8 rows whose forced pointers walk differently (one-hot or split between
+    /// two slots), so at many slots only some rows are active.
+    #[test]
+    fn gathered_rows_give_the_dense_values_and_gradients() {
+        let device = Device::flex().autodiff();
+        let (b, n, dim) = (8, 6, 8);
+        let cfg = OmConfig {
+            hidden: dim,
+            slots: n,
+            cell_hidden: Some(12),
+            ..Default::default()
+        };
+        let dense = OrderedMemory::init(&cfg, &mut rng(5, 0), &device).with_row_gathering(false);
+        let gather = dense.clone().with_row_gathering(true);
+        let mut r = rng(5, 1);
+        let steps = 10;
+        let xs: Vec<Tensor<2>> = (0..steps)
+            .map(|_| {
+                let v: Vec<f32> = (0..b * dim).map(|_| normal(&mut r)).collect();
+                Tensor::from_data(TensorData::new(v, [b, dim]), &device)
+            })
+            .collect();
+        // Per row a pointer walk (as the mask allows: at most one slot below the last).
+        let mut pos = vec![n - 1; b];
+        let mut forced = Vec::new();
+        let mut partial = 0;
+        for t in 0..steps {
+            if t == 0 {
+                forced.push(None);
+                continue;
+            }
+            let mut p = vec![0.0f32; b * n];
+            for (k, d) in pos.iter_mut().enumerate() {
+                if t > 1 {
+                    let lo = d.saturating_sub(1);
+                    *d = lo + r.random_range(0..n - lo);
+                }
+                if k % 2 == 0 && *d + 1 < n {
+                    p[k * n + *d] = 0.7;
+                    p[k * n + *d + 1] = 0.3;
+                } else {
+                    p[k * n + *d] = 1.0;
+                }
+            }
+            for i in 0..n {
+                let active = pos.iter().filter(|&&d| d <= i).count();
+                partial += (active > 0 && 4 * active <= 3 * b) as usize;
+            }
+            forced.push(Some(Tensor::<2>::from_data(
+                TensorData::new(p, [b, n]),
+                &device,
+            )));
+        }
+        assert!(
+            partial > 5,
+            "the walk should leave slots partly active ({partial})"
+        );
+        let run = |m: &OrderedMemory| {
+            let mut state = m.initial_state(b, &device);
+            let mut outs = Vec::new();
+            for (x, f) in xs.iter().zip(&forced) {
+                let (next, o, _) = m.step(x.clone(), x.clone(), &state, f.clone(), &mut None);
+                state = next;
+                outs.push(o);
+            }
+            let out = Tensor::cat(outs, 0);
+            let coef = Tensor::<2>::from_data(
+                TensorData::new(
+                    (0..out.shape().num_elements())
+                        .map(|k| ((k % 7) as f32 - 3.0) / 3.0)
+                        .collect::<Vec<f32>>(),
+                    out.shape(),
+                ),
+                &device,
+            );
+            let loss = (out.clone() * coef).sum();
+            let grads = loss.backward();
+            let g = |p: &Param<Tensor<2>>| host(p.val().grad(&grads).expect("a gradient"));
+            (
+                host(out),
+                g(&m.cell_h),
+                g(&m.cell_v.weight),
+                g(&m.cell_out.weight),
+            )
+        };
+        let (a, b2) = (run(&dense), run(&gather));
+        let close = |x: &[f32], y: &[f32], what: &str| {
+            assert_eq!(x.len(), y.len());
+            for (u, v) in x.iter().zip(y) {
+                assert!(
+                    (u - v).abs() <= 1e-4 * (1.0 + u.abs()),
+                    "{what}: {u} vs {v}"
+                );
+            }
+        };
+        close(&a.0, &b2.0, "outputs");
+        close(&a.1, &b2.1, "∂W₁ₕ");
+        close(&a.2, &b2.2, "∂W₁ᵥ");
+        close(&a.3, &b2.3, "∂W₂");
     }
 
     #[test]

@@ -40,6 +40,103 @@ impl Summary<'_> {
             .collect()
     }
 
+    /// The root operators in `model`'s validation curves, in their first record's order.
+    fn operators(&self, model: &str) -> Vec<String> {
+        let mut ops: Vec<String> = Vec::new();
+        for r in self.of(model) {
+            for (_, row) in &r.operator_curve {
+                for (o, _) in row {
+                    if !ops.contains(o) {
+                        ops.push(o.clone());
+                    }
+                }
+            }
+        }
+        ops
+    }
+
+    /// `model`'s mean over seeds of a per-step value, at the steps every seed recorded.
+    fn mean_curve(
+        &self,
+        model: &str,
+        f: impl Fn(&ModelResult, u64) -> Option<f64>,
+    ) -> Vec<(u64, f64)> {
+        let runs = self.of(model);
+        let Some(first) = runs.first() else {
+            return Vec::new();
+        };
+        first
+            .curve
+            .iter()
+            .filter_map(|&(step, _)| {
+                let v: Vec<f64> = runs.iter().filter_map(|r| f(r, step)).collect();
+                (v.len() == runs.len()).then(|| (step, mean_std(&v).0))
+            })
+            .collect()
+    }
+
+    /// Validation accuracy on root operator `op`, mean over `model`'s seeds, per step.
+    fn operator_curve(&self, model: &str, op: &str) -> Vec<(u64, f64)> {
+        self.mean_curve(model, |r, step| {
+            r.operator_curve
+                .iter()
+                .find(|(s, _)| *s == step)
+                .and_then(|(_, row)| row.iter().find(|(o, _)| o == op))
+                .map(|(_, a)| *a)
+                .filter(|a| a.is_finite())
+        })
+    }
+
+    /// The learning curves as a table: validation accuracy (mean over seeds) of both models,
+    /// Ordered Memory's by root operator, and its training seconds, at up to `rows` steps
+    /// spread over the run (the last always).
+    fn learning_table(&self, rows: usize) -> String {
+        let pct = Fmt::Percent(1);
+        let om = self.mean_curve("ordered-memory", |r, step| {
+            r.curve.iter().find(|c| c.0 == step).map(|c| c.1)
+        });
+        if om.is_empty() {
+            return String::new();
+        }
+        let lstm = self.mean_curve("lstm", |r, step| {
+            r.curve.iter().find(|c| c.0 == step).map(|c| c.1)
+        });
+        let secs = self.mean_curve("ordered-memory", |r, step| {
+            r.time_curve.iter().find(|c| c.0 == step).map(|c| c.1)
+        });
+        let ops = self.operators("ordered-memory");
+        let op_curves: Vec<Vec<(u64, f64)>> = ops
+            .iter()
+            .map(|o| self.operator_curve("ordered-memory", o))
+            .collect();
+        let cols = ["step".to_string(), "Ordered Memory".into(), "LSTM".into()]
+            .into_iter()
+            .chain(ops.iter().map(|o| format!("OM root {o}")))
+            .chain(["OM training time (s)".into()]);
+        let mut table = Table::new(cols);
+        let stride = om.len().div_ceil(rows.max(1)).max(1);
+        for (k, &(step, acc)) in om.iter().enumerate() {
+            if !(k % stride == stride - 1 || k + 1 == om.len()) {
+                continue;
+            }
+            let at = |c: &[(u64, f64)]| {
+                c.iter()
+                    .find(|x| x.0 == step)
+                    .map_or("—".to_string(), |x| pct.num(x.1))
+            };
+            table.row(
+                [step.to_string(), pct.num(acc), at(&lstm)]
+                    .into_iter()
+                    .chain(op_curves.iter().map(|c| at(c)))
+                    .chain([secs
+                        .iter()
+                        .find(|x| x.0 == step)
+                        .map_or("—".to_string(), |x| format!("{:.0}", x.1))]),
+            );
+        }
+        table.markdown()
+    }
+
     pub(crate) fn plots(&self, dir: &Path) -> anyhow::Result<()> {
         let mut named = Vec::new();
         for (model, label) in MODELS {
@@ -56,6 +153,25 @@ impl Summary<'_> {
         plot(
             &dir.join("learning_curves.svg"),
             "ListOps validation accuracy",
+            "step",
+            named,
+        )?;
+        let mut named = Vec::new();
+        for (model, label) in MODELS {
+            for op in self.operators(model) {
+                let xs: Vec<(f64, f64)> = self
+                    .operator_curve(model, &op)
+                    .into_iter()
+                    .map(|(s, a)| (s as f64, 100.0 * a))
+                    .collect();
+                if !xs.is_empty() {
+                    named.push((format!("{label}, root {op}"), xs));
+                }
+            }
+        }
+        plot(
+            &dir.join("operator_curves.svg"),
+            "ListOps validation accuracy by root operator (mean over seeds)",
             "step",
             named,
         )?;
@@ -150,8 +266,15 @@ impl Summary<'_> {
         s += &format!("- Ordered Memory: {om}. LSTM: {lstm}.\n");
         let plateau = if t.optim.schedule == LrSchedule::Plateau {
             format!(
-                " on validation accuracy every {} steps, ×{} after {} evaluations without improvement",
-                t.eval_every, t.optim.plateau_factor, t.optim.plateau_patience
+                " on validation accuracy ({} examples) every {} steps, ×{} after more than {} such checks without improvement",
+                self.n_validation,
+                if t.optim.plateau_every > 0 {
+                    t.optim.plateau_every
+                } else {
+                    t.eval_every
+                },
+                t.optim.plateau_factor,
+                t.optim.plateau_patience
             )
         } else {
             String::new()
@@ -343,11 +466,18 @@ impl Summary<'_> {
                 );
             }
         }
+        let curve = self.learning_table(12);
+        if !curve.is_empty() {
+            s += &format!(
+                "### Learning curves (validation, {} examples; mean over seeds, %)\n\n{curve}\n",
+                self.n_validation
+            );
+        }
         s += &format!(
             "## Claims at our scale\n\n{}\n",
             claims_table(&self.claims())
         );
-        s += "Plots: `plots/learning_curves.svg` (validation accuracy per seed), `plots/accuracy_by_length.svg`.\n\n";
+        s += "Plots: `plots/learning_curves.svg` (validation accuracy per seed), `plots/operator_curves.svg` (validation accuracy by root operator), `plots/accuracy_by_length.svg`.\n\n";
         let total: f64 = self.results.iter().map(|r| r.train_seconds).sum();
         s += &footer(total, self.results.len(), self.computed, ctx.elapsed_secs());
         Ok(s)
