@@ -160,6 +160,8 @@ pub struct Fitted<T: ?Sized> {
     pub log: Option<FitLog>,
     /// The training examples it had (preference pairs, labelled candidates).
     pub examples: usize,
+    /// How the model was selected on held-out data (`None`: the last step's model).
+    pub selection: Option<Selection>,
 }
 
 impl<T: ?Sized> Fitted<T> {
@@ -169,8 +171,27 @@ impl<T: ?Sized> Fitted<T> {
             model,
             log: None,
             examples: 0,
+            selection: None,
         }
     }
+}
+
+/// A fitted model chosen on held-out data: what was held out, every check's metric, and the
+/// check the model comes from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Selection {
+    /// The metric (`"AUROC"`).
+    pub metric: String,
+    /// Held-out examples (candidates) and the problems they belong to.
+    pub heldout: usize,
+    pub heldout_problems: usize,
+    /// (step, metric) of every check; step 0 is the initial model.
+    pub curve: Vec<(u64, f64)>,
+    /// The step of the chosen model, and its metric.
+    pub best_step: u64,
+    pub best: f64,
+    /// Steps trained before stopping (fewer than configured when stopped early).
+    pub steps: u64,
 }
 
 /// What a trainer does around the loop: log the steps that reached the host, evaluate,
@@ -193,6 +214,79 @@ pub trait Hooks<M: Module> {
 }
 
 impl<M: Module> Hooks<M> for () {}
+
+/// Model selection on a held-out metric, with early stopping: every `every` steps (and at the
+/// end) `metric` scores the model being trained (higher is better; `None`: not measurable,
+/// ignored); the best-scoring model is kept, and training stops after `patience` checks in a
+/// row without improvement (0: never early). Give it the initial model's score with
+/// [`observe_initial`](Self::observe_initial) so training must beat its starting point.
+pub struct EarlyStopping<M, F> {
+    every: u64,
+    patience: u32,
+    metric: F,
+    bad: u32,
+    best: Option<(u64, f64)>,
+    best_model: Option<M>,
+    /// (step, metric) of every check, the initial one (step 0) included.
+    pub curve: Vec<(u64, f64)>,
+}
+
+impl<M: Module, F: FnMut(&M) -> anyhow::Result<Option<f64>>> EarlyStopping<M, F> {
+    pub fn new(every: u64, patience: u32, metric: F) -> Self {
+        Self {
+            every: every.max(1),
+            patience,
+            metric,
+            bad: 0,
+            best: None,
+            best_model: None,
+            curve: Vec::new(),
+        }
+    }
+
+    /// Scores the model before training (step 0).
+    pub fn observe_initial(&mut self, model: &M) -> anyhow::Result<()> {
+        self.check(0, model)
+    }
+
+    fn check(&mut self, step: u64, model: &M) -> anyhow::Result<()> {
+        let Some(m) = (self.metric)(model)?.filter(|m| m.is_finite()) else {
+            return Ok(());
+        };
+        self.curve.push((step, m));
+        if self.best.is_none_or(|(_, b)| m > b) {
+            self.best = Some((step, m));
+            self.best_model = Some(model.clone());
+            self.bad = 0;
+        } else {
+            self.bad += 1;
+        }
+        Ok(())
+    }
+
+    /// The step the best model was taken at, and its metric.
+    pub fn best(&self) -> Option<(u64, f64)> {
+        self.best
+    }
+
+    /// The best model (`None` when no check was measurable).
+    pub fn into_best(self) -> Option<M> {
+        self.best_model
+    }
+}
+
+impl<M: Module, F: FnMut(&M) -> anyhow::Result<Option<f64>>> Hooks<M> for EarlyStopping<M, F> {
+    fn after_step(&mut self, trainer: &mut Trainer<M>, _: &FitLog) -> anyhow::Result<()> {
+        let step = trainer.step;
+        if step.is_multiple_of(self.every) || step == trainer.total_steps {
+            self.check(step, &trainer.model)?;
+            if self.patience > 0 && self.bad >= self.patience {
+                trainer.stop();
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Losses and metrics of steps not yet on the host.
 struct Pending {
@@ -341,6 +435,46 @@ mod tests {
             self.1.push(t.step - log.steps.len() as u64);
             Ok(())
         }
+    }
+
+    /// The best check's model is kept, and training stops after `patience` checks without
+    /// improvement: scripted metrics 0.5 (initial), then every 2 steps 0.6, 0.7, 0.65, 0.7
+    /// (a tie is no improvement), 0.69 → best at step 4, stop at step 10 of 100.
+    #[test]
+    fn early_stopping_keeps_the_best_and_stops_after_patience() {
+        let mut t = trainer(100);
+        let script = [0.5, 0.6, 0.7, 0.65, 0.7, 0.69, 0.99];
+        let (mut calls, mut seen) = (0usize, Vec::new());
+        let mut es = EarlyStopping::new(2, 3, |m: &Scalar| {
+            seen.push(m.w.val().into_scalar::<f32>());
+            calls += 1;
+            Ok(Some(script[calls - 1]))
+        });
+        es.observe_initial(&t.model).unwrap();
+        fit(
+            &mut t,
+            &FitOptions::new("test"),
+            |m: &Scalar, _| Ok(LossOutput::new(m.w.val().powi_scalar(2).sum())),
+            &mut es,
+        )
+        .unwrap();
+        assert_eq!(t.step, 10, "stopped after three checks without improvement");
+        assert_eq!(es.best(), Some((4, 0.7)));
+        assert_eq!(
+            es.curve,
+            vec![
+                (0, 0.5),
+                (2, 0.6),
+                (4, 0.7),
+                (6, 0.65),
+                (8, 0.7),
+                (10, 0.69)
+            ]
+        );
+        let best = es.into_best().unwrap().w.val().into_scalar::<f32>();
+        drop(t);
+        assert_eq!(best, seen[2], "the model of step 4");
+        assert!(seen[2] < seen[0], "training moved w");
     }
 
     #[test]

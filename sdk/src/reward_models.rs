@@ -249,6 +249,7 @@ impl RewardSpec for BradleyTerrySpec {
             model: Box::new(Learned { head, bias }),
             log: (steps > 0).then_some(log),
             examples: prefs.len(),
+            selection: None,
         })
     }
 }

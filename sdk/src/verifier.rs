@@ -35,6 +35,38 @@ pub fn correct_incorrect_pairs(candidates: &[Candidate]) -> Vec<(usize, usize)> 
         .collect()
 }
 
+/// Splits `candidates` by problem: a random `fraction` of the problems (at least one when the
+/// fraction is positive, never all of them) is held out. Returns the indices of the training
+/// candidates and of the held-out ones (each in order) and the held-out problem count; the
+/// candidates of one problem all land on the same side.
+pub fn split_by_problem(
+    candidates: &[Candidate],
+    fraction: f64,
+    rng: &mut crate::rng::Rng,
+) -> (Vec<usize>, Vec<usize>, usize) {
+    use rand::seq::SliceRandom as _;
+    let mut problems: Vec<usize> = candidates.iter().map(|c| c.problem).collect();
+    problems.sort_unstable();
+    problems.dedup();
+    let p = problems.len();
+    let held = if fraction <= 0.0 || p < 2 {
+        0
+    } else {
+        ((fraction * p as f64).round() as usize).clamp(1, p - 1)
+    };
+    problems.shuffle(rng);
+    let out: std::collections::BTreeSet<usize> = problems[..held].iter().copied().collect();
+    let (mut train, mut heldout) = (Vec::new(), Vec::new());
+    for (i, c) in candidates.iter().enumerate() {
+        if out.contains(&c.problem) {
+            heldout.push(i)
+        } else {
+            train.push(i)
+        }
+    }
+    (train, heldout, held)
+}
+
 /// Scores that rank the candidates of each problem: higher means more likely correct. Oracle
 /// checkers, majority vote, likelihoods, outcome reward models, DPO verifiers and generative
 /// verifiers all implement it, so Best-of-k code never cares which one it has.
@@ -89,4 +121,51 @@ pub trait VerifierSpec: Send + Sync {
         problems: &[TextProblem],
         candidates: &[Candidate],
     ) -> anyhow::Result<Fitted<dyn Verifier>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cand(problem: usize, correct: bool) -> Candidate {
+        Candidate {
+            problem,
+            completion: Completion {
+                prompt: vec![1],
+                token_ids: vec![2],
+                text: String::new(),
+                logprobs: vec![0.0],
+                finished: true,
+            },
+            correct,
+            answer: None,
+        }
+    }
+
+    proptest! {
+        /// The split partitions the candidates, keeps each problem on one side, and holds out
+        /// round(fraction · problems) of them (at least one, never all).
+        #[test]
+        fn split_by_problem_holds_out_whole_problems(
+            problems in proptest::collection::vec(0usize..12, 1..80),
+            fraction in 0.0f64..0.9,
+            seed in 0u64..100,
+        ) {
+            let c: Vec<Candidate> = problems.iter().enumerate().map(|(i, &p)| cand(p, i % 3 == 0)).collect();
+            let (train, held, n) = split_by_problem(&c, fraction, &mut crate::rng::rng(seed, 0));
+            let mut all: Vec<usize> = train.iter().chain(&held).copied().collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, (0..c.len()).collect::<Vec<_>>());
+            let side = |i: &usize| c[*i].problem;
+            let tp: std::collections::BTreeSet<usize> = train.iter().map(side).collect();
+            let hp: std::collections::BTreeSet<usize> = held.iter().map(side).collect();
+            prop_assert!(tp.is_disjoint(&hp));
+            prop_assert_eq!(hp.len(), n);
+            let p = tp.len() + hp.len();
+            let want = if fraction == 0.0 || p < 2 { 0 } else { ((fraction * p as f64).round() as usize).clamp(1, p - 1) };
+            prop_assert_eq!(n, want);
+            prop_assert!(!train.is_empty());
+        }
+    }
 }

@@ -10,7 +10,12 @@
 //!   correct ones).
 //!
 //! A fitted verifier's table holds its objective inline (`objective = { use = "dpo",
-//! beta = 0.1 }`) and its training stage (`steps`, `batch_size`, `optim`).
+//! beta = 0.1 }`), its training stage (`steps`, `batch_size`, `optim`) and its selection
+//! (`select = { heldout = 0.1, every = 50, patience = 4 }`): the candidates of a fraction of
+//! the training problems are held out, and the model kept is the one whose AUROC on them was
+//! best, checked every `every` steps from the initial model on, with early stopping
+//! ([`crate::fit::EarlyStopping`]). [`score_variants`] gives a language-model verifier's three
+//! scores (summed, implicit reward against a reference, length-normalised).
 
 use burn::module::Module;
 use std::collections::BTreeMap;
@@ -19,7 +24,8 @@ use rand::Rng as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::fit::{FitCx, FitOptions, Fitted, fit};
+use crate::eval::auroc;
+use crate::fit::{EarlyStopping, FitCx, FitLog, FitOptions, Fitted, Selection, fit};
 use crate::lm::Llama;
 use crate::lm::fit::{final_values, in_chunks, response_logprobs, sft_loss};
 use crate::lm::policy::LmPolicy;
@@ -27,7 +33,7 @@ use crate::policy::Sequence;
 use crate::registry::{ConfigError, InlineObjective};
 use crate::tasks::TextProblem;
 use crate::train::{LrSchedule, OptimConfig, Stage, Trainer};
-use crate::verifier::{Candidate, Verifier, VerifierSpec};
+use crate::verifier::{Candidate, Verifier, VerifierSpec, split_by_problem};
 use crate::{LossOutput, Objective, TensorMap};
 
 fn sequences(candidates: &[Candidate]) -> Vec<Sequence> {
@@ -112,6 +118,33 @@ impl Verifier for Likelihood {
             sums
         })
     }
+}
+
+/// The names of the three scores a language-model verifier gives a candidate, in the order
+/// [`score_variants`] returns them.
+pub const SCORE_VARIANTS: [&str; 3] = [
+    "summed log-likelihood",
+    "implicit reward",
+    "length-normalised",
+];
+
+/// The three scores of a language-model verifier V from its summed response log-probabilities
+/// `sums` (log V(ŷ|x)), those of a reference policy (`reference`, log G_SFT(ŷ|x)) and the
+/// response lengths |ŷ|: the summed log-likelihood `log V`, the implicit reward
+/// `log V − log G_SFT` (DPO's reward over β; `None` without a reference) and the
+/// length-normalised `log V / |ŷ|`.
+pub fn score_variants(
+    sums: &[f32],
+    reference: Option<&[f32]>,
+    lengths: &[usize],
+) -> [Option<Vec<f32>>; 3] {
+    let implicit = reference.map(|r| sums.iter().zip(r).map(|(v, g)| v - g).collect());
+    let normalised = sums
+        .iter()
+        .zip(lengths)
+        .map(|(v, &n)| v / n.max(1) as f32)
+        .collect();
+    [Some(sums.to_vec()), implicit, Some(normalised)]
 }
 
 /// Scores a candidate by a value head read at its last token (an outcome reward model).
@@ -244,6 +277,77 @@ fn fine_tune(lr: f64, batch_size: usize) -> Stage {
     }
 }
 
+/// How a fitted verifier is chosen: by its AUROC (correct against incorrect candidates) on
+/// the candidates of held-out training problems, checked as it trains, with early stopping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectConfig {
+    /// The fraction of the training problems whose candidates are held out of training to
+    /// choose the model on (0: no selection; the last step's model).
+    pub heldout: f64,
+    /// Steps between checks (the initial model is checked too).
+    pub every: u64,
+    /// Checks in a row without a better AUROC before training stops (0: all steps).
+    pub patience: u32,
+}
+
+impl Default for SelectConfig {
+    fn default() -> Self {
+        Self {
+            heldout: 0.1,
+            every: 50,
+            patience: 4,
+        }
+    }
+}
+
+impl SelectConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=0.9).contains(&self.heldout) {
+            return Err(ConfigError::field("select.heldout", "must be in [0, 0.9]"));
+        }
+        if self.every == 0 {
+            return Err(ConfigError::field("select.every", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Trains `trainer` with `batch`; with held-out candidates (their `labels` and a scorer for
+/// them), keeps the model of the check with the best held-out AUROC and stops early as
+/// `select` says. Returns the log, the selection, and the chosen model.
+#[allow(clippy::too_many_arguments)]
+fn fit_selected(
+    trainer: &mut Trainer<Llama>,
+    opts: &FitOptions,
+    select: &SelectConfig,
+    heldout: (&[bool], usize),
+    mut score: impl FnMut(&Llama) -> anyhow::Result<Vec<f32>>,
+    batch: impl FnMut(&Llama, u64) -> anyhow::Result<LossOutput>,
+) -> anyhow::Result<(FitLog, Option<Selection>, Llama)> {
+    let (labels, problems) = heldout;
+    if labels.is_empty() {
+        let log = fit(trainer, opts, batch, &mut ())?;
+        return Ok((log, None, trainer.model.clone()));
+    }
+    let mut es = EarlyStopping::new(select.every, select.patience, |m: &Llama| {
+        Ok(auroc(&score(m)?, labels))
+    });
+    es.observe_initial(&trainer.model)?;
+    let log = fit(trainer, opts, batch, &mut es)?;
+    let selection = es.best().map(|(best_step, best)| Selection {
+        metric: "AUROC".into(),
+        heldout: labels.len(),
+        heldout_problems: problems,
+        curve: es.curve.clone(),
+        best_step,
+        best,
+        steps: trainer.step,
+    });
+    let model = es.into_best().unwrap_or_else(|| trainer.model.clone());
+    Ok((log, selection, model))
+}
+
 /// Configuration of `dpo`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -254,6 +358,8 @@ pub struct DpoVerifierConfig {
     /// Preference pairs per step.
     pub batch_size: usize,
     pub optim: OptimConfig,
+    /// Model selection on held-out problems (AUROC of the score log V(ŷ|x)).
+    pub select: SelectConfig,
     /// Sequences scored per forward pass.
     pub batch: usize,
 }
@@ -266,6 +372,7 @@ impl Default for DpoVerifierConfig {
             steps: st.steps,
             batch_size: st.batch_size,
             optim: st.optim,
+            select: SelectConfig::default(),
             batch: 256,
         }
     }
@@ -284,6 +391,7 @@ pub const ORM_INPUTS: &[&str] = &["logits", "labels"];
 struct DpoSpec {
     objective: Box<dyn Objective>,
     stage: Stage,
+    select: SelectConfig,
     batch: usize,
 }
 
@@ -302,8 +410,12 @@ impl VerifierSpec for DpoSpec {
         _: &[TextProblem],
         candidates: &[Candidate],
     ) -> anyhow::Result<Fitted<dyn Verifier>> {
-        // Every {correct} × {incorrect} pair of each problem.
-        let prefs = crate::verifier::correct_incorrect_pairs(candidates);
+        // Held-out problems (for selection) and every {correct} × {incorrect} pair of each
+        // training problem.
+        let (train_idx, held_idx, held_problems) =
+            split_by_problem(candidates, self.select.heldout, cx.rng);
+        let train: Vec<Candidate> = train_idx.iter().map(|&i| candidates[i].clone()).collect();
+        let prefs = crate::verifier::correct_incorrect_pairs(&train);
         let verifier = |policy: LmPolicy| {
             Box::new(Likelihood {
                 policy,
@@ -313,12 +425,12 @@ impl VerifierSpec for DpoSpec {
         };
         if prefs.is_empty() {
             tracing::warn!(
-                "{}: no problem has both a correct and an incorrect candidate; the verifier stays the initial policy",
+                "{}: no training problem has both a correct and an incorrect candidate; the verifier stays the initial policy",
                 cx.label
             );
             return Ok(Fitted::fixed(verifier(cx.init.inference())));
         }
-        let seqs = sequences(candidates);
+        let seqs = sequences(&train);
         let inference = cx.init.inference();
         let pad = inference.tokenizer.pad();
         let reference = in_chunks(&seqs, self.batch, |c| {
@@ -329,6 +441,11 @@ impl VerifierSpec for DpoSpec {
                 &inference.device,
             ))
         })?;
+        let held_seqs: Vec<Sequence> = held_idx
+            .iter()
+            .map(|&i| candidates[i].completion.sequence())
+            .collect();
+        let held_labels: Vec<bool> = held_idx.iter().map(|&i| candidates[i].correct).collect();
         let st = &self.stage;
         let train_device = cx.init.device.clone();
         let mut trainer = Trainer::new(cx.init.model.clone(), st.optim.clone(), st.steps);
@@ -336,9 +453,17 @@ impl VerifierSpec for DpoSpec {
         let what = format!("the {}", cx.label);
         let b = st.batch_size;
         let rng = &mut *cx.rng;
-        let log = fit(
+        let (log, selection, model) = fit_selected(
             &mut trainer,
             &FitOptions::new(&what).progress(&pb),
+            &self.select,
+            (&held_labels, held_problems),
+            |m: &Llama| {
+                let m = m.valid();
+                in_chunks(&held_seqs, self.batch, |c| {
+                    Ok(response_logprobs(&m, c, pad, &inference.device))
+                })
+            },
             |model: &Llama, _| {
                 let chosen: Vec<(usize, usize)> = (0..b)
                     .map(|_| prefs[rng.random_range(0..prefs.len())])
@@ -363,15 +488,15 @@ impl VerifierSpec for DpoSpec {
                         .with("reference_rejected", refs(&|p| p.1)),
                 )
             },
-            &mut (),
         )?;
         pb.finish_and_clear();
         let mut policy = cx.init.inference();
-        policy.model = trainer.model.valid();
+        policy.model = model.valid();
         Ok(Fitted {
             model: verifier(policy),
             log: Some(log),
             examples: prefs.len(),
+            selection,
         })
     }
 }
@@ -394,7 +519,8 @@ crate::register_component! {
     build: |c: DpoVerifierConfig, ctx| {
         let objective = c.objective.build(ctx, DPO_INPUTS)?;
         if c.batch == 0 { return Err(ConfigError::field("batch", "must be at least 1").into()); }
-        Ok(Box::new(DpoSpec { objective, stage: stage_of(c.steps, c.batch_size, &c.optim)?, batch: c.batch }) as Box<dyn VerifierSpec>)
+        c.select.validate()?;
+        Ok(Box::new(DpoSpec { objective, stage: stage_of(c.steps, c.batch_size, &c.optim)?, select: c.select, batch: c.batch }) as Box<dyn VerifierSpec>)
     },
 }
 
@@ -411,6 +537,8 @@ pub struct OrmConfig {
     /// Weight of the LM loss (the `sft` NLL) on the batch's correct candidates, added to the
     /// classification loss (0: none).
     pub lm_loss_weight: f32,
+    /// Model selection on held-out problems (AUROC of the value head's score).
+    pub select: SelectConfig,
     /// Sequences scored per forward pass.
     pub batch: usize,
 }
@@ -424,6 +552,7 @@ impl Default for OrmConfig {
             batch_size: st.batch_size,
             optim: st.optim,
             lm_loss_weight: 0.0,
+            select: SelectConfig::default(),
             batch: 256,
         }
     }
@@ -433,6 +562,7 @@ struct OrmSpec {
     objective: Box<dyn Objective>,
     stage: Stage,
     lm_loss_weight: f32,
+    select: SelectConfig,
     batch: usize,
 }
 
@@ -456,26 +586,40 @@ impl VerifierSpec for OrmSpec {
             "{}: no candidates to train on",
             cx.label
         );
+        let (train_idx, held_idx, held_problems) =
+            split_by_problem(candidates, self.select.heldout, cx.rng);
         let st = &self.stage;
         let device = cx.init.device.clone();
         let pad = cx.init.tokenizer.pad();
         let model = cx.init.model.clone().with_value_head(cx.rng, &device);
         let mut trainer = Trainer::new(model, st.optim.clone(), st.steps);
         let pb = crate::progress::bar(st.steps, cx.label, cx.quiet);
-        let seqs = sequences(candidates);
+        let train: Vec<&Candidate> = train_idx.iter().map(|&i| &candidates[i]).collect();
+        let seqs: Vec<Sequence> = train.iter().map(|c| c.completion.sequence()).collect();
+        let held_seqs: Vec<Sequence> = held_idx
+            .iter()
+            .map(|&i| candidates[i].completion.sequence())
+            .collect();
+        let held_labels: Vec<bool> = held_idx.iter().map(|&i| candidates[i].correct).collect();
         let what = format!("the {}", cx.label);
         let (b, w) = (st.batch_size, self.lm_loss_weight);
         let rng = &mut *cx.rng;
-        let log = fit(
+        let head = |m: Llama| ValueHead {
+            model: m,
+            pad,
+            device: cx.device.clone(),
+            batch: self.batch,
+        };
+        let (log, selection, model) = fit_selected(
             &mut trainer,
             &FitOptions::new(&what).progress(&pb),
+            &self.select,
+            (&held_labels, held_problems),
+            |m: &Llama| head(m.valid()).values(&held_seqs),
             |model: &Llama, _| {
                 let idx: Vec<usize> = (0..b).map(|_| rng.random_range(0..seqs.len())).collect();
                 let batch: Vec<Sequence> = idx.iter().map(|&i| seqs[i].clone()).collect();
-                let labels: Vec<f32> = idx
-                    .iter()
-                    .map(|&i| candidates[i].correct as u8 as f32)
-                    .collect();
+                let labels: Vec<f32> = idx.iter().map(|&i| train[i].correct as u8 as f32).collect();
                 let logits = final_values(model, &batch, pad, &device)?;
                 let out = self.objective.loss(
                     &TensorMap::new()
@@ -484,7 +628,7 @@ impl VerifierSpec for OrmSpec {
                 )?;
                 let correct: Vec<Sequence> = idx
                     .iter()
-                    .filter(|&&i| candidates[i].correct)
+                    .filter(|&&i| train[i].correct)
                     .map(|&i| seqs[i].clone())
                     .collect();
                 if w == 0.0 || correct.is_empty() {
@@ -495,18 +639,13 @@ impl VerifierSpec for OrmSpec {
                     .with_metrics(out.metrics)
                     .with_metric("lm_loss", lm.loss))
             },
-            &mut (),
         )?;
         pb.finish_and_clear();
         Ok(Fitted {
-            model: Box::new(ValueHead {
-                model: trainer.model.valid(),
-                pad,
-                device: cx.device.clone(),
-                batch: self.batch,
-            }),
+            model: Box::new(head(model.valid())),
             log: Some(log),
-            examples: candidates.len(),
+            examples: train.len(),
+            selection,
         })
     }
 }
@@ -522,7 +661,8 @@ crate::register_component! {
             return Err(ConfigError::field("lm_loss_weight", "must be a non-negative number").into());
         }
         if c.batch == 0 { return Err(ConfigError::field("batch", "must be at least 1").into()); }
-        Ok(Box::new(OrmSpec { objective, stage: stage_of(c.steps, c.batch_size, &c.optim)?, lm_loss_weight: c.lm_loss_weight, batch: c.batch }) as Box<dyn VerifierSpec>)
+        c.select.validate()?;
+        Ok(Box::new(OrmSpec { objective, stage: stage_of(c.steps, c.batch_size, &c.optim)?, lm_loss_weight: c.lm_loss_weight, select: c.select, batch: c.batch }) as Box<dyn VerifierSpec>)
     },
 }
 
@@ -543,6 +683,27 @@ mod tests {
             },
             correct,
             answer: answer.map(String::from),
+        }
+    }
+
+    proptest::proptest! {
+        /// The implicit reward plus the reference is the summed score; the length-normalised
+        /// score times the length is the summed score (an empty response counts as length 1).
+        #[test]
+        fn score_variants_follow_their_definitions(
+            v in proptest::collection::vec((-80.0f32..0.0, -80.0f32..0.0, 0usize..40), 1..30),
+        ) {
+            let sums: Vec<f32> = v.iter().map(|x| x.0).collect();
+            let refs: Vec<f32> = v.iter().map(|x| x.1).collect();
+            let lens: Vec<usize> = v.iter().map(|x| x.2).collect();
+            let [s, i, n] = score_variants(&sums, Some(&refs), &lens);
+            proptest::prop_assert_eq!(s.unwrap(), sums.clone());
+            for (k, (i, n)) in i.unwrap().iter().zip(n.unwrap()).enumerate() {
+                proptest::prop_assert!((i + refs[k] - sums[k]).abs() <= 1e-4 * (1.0 + sums[k].abs()));
+                proptest::prop_assert!((n * lens[k].max(1) as f32 - sums[k]).abs() <= 1e-4 * (1.0 + sums[k].abs()));
+            }
+            let [_, none, _] = score_variants(&sums, None, &lens);
+            proptest::prop_assert!(none.is_none());
         }
     }
 

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use lmlab_sdk::eval::{best_of_k_of, correct_sequences, ks, majority_and_oracle, pass_at_1};
+use lmlab_sdk::eval::{
+    auroc_of, best_of_k_of, correct_sequences, ks, majority_and_oracle, pass_at_1,
+};
 use lmlab_sdk::experiment::{Experiment, Seed, UnitCx, seeds};
-use lmlab_sdk::fit::FitSummary;
+use lmlab_sdk::fit::{FitSummary, Selection};
 use lmlab_sdk::lm::Tokenizer;
 use lmlab_sdk::metrics::mean_std;
 use lmlab_sdk::report::{
@@ -14,7 +16,7 @@ use lmlab_sdk::rng::rng;
 use lmlab_sdk::stages::{SUMMARY_WINDOW, Stages};
 use lmlab_sdk::tasks::{TextProblem, TextTask, prompt_text, training_text};
 use lmlab_sdk::train::Stage;
-use lmlab_sdk::verifiers::Likelihood;
+use lmlab_sdk::verifiers::{Likelihood, SCORE_VARIANTS, score_variants};
 use lmlab_sdk::{
     Candidate, Components, Objective, PolicyInit, Role, RunContext, Sampler, Scheduler, Sequence,
     Verifier, VerifierSpec,
@@ -42,6 +44,9 @@ pub struct VStarConfig {
     pub test_problems: usize,
     /// Random k-subsets per problem for majority vote@k.
     pub majority_subsets: usize,
+    /// The largest k of the Best-of-k tables (powers of two up to it; 0: N). With k < N every
+    /// Best-of-k is an average over many k-subsets of the N candidates, not one ranking.
+    pub max_k: usize,
     /// Every generator fine-tuning (SFT, RFT, each iteration), always from the base model.
     pub generator: Stage,
 }
@@ -55,6 +60,7 @@ impl Default for VStarConfig {
             query_problems: 500,
             test_problems: 100,
             majority_subsets: 256,
+            max_k: 0,
             generator: Stage::default(),
         }
     }
@@ -79,7 +85,21 @@ pub struct SeedResult {
     pub verifier_accuracy: Option<f64>,
     /// How each training stage went (loss over its first and last 20 steps).
     pub fits: Vec<FitSummary>,
+    /// Verifier (a method name) → its scores side by side, on the test candidates.
+    #[serde(default)]
+    pub verifiers: BTreeMap<String, VerifierScores>,
     pub seconds: f64,
+}
+
+/// One verifier's test results under each of its scores, and how it was chosen.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VerifierScores {
+    /// Score ([`SCORE_VARIANTS`], or `value head`) → Best-of-k at each k of [`ks`].
+    pub curves: BTreeMap<String, Vec<f64>>,
+    /// Score → AUROC (correct against incorrect) over the test candidates.
+    pub auroc: BTreeMap<String, Option<f64>>,
+    /// Its selection on held-out training problems (fitted verifiers).
+    pub selection: Option<Selection>,
 }
 
 /// Method names, in table order.
@@ -122,6 +142,17 @@ struct Parts {
 type Data<'a> = (&'a [TextProblem], &'a [TextProblem]);
 
 impl VStar {
+    /// The k of the Best-of-k tables: powers of two up to N, or up to `max_k`.
+    fn ks(&self, test_sampler: &dyn Sampler) -> Vec<usize> {
+        let n = test_sampler.n().unwrap_or(1);
+        let max = if self.config.max_k == 0 {
+            n
+        } else {
+            self.config.max_k.min(n)
+        };
+        ks(max)
+    }
+
     fn run_seed(
         &self,
         p: &Parts,
@@ -202,14 +233,68 @@ impl VStar {
         let cand_rft = st.draw(ts, &g_rft, test, s(52), "test (RFT)")?;
         let cand = st.draw(ts, &g_t, test, s(53), "test (STaR)")?;
         let g_sft_likelihood = Likelihood::summed(g_sft.inference());
-        let (n, kk) = (test.len(), ks(ts.n().unwrap_or(1)));
-        let mut curve = |name: &str, c: &[Candidate], v: Vec<f32>| {
-            res.curves.insert(name.into(), best_of_k_of(c, n, &v, &kk));
+        let (n, kk) = (test.len(), self.ks(ts));
+        let sft_sums = g_sft_likelihood.scores(test, &cand)?;
+        let sft_sums_rft = g_sft_likelihood.scores(test, &cand_rft)?;
+        // Each verifier under each of its scores: a language-model verifier's summed, implicit
+        // reward (against G_SFT) and length-normalised log-likelihood; others their own score.
+        let mut scored = |name: &str,
+                          fitted: Option<Option<Selection>>,
+                          verifier: &dyn Verifier,
+                          c: &[Candidate],
+                          reference: Option<&[f32]>|
+         -> anyhow::Result<Vec<f32>> {
+            let mut out = VerifierScores {
+                selection: fitted.flatten(),
+                ..Default::default()
+            };
+            let primary = verifier.scores(test, c)?;
+            let variants: Vec<(String, Vec<f32>)> = match verifier.policy() {
+                Some(policy) => {
+                    let sums = Likelihood::summed(policy.clone()).scores(test, c)?;
+                    let lengths: Vec<usize> =
+                        c.iter().map(|x| x.completion.token_ids.len()).collect();
+                    SCORE_VARIANTS
+                        .iter()
+                        .zip(score_variants(&sums, reference, &lengths))
+                        .filter_map(|(v, s)| s.map(|s| (v.to_string(), s)))
+                        .collect()
+                }
+                None if name == ORM => vec![("value head".to_string(), primary.clone())],
+                None => vec![("own score".to_string(), primary.clone())],
+            };
+            for (variant, sc) in variants {
+                out.curves
+                    .insert(variant.clone(), best_of_k_of(c, n, &sc, &kk));
+                out.auroc.insert(variant, auroc_of(c, &sc));
+            }
+            res.verifiers.insert(name.into(), out);
+            res.curves
+                .insert(name.into(), best_of_k_of(c, n, &primary, &kk));
+            Ok(primary)
         };
-        curve(VSTAR, &cand, v.model.scores(test, &cand)?);
-        curve(UNTRAINED, &cand, g_sft_likelihood.scores(test, &cand)?);
-        curve(VSTAR1, &cand_rft, v1.model.scores(test, &cand_rft)?);
-        curve(ORM, &cand, orm.model.scores(test, &cand)?);
+        scored(
+            VSTAR,
+            Some(v.selection.clone()),
+            v.model.as_ref(),
+            &cand,
+            Some(&sft_sums),
+        )?;
+        scored(UNTRAINED, None, &g_sft_likelihood, &cand, None)?;
+        scored(
+            VSTAR1,
+            Some(v1.selection.clone()),
+            v1.model.as_ref(),
+            &cand_rft,
+            Some(&sft_sums_rft),
+        )?;
+        scored(
+            ORM,
+            Some(orm.selection.clone()),
+            orm.model.as_ref(),
+            &cand,
+            None,
+        )?;
         let [majority, oracle] = majority_and_oracle(&cand, test, &kk, cfg.majority_subsets, seed);
         res.curves
             .extend([(MAJORITY.into(), majority), (ORACLE.into(), oracle)]);
@@ -286,7 +371,7 @@ impl VStar {
         sizes: (String, usize, usize),
     ) -> anyhow::Result<()> {
         let (cfg, pct, mean) = (&self.config, Fmt::Percent(1), |x: &[f64]| mean_std(x).0);
-        let kk = ks(p.test_sampler.n().unwrap_or(1));
+        let kk = self.ks(p.test_sampler.as_ref());
         let curves = Curves::gather(&kk, &METHODS, results.iter().map(|r| &r.curves));
         let pass1 = |m: &str| per_seed(results, |r| r.pass1.get(m).copied());
         let flat = GENERATORS.map(|(m, l)| (l, mean(&pass1(m))));
@@ -296,12 +381,13 @@ impl VStar {
         let (n, (policy, n_train, n_test)) = (kk.last().copied().unwrap_or(1), sizes);
         let seed_list: Vec<u64> = results.iter().map(|r| r.seed).collect();
         let mut s = format!(
-            "# {} — V-STaR: verifiers for self-taught reasoners\n\nGenerator: {policy}. {n_train} training problems ({} with reference solutions in D_SFT, {} sampled per iteration), {n_test} held-out test problems. T = {}, k = {}, N = {n}. Verifier: `{}` ({}); ORM baseline: `{}`. Seeds: {seed_list:?}.\n\n",
+            "# {} — V-STaR: verifiers for self-taught reasoners\n\nGenerator: {policy}. {n_train} training problems ({} with reference solutions in D_SFT, {} sampled per iteration), {n_test} held-out test problems. T = {}, k = {}, N = {} candidates per test problem, Best-of-k for k ≤ {n}. Verifier: `{}` ({}); ORM baseline: `{}`. Seeds: {seed_list:?}.\n\n",
             ctx.recipe,
             cfg.sft_problems,
             cfg.query_problems,
             cfg.rounds,
             p.sampler.n().unwrap_or(1),
+            p.test_sampler.n().unwrap_or(1),
             p.names[0],
             p.verifier.label(),
             p.names[1]
@@ -314,6 +400,7 @@ impl VStar {
             "## Best-of-k (mean ± std over seeds, %)\n\n{}\n",
             curves.table(pct)
         );
+        s += &verifier_section(results, &kk);
         s += &fits_section(results.iter().map(|r| r.fits.as_slice()));
         let cols = [
             "seed",
@@ -382,6 +469,91 @@ impl VStar {
         ctx.run.write_summary(&s)?;
         Ok(())
     }
+}
+
+/// Mean ± std over the finite values ("–" when none).
+fn cell(fmt: Fmt, xs: &[f64]) -> String {
+    let v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    fmt.cell(&v)
+}
+
+/// The verifiers side by side: Best-of-N and test AUROC under each score, and the held-out
+/// selection of the fitted ones.
+fn verifier_section(results: &[SeedResult], kk: &[usize]) -> String {
+    let (pct, n) = (Fmt::Percent(1), kk.last().copied().unwrap_or(1));
+    let mut t = Table::new([
+        "verifier".to_string(),
+        "score".into(),
+        format!("Best-of-{n} (%)"),
+        "test AUROC (%)".into(),
+        "held-out AUROC of the chosen model (%)".into(),
+        "chosen at step (of steps trained)".into(),
+    ]);
+    for name in [VSTAR, VSTAR1, UNTRAINED, ORM] {
+        let of = |r: &SeedResult| r.verifiers.get(name).cloned().unwrap_or_default();
+        let mut variants: Vec<String> = Vec::new();
+        for r in results {
+            for v in of(r).curves.keys() {
+                if !variants.contains(v) {
+                    variants.push(v.clone());
+                }
+            }
+        }
+        variants.sort_by_key(|v| SCORE_VARIANTS.iter().position(|x| x == v).unwrap_or(9));
+        for (i, v) in variants.iter().enumerate() {
+            let bon = per_seed(results, |r| {
+                of(r).curves.get(v).and_then(|c| c.last().copied())
+            });
+            let auc = per_seed(results, |r| of(r).auroc.get(v).copied().flatten());
+            let (held, at) = if i == 0 {
+                let sel: Vec<Option<Selection>> = results.iter().map(|r| of(r).selection).collect();
+                let held: Vec<f64> = sel
+                    .iter()
+                    .map(|s| s.as_ref().map_or(f64::NAN, |s| s.best))
+                    .collect();
+                let at: Vec<String> = sel
+                    .iter()
+                    .flatten()
+                    .map(|s| format!("{} ({})", s.best_step, s.steps))
+                    .collect();
+                (
+                    cell(pct, &held),
+                    if at.is_empty() {
+                        "–".into()
+                    } else {
+                        at.join(", ")
+                    },
+                )
+            } else {
+                (String::new(), String::new())
+            };
+            t.row([
+                if i == 0 {
+                    name.to_string()
+                } else {
+                    String::new()
+                },
+                v.clone(),
+                cell(pct, &bon),
+                cell(pct, &auc),
+                held,
+                at,
+            ]);
+        }
+    }
+    let heldout = results
+        .iter()
+        .find_map(|r| r.verifiers.get(VSTAR).and_then(|v| v.selection.clone()));
+    let how = heldout.map_or(String::new(), |s| {
+        format!(
+            " Fitted verifiers are chosen by their AUROC on the candidates of {} held-out training problems ({} candidates in seed {}), checked through training (step 0 is the initial model), with early stopping.",
+            s.heldout_problems, s.heldout, results[0].seed
+        )
+    });
+    format!(
+        "## Verifier scores side by side (mean ± std over seeds)\n\nEach language-model verifier V scores a candidate ŷ by its summed log-likelihood log V(ŷ|x) (the paper's score), by the implicit reward log V(ŷ|x) − log G_SFT(ŷ|x), and by the length-normalised log V(ŷ|x)/|ŷ|; the ORM by its value head. Test AUROC pools all test candidates.{how}\n\n{}\n",
+        t.markdown()
+    )
 }
 
 lmlab_sdk::register_component! {
