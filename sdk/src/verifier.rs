@@ -124,11 +124,12 @@ pub trait VerifierSpec: Send + Sync {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn cand(problem: usize, correct: bool) -> Candidate {
+    /// A one-token candidate of `problem`.
+    pub(crate) fn cand(problem: usize, answer: Option<&str>, correct: bool) -> Candidate {
         Candidate {
             problem,
             completion: Completion {
@@ -139,7 +140,7 @@ mod tests {
                 finished: true,
             },
             correct,
-            answer: None,
+            answer: answer.map(String::from),
         }
     }
 
@@ -152,7 +153,7 @@ mod tests {
             fraction in 0.0f64..0.9,
             seed in 0u64..100,
         ) {
-            let c: Vec<Candidate> = problems.iter().enumerate().map(|(i, &p)| cand(p, i % 3 == 0)).collect();
+            let c: Vec<Candidate> = problems.iter().enumerate().map(|(i, &p)| cand(p, None, i % 3 == 0)).collect();
             let (train, held, n) = split_by_problem(&c, fraction, &mut crate::rng::rng(seed, 0));
             let mut all: Vec<usize> = train.iter().chain(&held).copied().collect();
             all.sort_unstable();

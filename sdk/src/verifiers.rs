@@ -669,22 +669,7 @@ crate::register_component! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Completion;
-
-    fn cand(problem: usize, answer: Option<&str>, correct: bool) -> Candidate {
-        Candidate {
-            problem,
-            completion: Completion {
-                prompt: vec![1],
-                token_ids: vec![2],
-                text: String::new(),
-                logprobs: vec![0.0],
-                finished: true,
-            },
-            correct,
-            answer: answer.map(String::from),
-        }
-    }
+    use crate::verifier::tests::cand;
 
     proptest::proptest! {
         /// The implicit reward plus the reference is the summed score; the length-normalised
