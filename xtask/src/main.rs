@@ -536,10 +536,13 @@ fn pip_install(python: &Path, spec: &str) -> anyhow::Result<()> {
             spec,
         ])
         // llama-cpp-python builds llama.cpp: only the libraries the bindings load (no llava/mtmd,
-        // tests, examples, tools or server binaries): 4.5 min on 2 cores instead of ~6.5.
+        // tests, examples, tools or server binaries): 4.5 min on 2 cores instead of ~6.5. Not
+        // for the build machine's own CPU (GGML_NATIVE=OFF: AVX2/FMA/F16C on x86, no AVX-512 or
+        // AMX): the reference then runs the same kernels on every machine, and on a CPU with
+        // AMX the native build segfaulted on Gemma 3 (and elsewhere decoded differently).
         .env(
             "CMAKE_ARGS",
-            "-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF",
+            "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF",
         )
         // Packages that build C++ (llama-cpp-python) use every core.
         .env(
