@@ -32,7 +32,7 @@ use lmlab_sdk::reward::Preference;
 use lmlab_sdk::rl::methods::{self, RlMethod};
 use lmlab_sdk::rl::rlhf::{
     Base, Models, Rlhf, RunStats, base_table, cores_line, group_runs, plot_updates, runs_table,
-    speedups, staleness_kl, staleness_kl_table, stalest, sweep,
+    speedups, staleness_kl, staleness_kl_table, stalest, sweep, updates_table,
 };
 use lmlab_sdk::rl::{RlConfig, pipeline_config};
 use lmlab_sdk::train::{LrSchedule, OptimConfig, Stage};
@@ -261,7 +261,7 @@ impl Scheduler for AsyncRlhf {
             })
         };
         let (bases, out) = Experiment::new("run").grouped(ctx, "seed", &groups, setup, run)?;
-        let bases: Vec<&Base> = bases.iter().map(|b| &b.1.base).collect();
+        let bases: Vec<&SeedBase> = bases.iter().map(|b| &b.1).collect();
         let results: Vec<RunResult> = out.results.into_iter().map(|r| r.1).collect();
         let policy = r.init.summary(&r.tokenizer)?;
         self.report(ctx, &r, &bases, &results, (policy, out.computed))
@@ -278,7 +278,7 @@ impl AsyncRlhf {
         &self,
         ctx: &mut RunContext,
         p: &Rlhf,
-        bases: &[&Base],
+        bases: &[&SeedBase],
         results: &[RunResult],
         (policy, computed): (String, usize),
     ) -> anyhow::Result<()> {
@@ -305,7 +305,10 @@ impl AsyncRlhf {
         );
         s += &format!(
             "## SFT, reward model and baselines\n\n{}\n",
-            base_table(bases, cfg.best_of)
+            base_table(
+                &bases.iter().map(|b| &b.base).collect::<Vec<_>>(),
+                cfg.best_of
+            )
         );
         let rows = results.iter().filter_map(|r| {
             Some((
@@ -322,6 +325,41 @@ impl AsyncRlhf {
         s += &cores_line(&groups, cfg.pin_cores && g + l <= available_cores());
 
         let mut claims = Vec::new();
+        // RL against its starting point: each method at the smallest N of the sync runs (on
+        // policy at N = 1) against the same seed's SFT policy.
+        if let Some(n_min) = groups
+            .iter()
+            .filter(|g| g.mode == LoopMode::Sync)
+            .map(|g| g.n)
+            .min()
+        {
+            for g in groups
+                .iter()
+                .filter(|g| g.mode == LoopMode::Sync && g.n == n_min)
+            {
+                let (wins, sft): (Vec<f64>, Vec<f64>) = g
+                    .runs
+                    .iter()
+                    .filter_map(|(seed, r)| {
+                        let b = bases.iter().find(|b| b.seed == *seed)?;
+                        Some((r.eval.win_rate, b.base.sft.win_rate))
+                    })
+                    .unzip();
+                if !wins.is_empty() {
+                    let on = if n_min == 1 { "on-policy " } else { "" };
+                    claims.push(Claim::paired_by(
+                        format!(
+                            "{on}{} (N = {n_min}) beats the SFT policy's gold win rate beyond seed noise",
+                            g.label
+                        ),
+                        &wins,
+                        &sft,
+                        pct,
+                        f64::EPSILON,
+                    ));
+                }
+            }
+        }
         let (speedups, table) = speedups(&groups);
         for su in &speedups {
             let (sp, what) = (
@@ -425,7 +463,20 @@ For every minibatch the learner consumed, the KL from the policy that generated 
             &ctx.run.plots_dir().join("train_gold.svg"),
             "gold reward of training samples (mean over seeds)",
         )?;
-        s += "Plot: `plots/train_gold.svg` (gold reward of the training samples per update, mean over seeds).\n\n";
+        plot_updates(
+            &records,
+            "train_kl",
+            &ctx.run.plots_dir().join("train_kl.svg"),
+            "KL(π ‖ π_SFT) per sequence of the training samples (mean over seeds)",
+        )?;
+        s += &format!(
+            "## Learning curves\n\nThe gold reward and the KL from the SFT policy (nats per sequence) of the samples each update trains on, averaged over seeds and over each fifth of the updates. The gold win rate is measured once, at the end (the tables above).\n\n{}\nPlots: `plots/train_gold.svg`, `plots/train_kl.svg` (per update, mean over seeds).\n\n",
+            updates_table(
+                &records,
+                &[("train_gold", "gold reward"), ("train_kl", "KL(π ‖ π_SFT)")],
+                5
+            )
+        );
         if !claims.is_empty() {
             s += &format!(
                 "## The paper's claims at our scale\n\n{}\n",

@@ -780,14 +780,12 @@ pub fn staleness_kl_table(rows: &[StalenessKl]) -> String {
     t.markdown()
 }
 
-/// Plots each run kind's per-update records (`stage = "rl"`) of `metric` against the update,
-/// averaged over seeds; runs are told apart by their `method`, `mode` and `n`.
-pub fn plot_updates(
+/// Each run kind's per-update values of `metric` (records with `stage = "rl"`), by update, one
+/// value per seed; runs are told apart by their `method`, `mode` and `n`.
+fn update_curves(
     records: &[serde_json::Value],
     metric: &str,
-    path: &std::path::Path,
-    title: &str,
-) -> anyhow::Result<()> {
+) -> BTreeMap<String, BTreeMap<u64, Vec<f64>>> {
     let mut curves: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
     for r in records.iter().filter(|r| r["stage"] == "rl") {
         let name = format!(
@@ -805,7 +803,18 @@ pub fn plot_updates(
                 .push(v);
         }
     }
-    let pts: Vec<(String, Vec<(f64, f64)>)> = curves
+    curves
+}
+
+/// Plots each run kind's per-update records of `metric` against the update, averaged over
+/// seeds (see [`update_curves`]).
+pub fn plot_updates(
+    records: &[serde_json::Value],
+    metric: &str,
+    path: &std::path::Path,
+    title: &str,
+) -> anyhow::Result<()> {
+    let pts: Vec<(String, Vec<(f64, f64)>)> = update_curves(records, metric)
         .iter()
         .map(|(n, c)| {
             (
@@ -822,6 +831,57 @@ pub fn plot_updates(
         })
         .collect();
     crate::plot::line_plot(path, title, "update", metric, &series)
+}
+
+/// The learning curves as a table: for each run kind and each `(metric, label)`, the mean of
+/// the metric over each of `parts` equal spans of the updates (pooled over seeds), in order.
+pub fn updates_table(
+    records: &[serde_json::Value],
+    metrics: &[(&str, &str)],
+    parts: usize,
+) -> String {
+    let curves: Vec<_> = metrics
+        .iter()
+        .map(|(m, _)| update_curves(records, m))
+        .collect();
+    let mut header = vec!["run".to_string(), "updates".to_string()];
+    header.extend(metrics.iter().map(|(_, label)| label.to_string()));
+    let mut t = Table::new(header);
+    let Some(first) = curves.first() else {
+        return t.markdown();
+    };
+    for (run, by_step) in first {
+        let steps: Vec<u64> = by_step.keys().copied().collect();
+        let (Some(&lo), Some(&hi)) = (steps.first(), steps.last()) else {
+            continue;
+        };
+        let parts = parts.clamp(1, steps.len());
+        let cells: Vec<String> = curves
+            .iter()
+            .map(|c| {
+                let Some(c) = c.get(run) else {
+                    return "–".to_string();
+                };
+                (0..parts)
+                    .map(|p| {
+                        let span = &steps[p * steps.len() / parts..(p + 1) * steps.len() / parts];
+                        let v: Vec<f64> = span
+                            .iter()
+                            .filter_map(|s| c.get(s))
+                            .flatten()
+                            .copied()
+                            .collect();
+                        format!("{:.3}", mean_std(&v).0)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            })
+            .collect();
+        let mut row = vec![run.clone(), format!("{lo}–{hi}")];
+        row.extend(cells);
+        t.row(row);
+    }
+    t.markdown()
 }
 
 #[cfg(test)]
@@ -861,5 +921,25 @@ mod tests {
         // Staleness 2 is not a round's stalest minibatch: not a row of the table.
         let table = staleness_kl_table(&rows);
         assert_eq!(table.matches("| ppo sync |").count(), 2, "{table}");
+    }
+
+    #[test]
+    fn updates_table_averages_each_span_of_updates_over_seeds() {
+        let rec = |seed: u64, step: u64| {
+            serde_json::json!({"stage": "rl", "method": "rloo", "mode": "sync", "n": 4,
+                               "seed": seed, "step": step, "train_gold": step as f64 + seed as f64,
+                               "train_kl": 0.5})
+        };
+        let mut records: Vec<_> = (0..2)
+            .flat_map(|s| (1..=6).map(move |t| rec(s, t)))
+            .collect();
+        records.push(serde_json::json!({"stage": "sft", "step": 1, "train_gold": 99.0}));
+        let t = updates_table(&records, &[("train_gold", "gold"), ("train_kl", "KL")], 3);
+        // Spans {1, 2}, {3, 4}, {5, 6}; seeds add 0 and 1: means 2.0, 4.0, 6.0.
+        assert!(
+            t.contains("| rloo sync N=4 | 1–6 | 2.000 → 4.000 → 6.000 | 0.500 → 0.500 → 0.500 |"),
+            "{t}"
+        );
+        assert_eq!(t.matches("rloo").count(), 1, "{t}");
     }
 }
