@@ -246,6 +246,31 @@ pub fn auroc_of(candidates: &[Candidate], scores: &[f32]) -> Option<f64> {
     auroc(scores, &labels)
 }
 
+/// The [`auroc_within`] problems of `scores` as a detector of the candidates' correctness.
+pub fn auroc_within_of(candidates: &[Candidate], scores: &[f32]) -> Option<f64> {
+    let labels: Vec<bool> = candidates.iter().map(|c| c.correct).collect();
+    let groups: Vec<usize> = candidates.iter().map(|c| c.problem).collect();
+    auroc_within(scores, &labels, &groups)
+}
+
+/// The AUROC within problems: the mean, over the groups (problems) that have both a positive
+/// and a negative, of each group's own [`auroc`]; `None` when no group has both or the lengths
+/// differ. This is what re-ranking a problem's candidates needs: unlike the pooled AUROC it is
+/// blind to how scores compare across problems (a per-problem offset changes nothing).
+pub fn auroc_within(scores: &[f32], labels: &[bool], groups: &[usize]) -> Option<f64> {
+    if scores.len() != labels.len() || scores.len() != groups.len() {
+        return None;
+    }
+    let mut by: std::collections::BTreeMap<usize, (Vec<f32>, Vec<bool>)> = Default::default();
+    for ((&s, &l), &g) in scores.iter().zip(labels).zip(groups) {
+        let e = by.entry(g).or_default();
+        e.0.push(s);
+        e.1.push(l);
+    }
+    let each: Vec<f64> = by.values().filter_map(|(s, l)| auroc(s, l)).collect();
+    (!each.is_empty()).then(|| each.iter().sum::<f64>() / each.len() as f64)
+}
+
 /// The area under the ROC curve of `scores` as a detector of `labels` (true = positive): the
 /// probability that a random positive scores above a random negative, ties counting ½
 /// (the Mann–Whitney statistic). `None` without both a positive and a negative, or when the
@@ -288,6 +313,19 @@ mod tests {
         assert_eq!(ks(64), vec![1, 2, 4, 8, 16, 32, 64]);
         assert_eq!(ks(5), vec![1, 2, 4]);
         assert!(ks(0).is_empty());
+    }
+
+    #[test]
+    fn auroc_within_averages_the_problems_that_have_both_labels() {
+        // Problem 0 ranks perfectly, problem 1 backwards, problem 2 has no negative.
+        let scores = [0.9, 0.1, 0.2, 0.8, 0.5];
+        let labels = [true, false, true, false, true];
+        let groups = [0, 0, 1, 1, 2];
+        assert_eq!(auroc_within(&scores, &labels, &groups), Some(0.5));
+        // Pooled, problem 1's low scores count against problem 0's.
+        assert_eq!(auroc(&scores, &labels), Some(4.0 / 6.0));
+        assert_eq!(auroc_within(&[0.5], &[true], &[0]), None);
+        assert_eq!(auroc_within(&[0.5, 0.4], &[true, false], &[0]), None);
     }
 
     #[test]
@@ -334,6 +372,20 @@ mod tests {
                 Some(a) => prop_assert!((a - wins / pairs).abs() < 1e-12, "{a} vs {}", wins / pairs),
                 None => prop_assert_eq!(pairs, 0.0),
             }
+        }
+
+        #[test]
+        fn auroc_within_ignores_per_problem_offsets(
+            items in prop::collection::vec((0u8..5, any::<bool>(), 0usize..4), 2..30),
+            offsets in prop::collection::vec(-100i32..100, 4),
+        ) {
+            let scores: Vec<f32> = items.iter().map(|x| x.0 as f32).collect();
+            let labels: Vec<bool> = items.iter().map(|x| x.1).collect();
+            let groups: Vec<usize> = items.iter().map(|x| x.2).collect();
+            let shifted: Vec<f32> = items.iter().map(|x| x.0 as f32 + offsets[x.2] as f32).collect();
+            prop_assert_eq!(auroc_within(&scores, &labels, &groups), auroc_within(&shifted, &labels, &groups));
+            // One problem: the pooled AUROC.
+            prop_assert_eq!(auroc_within(&scores, &labels, &vec![7; scores.len()]), auroc(&scores, &labels));
         }
 
         #[test]

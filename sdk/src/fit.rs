@@ -180,7 +180,7 @@ impl<T: ?Sized> Fitted<T> {
 /// check the model comes from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Selection {
-    /// The metric (`"AUROC"`).
+    /// The metric (`"AUROC within problems"`).
     pub metric: String,
     /// Held-out examples (candidates) and the problems they belong to.
     pub heldout: usize,

@@ -24,7 +24,7 @@ use rand::Rng as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::eval::auroc;
+use crate::eval::auroc_within;
 use crate::fit::{EarlyStopping, FitCx, FitLog, FitOptions, Fitted, Selection, fit};
 use crate::lm::Llama;
 use crate::lm::fit::{final_values, in_chunks, response_logprobs, sft_loss};
@@ -277,8 +277,9 @@ fn fine_tune(lr: f64, batch_size: usize) -> Stage {
     }
 }
 
-/// How a fitted verifier is chosen: by its AUROC (correct against incorrect candidates) on
-/// the candidates of held-out training problems, checked as it trains, with early stopping.
+/// How a fitted verifier is chosen: by its AUROC within problems (correct against incorrect
+/// candidates of the same problem, averaged over problems) on the candidates of held-out
+/// training problems, checked as it trains, with early stopping.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SelectConfig {
@@ -313,30 +314,30 @@ impl SelectConfig {
     }
 }
 
-/// Trains `trainer` with `batch`; with held-out candidates (their `labels` and a scorer for
-/// them), keeps the model of the check with the best held-out AUROC and stops early as
-/// `select` says. Returns the log, the selection, and the chosen model.
+/// Trains `trainer` with `batch`; with held-out candidates (their `labels`, their problems and
+/// a scorer for them), keeps the model of the check with the best held-out AUROC within
+/// problems (how well it re-ranks each problem's candidates) and stops early as `select` says. Returns the log, the selection, and the chosen model.
 #[allow(clippy::too_many_arguments)]
 fn fit_selected(
     trainer: &mut Trainer<Llama>,
     opts: &FitOptions,
     select: &SelectConfig,
-    heldout: (&[bool], usize),
+    heldout: (&[bool], &[usize], usize),
     mut score: impl FnMut(&Llama) -> anyhow::Result<Vec<f32>>,
     batch: impl FnMut(&Llama, u64) -> anyhow::Result<LossOutput>,
 ) -> anyhow::Result<(FitLog, Option<Selection>, Llama)> {
-    let (labels, problems) = heldout;
+    let (labels, groups, problems) = heldout;
     if labels.is_empty() {
         let log = fit(trainer, opts, batch, &mut ())?;
         return Ok((log, None, trainer.model.clone()));
     }
     let mut es = EarlyStopping::new(select.every, select.patience, |m: &Llama| {
-        Ok(auroc(&score(m)?, labels))
+        Ok(auroc_within(&score(m)?, labels, groups))
     });
     es.observe_initial(&trainer.model)?;
     let log = fit(trainer, opts, batch, &mut es)?;
     let selection = es.best().map(|(best_step, best)| Selection {
-        metric: "AUROC".into(),
+        metric: "AUROC within problems".into(),
         heldout: labels.len(),
         heldout_problems: problems,
         curve: es.curve.clone(),
@@ -358,7 +359,7 @@ pub struct DpoVerifierConfig {
     /// Preference pairs per step.
     pub batch_size: usize,
     pub optim: OptimConfig,
-    /// Model selection on held-out problems (AUROC of the score log V(ŷ|x)).
+    /// Model selection on held-out problems (AUROC within problems of the score log V(ŷ|x)).
     pub select: SelectConfig,
     /// Sequences scored per forward pass.
     pub batch: usize,
@@ -446,6 +447,7 @@ impl VerifierSpec for DpoSpec {
             .map(|&i| candidates[i].completion.sequence())
             .collect();
         let held_labels: Vec<bool> = held_idx.iter().map(|&i| candidates[i].correct).collect();
+        let held_groups: Vec<usize> = held_idx.iter().map(|&i| candidates[i].problem).collect();
         let st = &self.stage;
         let train_device = cx.init.device.clone();
         let mut trainer = Trainer::new(cx.init.model.clone(), st.optim.clone(), st.steps);
@@ -457,7 +459,7 @@ impl VerifierSpec for DpoSpec {
             &mut trainer,
             &FitOptions::new(&what).progress(&pb),
             &self.select,
-            (&held_labels, held_problems),
+            (&held_labels, &held_groups, held_problems),
             |m: &Llama| {
                 let m = m.valid();
                 in_chunks(&held_seqs, self.batch, |c| {
@@ -537,7 +539,7 @@ pub struct OrmConfig {
     /// Weight of the LM loss (the `sft` NLL) on the batch's correct candidates, added to the
     /// classification loss (0: none).
     pub lm_loss_weight: f32,
-    /// Model selection on held-out problems (AUROC of the value head's score).
+    /// Model selection on held-out problems (AUROC within problems of the value head's score).
     pub select: SelectConfig,
     /// Sequences scored per forward pass.
     pub batch: usize,
@@ -601,6 +603,7 @@ impl VerifierSpec for OrmSpec {
             .map(|&i| candidates[i].completion.sequence())
             .collect();
         let held_labels: Vec<bool> = held_idx.iter().map(|&i| candidates[i].correct).collect();
+        let held_groups: Vec<usize> = held_idx.iter().map(|&i| candidates[i].problem).collect();
         let what = format!("the {}", cx.label);
         let (b, w) = (st.batch_size, self.lm_loss_weight);
         let rng = &mut *cx.rng;
@@ -614,7 +617,7 @@ impl VerifierSpec for OrmSpec {
             &mut trainer,
             &FitOptions::new(&what).progress(&pb),
             &self.select,
-            (&held_labels, held_problems),
+            (&held_labels, &held_groups, held_problems),
             |m: &Llama| head(m.valid()).values(&held_seqs),
             |model: &Llama, _| {
                 let idx: Vec<usize> = (0..b).map(|_| rng.random_range(0..seqs.len())).collect();

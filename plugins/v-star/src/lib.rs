@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use lmlab_sdk::eval::{
-    auroc_of, best_of_k_of, correct_sequences, ks, majority_and_oracle, pass_at_1,
+    auroc_of, auroc_within_of, best_of_k_of, correct_sequences, ks, majority_and_oracle, pass_at_1,
 };
 use lmlab_sdk::experiment::{Experiment, Seed, UnitCx, seeds};
 use lmlab_sdk::fit::{FitSummary, Selection};
@@ -98,6 +98,10 @@ pub struct VerifierScores {
     pub curves: BTreeMap<String, Vec<f64>>,
     /// Score → AUROC (correct against incorrect) over the test candidates.
     pub auroc: BTreeMap<String, Option<f64>>,
+    /// Score → the mean over test problems of each problem's own AUROC (how well it re-ranks
+    /// a problem's candidates, which is what Best-of-k uses).
+    #[serde(default)]
+    pub auroc_within: BTreeMap<String, Option<f64>>,
     /// Its selection on held-out training problems (fitted verifiers).
     pub selection: Option<Selection>,
 }
@@ -266,6 +270,8 @@ impl VStar {
             for (variant, sc) in variants {
                 out.curves
                     .insert(variant.clone(), best_of_k_of(c, n, &sc, &kk));
+                out.auroc_within
+                    .insert(variant.clone(), auroc_within_of(c, &sc));
                 out.auroc.insert(variant, auroc_of(c, &sc));
             }
             res.verifiers.insert(name.into(), out);
@@ -485,8 +491,9 @@ fn verifier_section(results: &[SeedResult], kk: &[usize]) -> String {
         "verifier".to_string(),
         "score".into(),
         format!("Best-of-{n} (%)"),
-        "test AUROC (%)".into(),
-        "held-out AUROC of the chosen model (%)".into(),
+        "test AUROC, pooled (%)".into(),
+        "test AUROC within problems (%)".into(),
+        "held-out AUROC within problems, chosen model (%)".into(),
         "chosen at step (of steps trained)".into(),
     ]);
     for name in [VSTAR, VSTAR1, UNTRAINED, ORM] {
@@ -505,6 +512,7 @@ fn verifier_section(results: &[SeedResult], kk: &[usize]) -> String {
                 of(r).curves.get(v).and_then(|c| c.last().copied())
             });
             let auc = per_seed(results, |r| of(r).auroc.get(v).copied().flatten());
+            let within = per_seed(results, |r| of(r).auroc_within.get(v).copied().flatten());
             let (held, at) = if i == 0 {
                 let sel: Vec<Option<Selection>> = results.iter().map(|r| of(r).selection).collect();
                 let held: Vec<f64> = sel
@@ -536,6 +544,7 @@ fn verifier_section(results: &[SeedResult], kk: &[usize]) -> String {
                 v.clone(),
                 cell(pct, &bon),
                 cell(pct, &auc),
+                cell(pct, &within),
                 held,
                 at,
             ]);
@@ -546,12 +555,12 @@ fn verifier_section(results: &[SeedResult], kk: &[usize]) -> String {
         .find_map(|r| r.verifiers.get(VSTAR).and_then(|v| v.selection.clone()));
     let how = heldout.map_or(String::new(), |s| {
         format!(
-            " Fitted verifiers are chosen by their AUROC on the candidates of {} held-out training problems ({} candidates in seed {}), checked through training (step 0 is the initial model), with early stopping.",
+            " Fitted verifiers are chosen by their AUROC within problems (the mean over problems of each one's AUROC: how well the score re-ranks a problem's candidates, blind to how scores compare across problems) on the candidates of {} held-out training problems ({} candidates in seed {}), checked through training (step 0 is the initial model), with early stopping.",
             s.heldout_problems, s.heldout, results[0].seed
         )
     });
     format!(
-        "## Verifier scores side by side (mean ± std over seeds)\n\nEach language-model verifier V scores a candidate ŷ by its summed log-likelihood log V(ŷ|x) (the paper's score), by the implicit reward log V(ŷ|x) − log G_SFT(ŷ|x), and by the length-normalised log V(ŷ|x)/|ŷ|; the ORM by its value head. Test AUROC pools all test candidates.{how}\n\n{}\n",
+        "## Verifier scores side by side (mean ± std over seeds)\n\nEach language-model verifier V scores a candidate ŷ by its summed log-likelihood log V(ŷ|x) (the paper's score), by the implicit reward log V(ŷ|x) − log G_SFT(ŷ|x), and by the length-normalised log V(ŷ|x)/|ŷ|; the ORM by its value head. The pooled test AUROC ranks all test candidates together; the AUROC within problems averages each test problem's own.{how}\n\n{}\n",
         t.markdown()
     )
 }
