@@ -66,17 +66,23 @@ fn async_rlhf_smoke_compares_sync_and_async_and_resumes_by_run() {
         "held-out preference accuracy",
         "## The paper's claims at our scale",
         "faster in wall-clock",
+        "## Learning curves",
+        "| online-dpo sync N=1 | 0–3 |",
+        "on-policy online DPO (N = 1) beats the SFT policy's gold win rate",
     ] {
         assert!(
             summary.contains(needle),
             "summary lacks {needle:?}:\n{summary}"
         );
     }
-    assert!(
-        std::fs::read_to_string(dir.join("plots/train_gold.svg"))
-            .unwrap()
-            .contains("<svg")
-    );
+    for plot in ["plots/train_gold.svg", "plots/train_kl.svg"] {
+        assert!(
+            std::fs::read_to_string(dir.join(plot))
+                .unwrap()
+                .contains("<svg"),
+            "{plot}"
+        );
+    }
 
     // As if killed during seed 1's async run: its result and per-update records are gone.
     let is_last = |r: &Value| {

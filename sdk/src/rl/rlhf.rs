@@ -781,22 +781,23 @@ pub fn staleness_kl_table(rows: &[StalenessKl]) -> String {
 }
 
 /// Each run kind's per-update values of `metric` (records with `stage = "rl"`), by update, one
-/// value per seed; runs are told apart by their `method`, `mode` and `n`.
+/// value per seed; runs are told apart (and named) by their `method`, `mode` and `n`, in that
+/// order, N numerically.
 fn update_curves(
     records: &[serde_json::Value],
     metric: &str,
-) -> BTreeMap<String, BTreeMap<u64, Vec<f64>>> {
-    let mut curves: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
+) -> Vec<(String, BTreeMap<u64, Vec<f64>>)> {
+    type Key = (String, String, u64);
+    let mut curves: BTreeMap<Key, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
     for r in records.iter().filter(|r| r["stage"] == "rl") {
-        let name = format!(
-            "{} {} N={}",
-            r["method"].as_str().unwrap_or("?"),
-            r["mode"].as_str().unwrap_or("?"),
-            r["n"]
+        let key = (
+            r["method"].as_str().unwrap_or("?").to_string(),
+            r["mode"].as_str().unwrap_or("?").to_string(),
+            r["n"].as_u64().unwrap_or(0),
         );
         if let (Some(step), Some(v)) = (r["step"].as_u64(), r[metric].as_f64()) {
             curves
-                .entry(name)
+                .entry(key)
                 .or_default()
                 .entry(step)
                 .or_default()
@@ -804,6 +805,9 @@ fn update_curves(
         }
     }
     curves
+        .into_iter()
+        .map(|((method, mode, n), c)| (format!("{method} {mode} N={n}"), c))
+        .collect()
 }
 
 /// Plots each run kind's per-update records of `metric` against the update, averaged over
@@ -859,7 +863,7 @@ pub fn updates_table(
         let cells: Vec<String> = curves
             .iter()
             .map(|c| {
-                let Some(c) = c.get(run) else {
+                let Some((_, c)) = c.iter().find(|(r, _)| r == run) else {
                     return "–".to_string();
                 };
                 (0..parts)
@@ -941,5 +945,13 @@ mod tests {
             "{t}"
         );
         assert_eq!(t.matches("rloo").count(), 1, "{t}");
+        // Runs in method, mode, then numeric N order (N=4 before N=16).
+        records.push(
+            serde_json::json!({"stage": "rl", "method": "rloo", "mode": "sync", "n": 16,
+                                        "seed": 0, "step": 1, "train_gold": 1.0}),
+        );
+        let t = updates_table(&records, &[("train_gold", "gold")], 3);
+        let (four, sixteen) = (t.find("N=4 ").unwrap(), t.find("N=16 ").unwrap());
+        assert!(four < sixteen, "{t}");
     }
 }
