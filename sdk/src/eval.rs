@@ -246,7 +246,8 @@ pub fn auroc_of(candidates: &[Candidate], scores: &[f32]) -> Option<f64> {
     auroc(scores, &labels)
 }
 
-/// The [`auroc_within`] problems of `scores` as a detector of the candidates' correctness.
+/// The AUROC within problems ([`auroc_within`], grouped by `Candidate::problem`) of `scores` as
+/// a detector of the candidates' correctness.
 pub fn auroc_within_of(candidates: &[Candidate], scores: &[f32]) -> Option<f64> {
     let labels: Vec<bool> = candidates.iter().map(|c| c.correct).collect();
     let groups: Vec<usize> = candidates.iter().map(|c| c.problem).collect();
