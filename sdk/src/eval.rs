@@ -240,6 +240,38 @@ pub fn majority_and_oracle(
     ]
 }
 
+/// Weighted self-consistency@k over candidates for `problems`: for each `k`, the mean over
+/// problems of [`weighted_majority_at_k`] (each candidate votes for its parsed answer with its
+/// score; right when the winner equals the problem's answer), `subsets` random k-subsets per
+/// problem, problem `p` seeded with `seed · 7919 + p`.
+pub fn weighted_majority_of(
+    candidates: &[Candidate],
+    problems: &[TextProblem],
+    scores: &[f32],
+    ks: &[usize],
+    subsets: usize,
+    seed: u64,
+) -> Vec<f64> {
+    let groups = by_problem(candidates, problems.len());
+    ks.iter()
+        .map(|&k| {
+            mean_of(groups.iter().enumerate().filter_map(|(p, g)| {
+                let a: Vec<Option<String>> =
+                    g.iter().map(|&i| candidates[i].answer.clone()).collect();
+                let s: Vec<f32> = g.iter().map(|&i| scores[i]).collect();
+                weighted_majority_at_k(
+                    &a,
+                    &s,
+                    |x| answers_equal(x, &problems[p].answer),
+                    k,
+                    subsets,
+                    seed.wrapping_mul(7919).wrapping_add(p as u64),
+                )
+            }))
+        })
+        .collect()
+}
+
 /// The AUROC of `scores` as a detector of the candidates' correctness.
 pub fn auroc_of(candidates: &[Candidate], scores: &[f32]) -> Option<f64> {
     let labels: Vec<bool> = candidates.iter().map(|c| c.correct).collect();
@@ -352,6 +384,38 @@ mod tests {
         assert_eq!(
             weighted_vote([(Some("b"), 1.0), (Some("a"), 1.0)]),
             Some("a")
+        );
+    }
+
+    #[test]
+    fn weighted_majority_of_averages_the_problems() {
+        use crate::verifier::tests::cand;
+        let problem = |answer: &str| TextProblem {
+            id: String::new(),
+            prompt: String::new(),
+            solution: String::new(),
+            answer: answer.into(),
+        };
+        let problems = [problem("3"), problem("5")];
+        // Problem 0: two votes for 3 (right) outweigh one confident 4; problem 1: one
+        // confident 6 outweighs two unsure 5s.
+        let c = vec![
+            cand(0, Some("3"), true),
+            cand(0, Some("3"), true),
+            cand(0, Some("4"), false),
+            cand(1, Some("5"), true),
+            cand(1, Some("5"), true),
+            cand(1, Some("6"), false),
+        ];
+        let scores = [0.4, 0.4, 0.7, 0.1, 0.1, 0.9];
+        assert_eq!(
+            weighted_majority_of(&c, &problems, &scores, &[3], 16, 0),
+            vec![0.5]
+        );
+        let ones = [1.0; 6];
+        assert_eq!(
+            weighted_majority_of(&c, &problems, &ones, &[3], 16, 0),
+            vec![1.0]
         );
     }
 

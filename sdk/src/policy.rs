@@ -306,6 +306,18 @@ pub trait PolicyInit: Send + Sync {
     /// checkpoint (`texts` is then not called).
     fn tokenizer(&self, texts: &mut dyn FnMut() -> Vec<String>) -> anyhow::Result<Tokenizer>;
 
+    /// [`tokenizer`](Self::tokenizer), keeping each of `phrases` whole (one token) when the
+    /// tokenizer is built here ([`Tokenizer::with_phrases`]); a checkpoint's tokenizer is its
+    /// own, unchanged. For strings every input of a method repeats verbatim (GenRM's header).
+    fn tokenizer_with_phrases(
+        &self,
+        texts: &mut dyn FnMut() -> Vec<String>,
+        phrases: &[&str],
+    ) -> anyhow::Result<Tokenizer> {
+        let _ = phrases;
+        self.tokenizer(texts)
+    }
+
     /// A fresh policy with `tokenizer` on `device` (an autodiff device to train it), its
     /// initial weights drawn from `rng` when it has any to draw.
     fn init(

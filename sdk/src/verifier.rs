@@ -67,6 +67,31 @@ pub fn split_by_problem(
     (train, heldout, held)
 }
 
+/// `b` indices into `labels`, drawn with replacement: uniformly, or with `balanced` half (the
+/// first `b / 2`) from the positives and the rest from the negatives, when there are both
+/// (the balanced batches of the GenRM paper's verifiers).
+pub fn draw_batch(
+    labels: &[bool],
+    b: usize,
+    balanced: bool,
+    rng: &mut crate::rng::Rng,
+) -> Vec<usize> {
+    use rand::Rng as _;
+    let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i]).collect();
+    let neg: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i]).collect();
+    if !balanced || pos.is_empty() || neg.is_empty() {
+        return (0..b)
+            .map(|_| rng.random_range(0..labels.len().max(1)))
+            .collect();
+    }
+    (0..b)
+        .map(|j| {
+            let side = if j < b / 2 { &pos } else { &neg };
+            side[rng.random_range(0..side.len())]
+        })
+        .collect()
+}
+
 /// Scores that rank the candidates of each problem: higher means more likely correct. Oracle
 /// checkers, majority vote, likelihoods, outcome reward models, DPO verifiers and generative
 /// verifiers all implement it, so Best-of-k code never cares which one it has.
@@ -94,6 +119,18 @@ pub trait Verifier: Send + Sync {
         problems: &[TextProblem],
         candidates: &[Candidate],
     ) -> anyhow::Result<Vec<f32>>;
+
+    /// Each candidate's sampled judgements, for a verifier whose score is their mean (GenRM-CoT:
+    /// p(" Yes") after each of K sampled rationales, in sampling order): the mean of the first
+    /// `K` is the score with `K` samples, so one call gives the whole curve over `K`. `None`
+    /// (the default) for a verifier that samples nothing; then [`scores`](Self::scores) is all.
+    fn sampled_scores(
+        &self,
+        _problems: &[TextProblem],
+        _candidates: &[Candidate],
+    ) -> anyhow::Result<Option<Vec<Vec<f32>>>> {
+        Ok(None)
+    }
 
     /// The language model it scores with, when it is one (a likelihood or DPO verifier): what
     /// a run saves and exports.
@@ -142,6 +179,22 @@ pub(crate) mod tests {
             correct,
             answer: answer.map(String::from),
         }
+    }
+
+    #[test]
+    fn balanced_batches_take_half_from_each_label() {
+        let labels: Vec<bool> = (0..100).map(|i| i % 10 == 0).collect();
+        let mut r = crate::rng::rng(1, 0);
+        let idx = draw_batch(&labels, 32, true, &mut r);
+        assert_eq!(idx.iter().filter(|&&i| labels[i]).count(), 16);
+        let idx = draw_batch(&labels, 1000, false, &mut r);
+        let pos = idx.iter().filter(|&&i| labels[i]).count();
+        assert!(
+            (60..=140).contains(&pos),
+            "uniform draws: {pos} positives of 1000"
+        );
+        // One label only: uniform.
+        assert_eq!(draw_batch(&[false; 5], 4, true, &mut r).len(), 4);
     }
 
     proptest! {

@@ -33,7 +33,7 @@ use crate::policy::Sequence;
 use crate::registry::{ConfigError, InlineObjective};
 use crate::tasks::TextProblem;
 use crate::train::{LrSchedule, OptimConfig, Stage, Trainer};
-use crate::verifier::{Candidate, Verifier, VerifierSpec, split_by_problem};
+use crate::verifier::{Candidate, Verifier, VerifierSpec, draw_batch, split_by_problem};
 use crate::{LossOutput, Objective, TensorMap};
 
 fn sequences(candidates: &[Candidate]) -> Vec<Sequence> {
@@ -263,7 +263,9 @@ crate::register_component! {
     },
 }
 
-fn fine_tune(lr: f64, batch_size: usize) -> Stage {
+/// A verifier's default training stage: 600 steps of `batch_size` at learning rate `lr`, 20
+/// warm-up steps, cosine to a tenth.
+pub fn fine_tune(lr: f64, batch_size: usize) -> Stage {
     Stage {
         steps: 600,
         batch_size,
@@ -303,7 +305,8 @@ impl Default for SelectConfig {
 }
 
 impl SelectConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Errors naming the field (`select.heldout`, `select.every`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(0.0..=0.9).contains(&self.heldout) {
             return Err(ConfigError::field("select.heldout", "must be in [0, 0.9]"));
         }
@@ -317,8 +320,7 @@ impl SelectConfig {
 /// Trains `trainer` with `batch`; with held-out candidates (their `labels`, their problems and
 /// a scorer for them), keeps the model of the check with the best held-out AUROC within
 /// problems (how well it re-ranks each problem's candidates) and stops early as `select` says. Returns the log, the selection, and the chosen model.
-#[allow(clippy::too_many_arguments)]
-fn fit_selected(
+pub fn fit_selected(
     trainer: &mut Trainer<Llama>,
     opts: &FitOptions,
     select: &SelectConfig,
@@ -503,7 +505,8 @@ impl VerifierSpec for DpoSpec {
     }
 }
 
-fn stage_of(steps: u64, batch_size: usize, optim: &OptimConfig) -> Result<Stage, ConfigError> {
+/// The stage of a fitter's `steps`, `batch_size` and `optim` fields, validated.
+pub fn stage_of(steps: u64, batch_size: usize, optim: &OptimConfig) -> Result<Stage, ConfigError> {
     let st = Stage {
         steps,
         batch_size,
@@ -541,6 +544,9 @@ pub struct OrmConfig {
     pub lm_loss_weight: f32,
     /// Model selection on held-out problems (AUROC within problems of the value head's score).
     pub select: SelectConfig,
+    /// Half of each batch from the correct candidates and half from the incorrect ones (the
+    /// GenRM paper's balanced data); otherwise uniform over the candidates.
+    pub balanced: bool,
     /// Sequences scored per forward pass.
     pub batch: usize,
 }
@@ -555,6 +561,7 @@ impl Default for OrmConfig {
             optim: st.optim,
             lm_loss_weight: 0.0,
             select: SelectConfig::default(),
+            balanced: false,
             batch: 256,
         }
     }
@@ -565,6 +572,7 @@ struct OrmSpec {
     stage: Stage,
     lm_loss_weight: f32,
     select: SelectConfig,
+    balanced: bool,
     batch: usize,
 }
 
@@ -604,6 +612,7 @@ impl VerifierSpec for OrmSpec {
             .collect();
         let held_labels: Vec<bool> = held_idx.iter().map(|&i| candidates[i].correct).collect();
         let held_groups: Vec<usize> = held_idx.iter().map(|&i| candidates[i].problem).collect();
+        let labels: Vec<bool> = train.iter().map(|c| c.correct).collect();
         let what = format!("the {}", cx.label);
         let (b, w) = (st.batch_size, self.lm_loss_weight);
         let rng = &mut *cx.rng;
@@ -620,7 +629,7 @@ impl VerifierSpec for OrmSpec {
             (&held_labels, &held_groups, held_problems),
             |m: &Llama| head(m.valid()).values(&held_seqs),
             |model: &Llama, _| {
-                let idx: Vec<usize> = (0..b).map(|_| rng.random_range(0..seqs.len())).collect();
+                let idx = draw_batch(&labels, b, self.balanced, rng);
                 let batch: Vec<Sequence> = idx.iter().map(|&i| seqs[i].clone()).collect();
                 let labels: Vec<f32> = idx.iter().map(|&i| train[i].correct as u8 as f32).collect();
                 let logits = final_values(model, &batch, pad, &device)?;
@@ -665,7 +674,7 @@ crate::register_component! {
         }
         if c.batch == 0 { return Err(ConfigError::field("batch", "must be at least 1").into()); }
         c.select.validate()?;
-        Ok(Box::new(OrmSpec { objective, stage: stage_of(c.steps, c.batch_size, &c.optim)?, lm_loss_weight: c.lm_loss_weight, select: c.select, batch: c.batch }) as Box<dyn VerifierSpec>)
+        Ok(Box::new(OrmSpec { objective, stage: stage_of(c.steps, c.batch_size, &c.optim)?, lm_loss_weight: c.lm_loss_weight, select: c.select, balanced: c.balanced, batch: c.batch }) as Box<dyn VerifierSpec>)
     },
 }
 

@@ -46,6 +46,73 @@ pub fn response_token_logprobs_tensor(
     (lp.mask_fill(mask.clone().equal_elem(0.0), 0.0), mask)
 }
 
+/// Like [`response_token_logprobs_tensor`], for sequences where consecutive ones share their
+/// prompt (the K continuations of one prompt): each distinct prompt runs once, and its cache
+/// serves its responses. Returns `[B, R]` log-probs of the response tokens (`R` the longest
+/// response), zero past each response, and the mask. Without a shared prompt it is
+/// [`response_token_logprobs_tensor`] (`[B, T−1]` over prompt + response positions).
+pub fn shared_prompt_logprobs(
+    model: &Llama,
+    seqs: &[Sequence],
+    pad: u32,
+    temperature: f32,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let prompts: Vec<&[u32]> = seqs.iter().map(|s| s.prompt.as_slice()).collect();
+    let (firsts, of) = crate::lm::llama::runs(&prompts);
+    let r = seqs.iter().map(|s| s.response.len()).max().unwrap_or(0);
+    if firsts.len() == seqs.len() || r == 0 || prompts.iter().any(|p| p.is_empty()) {
+        return response_token_logprobs_tensor(model, seqs, pad, temperature, device);
+    }
+    let b = seqs.len();
+    let lp_max = firsts.iter().map(|&i| prompts[i].len()).max().unwrap_or(1);
+    let upad: Vec<usize> = firsts.iter().map(|&i| lp_max - prompts[i].len()).collect();
+    let ids: Vec<i64> = firsts
+        .iter()
+        .zip(&upad)
+        .flat_map(|(&i, &p)| {
+            std::iter::repeat_n(pad as i64, p).chain(prompts[i].iter().map(|&x| x as i64))
+        })
+        .collect();
+    let mut cache = crate::lm::llama::KvCache::new(model.config.n_layers, upad);
+    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [firsts.len(), lp_max]), device);
+    let rows: Vec<i64> = of.iter().map(|&u| u as i64).collect();
+    let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), device);
+    let after_prompt = model
+        .forward(input, &cache.pad.clone(), Some(&mut cache))
+        .narrow(1, lp_max - 1, 1)
+        .select(0, rows);
+    cache.select_rows(&of, device);
+    let mut resp = Vec::with_capacity(b * r);
+    let mut mask = Vec::with_capacity(b * r);
+    for s in seqs {
+        resp.extend(s.response.iter().map(|&x| x as i64));
+        resp.extend(std::iter::repeat_n(pad as i64, r - s.response.len()));
+        mask.extend((0..r).map(|j| (j < s.response.len()) as u8 as f32));
+    }
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(resp, [b, r]), device);
+    let logits = if r > 1 {
+        let inner = model.forward(
+            targets.clone().narrow(1, 0, r - 1),
+            &cache.pad.clone(),
+            Some(&mut cache),
+        );
+        Tensor::cat(vec![after_prompt, inner], 1)
+    } else {
+        after_prompt
+    };
+    let logits = if temperature > 0.0 && temperature != 1.0 {
+        logits / temperature as f64
+    } else {
+        logits
+    };
+    let lp = burn::tensor::activation::log_softmax(logits, 2)
+        .gather(2, targets.reshape([b, r, 1]))
+        .reshape([b, r]);
+    let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, r]), device);
+    (lp.mask_fill(mask.clone().equal_elem(0.0), 0.0), mask)
+}
+
 /// `Σ_t log p(response_t | prompt, response_<t)` of each sequence, `[B]` (differentiable
 /// when the model is on an autodiff device).
 pub fn response_logprobs(model: &Llama, seqs: &[Sequence], pad: u32, device: &Device) -> Tensor<1> {
@@ -199,6 +266,38 @@ mod tests {
             .try_to_vec::<f32>()
             .unwrap();
         assert!((alone_a - (lp[2] + lp[3] + lp[4])).abs() < 1e-4);
+    }
+
+    #[test]
+    fn shared_prompts_score_as_each_sequence_alone() {
+        let model = tiny(false);
+        let d = crate::device::test_device();
+        let seqs = [
+            Sequence::new(vec![1, 5, 6], vec![7, 8, 2]),
+            Sequence::new(vec![1, 5, 6], vec![9]),
+            Sequence::new(vec![1, 5, 6], vec![4, 4]),
+            Sequence::new(vec![1, 4], vec![3, 5, 7, 9]),
+            Sequence::new(vec![1, 4], vec![6]),
+            Sequence::new(vec![1, 9, 9, 8], vec![2]),
+        ];
+        for t in [1.0, 0.7] {
+            let (lp, mask) = shared_prompt_logprobs(&model, &seqs, 0, t, &d);
+            assert_eq!(lp.dims(), [6, 4], "the response positions only");
+            let flat = crate::rl::host(lp).unwrap();
+            let shared: Vec<&[f32]> = seqs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| &flat[i * 4..i * 4 + s.response.len()])
+                .collect();
+            let alone = response_token_logprobs(&model, &seqs, 0, t, &d).unwrap();
+            for (a, b) in shared.iter().zip(&alone) {
+                assert_eq!(a.len(), b.len());
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() < 1e-4, "{a:?} vs {b:?}");
+                }
+            }
+            assert_eq!(crate::rl::host(mask.sum()).unwrap()[0], 12.0);
+        }
     }
 
     #[test]

@@ -360,6 +360,31 @@ impl KvCache {
             pad,
         }
     }
+
+    /// Replaces the rows by `rows` (indices into the current rows, repeats allowed): one
+    /// prompt's cached prefill, copied to each continuation that shares it.
+    pub fn select_rows(&mut self, rows: &[usize], device: &Device) {
+        let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows.len()]), device);
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, idx.clone());
+            *v = v.clone().select(0, idx.clone());
+        }
+        self.pad = rows.iter().map(|&r| self.pad[r]).collect();
+    }
+}
+
+/// The first row of each run of equal consecutive items, and for every row the index of its
+/// run: how rows that share a prompt are grouped.
+pub fn runs<T: PartialEq>(items: &[T]) -> (Vec<usize>, Vec<usize>) {
+    let (mut firsts, mut of) = (Vec::new(), Vec::with_capacity(items.len()));
+    for i in 0..items.len() {
+        if i == 0 || items[i] != items[i - 1] {
+            firsts.push(i);
+        }
+        of.push(firsts.len() - 1);
+    }
+    (firsts, of)
 }
 
 fn param2(data: Vec<f32>, shape: [usize; 2], device: &Device) -> Param<Tensor<2>> {

@@ -131,10 +131,12 @@ impl Policy for LmPolicy {
     }
 
     /// `token_logprobs` and `mask` are `[B, T−1]` over the padded prompt + response positions
-    /// (mask 1 where the target is a response token).
+    /// (mask 1 where the target is a response token), or `[B, R]` over the response positions
+    /// when consecutive sequences share their prompt (each distinct prompt then runs once:
+    /// [`shared_prompt_logprobs`](crate::lm::fit::shared_prompt_logprobs)).
     fn log_probs(&self, seqs: &[Sequence], temperature: f32) -> anyhow::Result<SequenceLogProbs> {
         let device = self.model.embed.val().device();
-        let (lp, mask) = crate::lm::fit::response_token_logprobs_tensor(
+        let (lp, mask) = crate::lm::fit::shared_prompt_logprobs(
             &self.model,
             seqs,
             self.tokenizer.pad(),
@@ -280,6 +282,14 @@ pub struct LlamaInit {
 impl PolicyInit for LlamaInit {
     fn tokenizer(&self, texts: &mut dyn FnMut() -> Vec<String>) -> anyhow::Result<Tokenizer> {
         self.config.tokenizer.build(&texts())
+    }
+
+    fn tokenizer_with_phrases(
+        &self,
+        texts: &mut dyn FnMut() -> Vec<String>,
+        phrases: &[&str],
+    ) -> anyhow::Result<Tokenizer> {
+        Ok(self.tokenizer(texts)?.with_phrases(phrases))
     }
 
     fn init(

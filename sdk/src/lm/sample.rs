@@ -146,39 +146,42 @@ pub fn generate(
     let mut cache = KvCache::new(model.config.n_layers, pad.clone());
     let vocab = model.config.vocab_size;
     let mut fed = 0usize; // positions already in the cache
-    for _ in 0..steps {
-        if out.iter().all(|s| s.finished) {
-            break;
-        }
-        let t_now = rows[0].len();
-        let (input, cache_ref) = if use_cache {
-            let ids: Vec<i64> = rows
-                .iter()
-                .flat_map(|r| r[fed..].iter().map(|&x| x as i64))
-                .collect();
-            (
-                Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t_now - fed]), device),
-                Some(&mut cache),
-            )
-        } else {
-            let ids: Vec<i64> = rows
-                .iter()
-                .flat_map(|r| r.iter().map(|&x| x as i64))
-                .collect();
-            (
-                Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t_now]), device),
-                None,
-            )
-        };
-        let t_in = input.dims()[1];
-        let logits = model.forward(input, &pad, cache_ref);
-        fed = t_now;
+    // Rows with the same prompt (the `n` samples of one prompt) share one prefill: it runs once
+    // per distinct prompt, and its cache and next-token logits are copied to each such row.
+    let mut first: Option<Vec<f32>> = None;
+    let (firsts, of) = crate::lm::llama::runs(prompts);
+    if use_cache && steps > 0 && firsts.len() < b {
+        let ids: Vec<i64> = firsts
+            .iter()
+            .flat_map(|&i| rows[i].iter().map(|&x| x as i64))
+            .collect();
+        let upad: Vec<usize> = firsts.iter().map(|&i| pad[i]).collect();
+        let mut shared = KvCache::new(model.config.n_layers, upad.clone());
+        let input =
+            Tensor::<2, Int>::from_data(TensorData::new(ids, [firsts.len(), longest]), device);
+        let logits = model.forward(input, &upad, Some(&mut shared));
         let last: Vec<f32> = logits
-            .narrow(1, t_in - 1, 1)
+            .narrow(1, longest - 1, 1)
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
             .expect("f32 logits");
+        shared.select_rows(&of, device);
+        (cache, fed) = (shared, longest);
+        first = Some(
+            of.iter()
+                .flat_map(|&u| last[u * vocab..(u + 1) * vocab].iter().copied())
+                .collect(),
+        );
+    }
+    for _ in 0..steps {
+        if out.iter().all(|s| s.finished) {
+            break;
+        }
+        let last = match first.take() {
+            Some(l) => l,
+            None => step_logits(model, &rows, &mut fed, use_cache, &mut cache, &pad, device),
+        };
         for (i, row) in rows.iter_mut().enumerate() {
             let seq = &mut out[i];
             if seq.finished {
@@ -196,6 +199,34 @@ pub fn generate(
         }
     }
     out
+}
+
+/// The next-token logits `[B · vocab]` of every row, feeding what the cache has not seen
+/// (`fed` positions so far) or, without a cache, the whole rows.
+fn step_logits(
+    model: &Llama,
+    rows: &[Vec<u32>],
+    fed: &mut usize,
+    use_cache: bool,
+    cache: &mut KvCache,
+    pad: &[usize],
+    device: &Device,
+) -> Vec<f32> {
+    let (b, t_now) = (rows.len(), rows[0].len());
+    let from = if use_cache { *fed } else { 0 };
+    let ids: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r[from..].iter().map(|&x| x as i64))
+        .collect();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t_now - from]), device);
+    let logits = model.forward(input, pad, use_cache.then_some(cache));
+    *fed = t_now;
+    logits
+        .narrow(1, t_now - from - 1, 1)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 logits")
 }
 
 #[cfg(test)]

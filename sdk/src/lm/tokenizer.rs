@@ -127,6 +127,26 @@ impl Tokenizer {
         }
     }
 
+    /// This tokenizer with each of `phrases` as one whole token (after the existing ids), where
+    /// it can hold multi-character tokens: a byte-level BPE or another Hugging Face tokenizer.
+    /// Text containing a phrase encodes it as that token (the longest phrase first) and
+    /// decodes it back unchanged. For strings a method repeats verbatim in every input (a fixed
+    /// header, an instruction), so that a model trained from scratch spends one position on
+    /// them; never for a checkpoint's tokenizer, whose model has no row for a new id. Other
+    /// tokenizers are returned unchanged.
+    pub fn with_phrases(&self, phrases: &[&str]) -> Tokenizer {
+        let mut t = self.clone();
+        if let Tokenizer::Hf { inner, .. } = &mut t {
+            let added: Vec<tokenizers::AddedToken> = phrases
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| tokenizers::AddedToken::from(p.to_string(), false))
+                .collect();
+            inner.add_tokens(&added);
+        }
+        t
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         match self {
@@ -316,6 +336,32 @@ mod tests {
             "Tom has 12 cards. He gives away 3. How many cards does Tom have?\n12-3=9. #### 9",
         ];
         train_bpe(texts.iter().copied().cycle().take(20), 60).unwrap()
+    }
+
+    #[test]
+    fn phrases_become_one_token_and_decode_unchanged() {
+        let header = "When asked \"Q?\", answer.\n\n";
+        let t = arith_bpe().with_phrases(&[header, "Q?"]);
+        assert_eq!(t.vocab_size(), arith_bpe().vocab_size() + 2);
+        let text = format!("{header}Mia has 7 pens. Q? Yes");
+        let ids = t.encode(&text, true);
+        let plain = arith_bpe().encode(&text, true);
+        // The header is one token (the "Q?" inside it is not matched on its own), the later
+        // "Q?" another.
+        assert_eq!(ids[1] as usize, arith_bpe().vocab_size());
+        assert_eq!(
+            ids.iter()
+                .filter(|&&i| i as usize == arith_bpe().vocab_size() + 1)
+                .count(),
+            1
+        );
+        assert!(ids.len() + 10 < plain.len(), "{ids:?}");
+        assert_eq!(t.decode(&ids, None), text);
+        // Without the phrase the text encodes as before.
+        assert_eq!(
+            t.encode("Mia has 7 pens.", false),
+            arith_bpe().encode("Mia has 7 pens.", false)
+        );
     }
 
     proptest! {
