@@ -97,6 +97,20 @@ fn every_recipe_is_listed_and_builds() {
             out.lines().any(|l| l.starts_with(&name)),
             "{name} listed in {out}"
         );
+        // A recipe on a fetched checkpoint (`~/.cache/lmlab/…`) needs it fetched first.
+        let recipe: toml::Table = toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        if let Some(path) = recipe
+            .get("policy")
+            .and_then(|p| p.get("path"))
+            .and_then(|p| p.as_str())
+            .filter(|p| p.starts_with("~/"))
+        {
+            let path = lmlab::lm::policy::expand_home(std::path::Path::new(path));
+            let how = format!("{name} needs it: cargo xtask fetch");
+            if !lmlab::require_data(&path, &how).unwrap() {
+                continue;
+            }
+        }
         let (code, _, err) = run(lmlab().args(["recipe", &name, "--dry-run"]));
         assert_eq!(code, 0, "{name}: {err}");
         let (code, _, err) = run(lmlab().args(["recipe", &name, "--dry-run", "--smoke"]));

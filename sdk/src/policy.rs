@@ -290,12 +290,16 @@ impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
 }
 
 /// Whether decoded `tokens` end with one of `params.stop`'s strings (every policy's stop-string
-/// test).
+/// test). Only the tail that can hold a stop string is decoded (twice its length in tokens,
+/// and 8 more: every token but a special one is at least a byte), so the test costs the same
+/// at every step of a long completion.
 pub fn ends_with_stop(tokenizer: &Tokenizer, params: &SamplingParams, tokens: &[u32]) -> bool {
-    !params.stop.is_empty() && {
-        let text = tokenizer.decode(tokens, None);
-        params.stop.iter().any(|s| text.ends_with(s.as_str()))
-    }
+    let Some(longest) = params.stop.iter().map(String::len).max() else {
+        return false;
+    };
+    let tail = &tokens[tokens.len().saturating_sub(2 * longest + 8)..];
+    let text = tokenizer.decode(tail, None);
+    params.stop.iter().any(|s| text.ends_with(s.as_str()))
 }
 
 /// What a recipe's `[policy]` table builds: the model a scheduler starts from, made when the
@@ -349,5 +353,30 @@ pub trait PolicyInit: Send + Sync {
     fn summary(&self, tokenizer: &Tokenizer) -> anyhow::Result<String> {
         let policy = self.init(tokenizer, &mut crate::rng::rng(0, 0), &Device::flex())?;
         Ok(self.describe(policy.params()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Decoding only the tail says what decoding the whole completion says.
+        #[test]
+        fn the_stop_test_reads_the_tail_as_the_whole(
+            text in "[ab \n.]{0,80}",
+            stop in prop::collection::vec("[ab \n.]{1,6}", 1..3),
+        ) {
+            let texts = ["ab ba. a\nb", "a b a b. ba ab\n"];
+            let t = crate::lm::tokenizer::train_bpe(texts.iter().copied().cycle().take(20), 12).unwrap();
+            let ids = t.encode(&text, false);
+            let params = SamplingParams { stop: stop.clone(), ..Default::default() };
+            for n in 0..=ids.len() {
+                let whole = t.decode(&ids[..n], None);
+                let want = stop.iter().any(|s| whole.ends_with(s.as_str()));
+                prop_assert_eq!(ends_with_stop(&t, &params, &ids[..n]), want, "{:?}", whole);
+            }
+        }
     }
 }

@@ -349,6 +349,8 @@ pub struct KvCache {
     pub len: usize,
     /// Left-padding length of each batch row.
     pub pad: Vec<usize>,
+    /// Positions the layers' buffers hold (none: each step's keys are concatenated on).
+    capacity: Option<usize>,
 }
 
 impl KvCache {
@@ -358,7 +360,56 @@ impl KvCache {
             layers: vec![None; n_layers],
             len: 0,
             pad,
+            capacity: None,
         }
+    }
+
+    /// An empty cache whose buffers hold `capacity` positions, allocated at the first step:
+    /// each later step writes its keys and values in place (on the CPU backend) instead of
+    /// copying the whole cache, which decoding `capacity` tokens would otherwise copy
+    /// `capacity` times. Past the capacity it concatenates, as [`new`](Self::new)'s does.
+    pub fn with_capacity(n_layers: usize, pad: Vec<usize>, capacity: usize) -> Self {
+        Self {
+            capacity: Some(capacity),
+            ..Self::new(n_layers, pad)
+        }
+    }
+
+    /// Stores `layer`'s keys and values of positions `start..start + t` and returns those of
+    /// positions `0..start + t`.
+    fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        start: usize,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let [b, h, t, d] = k.dims();
+        let total = start + t;
+        let room = self.capacity.filter(|&c| total <= c);
+        let (k, v) = match (self.layers[layer].take(), room) {
+            (Some((pk, pv)), Some(cap)) if pk.dims()[2] == cap => {
+                let at = [0..b, 0..h, start..total, 0..d];
+                (pk.slice_assign(at.clone(), k), pv.slice_assign(at, v))
+            }
+            (None, Some(cap)) if start == 0 => {
+                let device = k.device();
+                let buffer = || Tensor::<4>::zeros([b, h, cap, d], &device);
+                let at = [0..b, 0..h, 0..t, 0..d];
+                (
+                    buffer().slice_assign(at.clone(), k),
+                    buffer().slice_assign(at, v),
+                )
+            }
+            (Some((pk, pv)), _) => (
+                Tensor::cat(vec![pk.narrow(2, 0, start), k], 2),
+                Tensor::cat(vec![pv.narrow(2, 0, start), v], 2),
+            ),
+            (None, _) => (k, v),
+        };
+        let used = (k.clone().narrow(2, 0, total), v.clone().narrow(2, 0, total));
+        self.layers[layer] = Some((k, v));
+        used
     }
 
     /// Replaces the rows by `rows` (indices into the current rows, repeats allowed): one
@@ -811,29 +862,8 @@ impl Llama {
             let q = Self::apply_rope(q, cos, sin, &swap);
             let k = Self::apply_rope(k, cos, sin, &swap);
             let (k, v) = match cache.as_deref_mut() {
-                Some(cache) => {
-                    let (k, v) = match cache.layers[li].take() {
-                        Some((pk, pv)) => {
-                            (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
-                        }
-                        None => (k, v),
-                    };
-                    cache.layers[li] = Some((k.clone(), v.clone()));
-                    (k, v)
-                }
+                Some(cache) => cache.append(li, k, v, start),
                 None => (k, v),
-            };
-            let (k, v) = if nkv == nh {
-                (k, v)
-            } else {
-                let rep = nh / nkv;
-                let grow = |x: Tensor<4>| {
-                    let [b, _, tk, _] = x.dims();
-                    x.unsqueeze_dim::<5>(2)
-                        .expand([b, nkv, rep, tk, hd])
-                        .reshape([b, nh, tk, hd])
-                };
-                (grow(k), grow(v))
             };
             let (mask, bias, causal_only) = match (&local, c.window_of_layer(li)) {
                 (Some(local), Some(_)) => local,
@@ -844,7 +874,32 @@ impl Llama {
                 softcap: None,
                 is_causal: *causal_only && t > 1,
             };
-            let o = attention(q, k, v, mask.clone(), bias.clone(), options);
+            let rep = nh / nkv;
+            let o = if rep > 1 && t == 1 {
+                // One new position (a decoding step): the `rep` query heads of each key-value
+                // head attend as `rep` queries of one head, so the cached keys and values are
+                // read as they are instead of being copied `rep` times.
+                let [kb, _, tk, _] = k.dims();
+                let group = |m: Tensor<4, Bool>| m.reshape([kb, nkv, rep, tk]);
+                let o = attention(
+                    q.reshape([b, nkv, rep, hd]),
+                    k,
+                    v,
+                    mask.clone().map(group),
+                    bias.clone().map(|x| x.reshape([kb, nkv, rep, tk])),
+                    options,
+                );
+                o.reshape([b, nh, 1, hd])
+            } else {
+                let grow = |x: Tensor<4>| {
+                    let [b, _, tk, _] = x.dims();
+                    x.unsqueeze_dim::<5>(2)
+                        .expand([b, nkv, rep, tk, hd])
+                        .reshape([b, nh, tk, hd])
+                };
+                let (k, v) = if rep > 1 { (grow(k), grow(v)) } else { (k, v) };
+                attention(q, k, v, mask.clone(), bias.clone(), options)
+            };
             let o = o
                 .swap_dims(1, 2)
                 .reshape([n, c.q_dim()])
@@ -1020,14 +1075,22 @@ mod tests {
             let t = tokens.len();
             let split = split.min(t - 1);
             let full = to_vec(model.forward(ids(&tokens, 1), &[0], None));
-            let mut cache = KvCache::new(model.config.n_layers, vec![0]);
-            let mut inc = to_vec(model.forward(ids(&tokens[..split], 1), &[0], Some(&mut cache)));
-            for i in split..t {
-                inc.extend(to_vec(model.forward(ids(&tokens[i..i + 1], 1), &[0], Some(&mut cache))));
+            let n = model.config.n_layers;
+            // Growing by concatenation, in a buffer of the whole length, and in one that
+            // runs out half way.
+            for mut cache in [
+                KvCache::new(n, vec![0]),
+                KvCache::with_capacity(n, vec![0], t),
+                KvCache::with_capacity(n, vec![0], split + (t - split) / 2),
+            ] {
+                let mut inc = to_vec(model.forward(ids(&tokens[..split], 1), &[0], Some(&mut cache)));
+                for i in split..t {
+                    inc.extend(to_vec(model.forward(ids(&tokens[i..i + 1], 1), &[0], Some(&mut cache))));
+                }
+                prop_assert_eq!(full.len(), inc.len());
+                let worst = full.iter().zip(&inc).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                prop_assert!(worst <= 1e-4, "max |Δlogit| = {}", worst);
             }
-            prop_assert_eq!(full.len(), inc.len());
-            let worst = full.iter().zip(&inc).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-            prop_assert!(worst <= 1e-4, "max |Δlogit| = {}", worst);
         }
 
         #[test]

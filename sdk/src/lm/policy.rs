@@ -340,12 +340,22 @@ pub enum Weights {
     Native,
 }
 
+/// `path` with a leading `~/` replaced by the home directory (`$HOME`), as a shell would: a
+/// recipe names a model fetched into the cache (`~/.cache/lmlab/…`) the same way everywhere.
+pub fn expand_home(path: &std::path::Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Configuration of the `checkpoint` policy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     /// The checkpoint: a llama2.c `.bin`, a Hugging Face folder (`config.json`,
-    /// `model.safetensors`, `tokenizer.json`) or a GGUF file; the format is detected.
+    /// `model.safetensors`, `tokenizer.json`) or a GGUF file; the format is detected. A
+    /// leading `~/` is the home directory.
     pub path: PathBuf,
     /// The tokenizer, when it is not the one beside the model.
     pub tokenizer: Option<PathBuf>,
@@ -547,6 +557,11 @@ crate::register_component! {
     description: "a pretrained checkpoint (llama2.c .bin, Hugging Face safetensors or GGUF): f32 and trainable, or weights = \"native\" for block-quantized CPU inference",
     config: CheckpointConfig,
     build: |config: CheckpointConfig, _ctx| {
+        let config = CheckpointConfig {
+            path: expand_home(&config.path),
+            tokenizer: config.tokenizer.as_deref().map(expand_home),
+            ..config
+        };
         if !config.path.exists() {
             return Err(ConfigError::field("path", format!("{} does not exist", config.path.display())).into());
         }

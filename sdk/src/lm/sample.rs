@@ -143,7 +143,7 @@ pub fn generate(
         };
         b
     ];
-    let mut cache = KvCache::new(model.config.n_layers, pad.clone());
+    let mut cache = KvCache::with_capacity(model.config.n_layers, pad.clone(), longest + steps);
     let vocab = model.config.vocab_size;
     let mut fed = 0usize; // positions already in the cache
     // Rows with the same prompt (the `n` samples of one prompt) share one prefill: it runs once
@@ -156,7 +156,8 @@ pub fn generate(
             .flat_map(|&i| rows[i].iter().map(|&x| x as i64))
             .collect();
         let upad: Vec<usize> = firsts.iter().map(|&i| pad[i]).collect();
-        let mut shared = KvCache::new(model.config.n_layers, upad.clone());
+        let mut shared =
+            KvCache::with_capacity(model.config.n_layers, upad.clone(), longest + steps);
         let input =
             Tensor::<2, Int>::from_data(TensorData::new(ids, [firsts.len(), longest]), device);
         let logits = model.forward(input, &upad, Some(&mut shared));
@@ -273,6 +274,67 @@ mod tests {
             ..Default::default()
         };
         assert!((0..2000).all(|_| sample_next(&logits, &p, &mut r) != 0));
+    }
+
+    /// Rows that share a prompt (one prefill, copied) sample what each would alone, and the
+    /// cached and recomputed paths agree, with left padding and grouped-query attention.
+    #[test]
+    fn rows_sharing_a_prompt_decode_as_each_prompt_alone() {
+        let config = crate::lm::llama::LlamaConfig {
+            vocab_size: 13,
+            dim: 16,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            hidden_dim: 24,
+            max_seq_len: 32,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            tie_embeddings: true,
+            value_head: false,
+            arch: Default::default(),
+        };
+        let d = crate::device::test_device();
+        let model = Llama::init(config, &mut rng(4, 0), &d).unwrap();
+        let p = SamplingParams {
+            temperature: 0.0,
+            max_new_tokens: 9,
+            ..Default::default()
+        };
+        let (a, b) = (vec![1u32, 5, 7, 9], vec![1u32, 3]);
+        let prompts = vec![a.clone(), a.clone(), a.clone(), b.clone(), b.clone()];
+        let never = |_: usize, _: &[u32]| false;
+        let run = |prompts: &[Vec<u32>], cache: bool| {
+            generate(
+                &model,
+                prompts,
+                &p,
+                None,
+                0,
+                cache,
+                &mut rng(0, 0),
+                &never,
+                &d,
+            )
+            .into_iter()
+            .map(|s| s.tokens)
+            .collect::<Vec<_>>()
+        };
+        let shared = run(&prompts, true);
+        assert_eq!(shared, run(&prompts, false));
+        let alone_a = run(std::slice::from_ref(&a), true).remove(0);
+        let alone_b = run(std::slice::from_ref(&b), true).remove(0);
+        assert_eq!(
+            shared,
+            vec![
+                alone_a.clone(),
+                alone_a.clone(),
+                alone_a,
+                alone_b.clone(),
+                alone_b
+            ]
+        );
+        assert!(shared.iter().all(|t| t.len() == 9));
     }
 
     #[test]
