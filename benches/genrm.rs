@@ -4,7 +4,8 @@
 //! temperature, then p(" Yes") after each). The model is the `genrm` recipe's size over a BPE
 //! built as the recipe builds it (the header and instructions one token each). Its weights are
 //! untrained, so each rationale runs for as many tokens as the re-executed rationale of the
-//! reference solution has: the length a trained verifier writes.
+//! reference solution has: the longest a trained verifier writes (one that finds a wrong step
+//! stops there). The 32 candidates are distinct (the recipe scores identical ones once).
 //!
 //! `cargo bench --bench genrm`; `benches/README.md` records the numbers (per candidate: the
 //! time over 32).
@@ -59,14 +60,17 @@ fn scoring(c: &mut Criterion) {
         tokenizer: tok.clone(),
         device: device.clone(),
     };
-    // 32 candidates: the reference solution with one of its letters changed in turn.
+    // 32 distinct candidates: the reference solution, and 31 with one letter of the answer
+    // changed (position i % 6 to the letter i / 6 + 'p'): what a sampled pool of one
+    // problem looks like after identical samples are merged.
     let letters: Vec<char> = problem.answer.chars().collect();
     let candidates: Vec<Candidate> = (0..N)
         .map(|i| {
-            let mut wrong = letters.clone();
-            let at = i % wrong.len();
-            wrong[at] = if i < wrong.len() { 'z' } else { wrong[at] };
-            let answer: String = wrong.iter().collect();
+            let mut answer = letters.clone();
+            if i > 0 {
+                answer[i % letters.len()] = (b'p' + (i / letters.len()) as u8) as char;
+            }
+            let answer: String = answer.iter().collect();
             let text = problem.solution.replace(&problem.answer, &answer);
             Candidate {
                 problem: 0,

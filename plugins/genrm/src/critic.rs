@@ -45,13 +45,21 @@ pub fn critique(problem: &TextProblem, solution: &str) -> Option<Vec<StepCheck>>
     }
 }
 
-/// The rationale of the checks, one line per step (`Step k: … Correct.` / `… Wrong.`), and
-/// its verdict: every step right (and at least one step).
+/// The rationale of the checks, one line per step (`"apple" ends with "e". Correct.` /
+/// `… Wrong.`, without step numbers or counts, so that a longer solution asks for no number
+/// the verifier has not seen) up to the first wrong one, where the verdict is decided, and
+/// that verdict: every step right (and at least one step).
 pub fn rationale(checks: &[StepCheck]) -> (String, bool) {
+    let upto = checks
+        .iter()
+        .position(|c| !c.right)
+        .map_or(checks.len(), |i| i + 1);
     let mut s = String::new();
-    for (k, c) in checks.iter().enumerate() {
+    for c in &checks[..upto] {
         let mark = if c.right { "Correct" } else { "Wrong" };
-        s += &format!("Step {}: {}. {mark}.\n", k + 1, c.says);
+        let mut says = c.says.chars();
+        let first = says.next().map(|f| f.to_uppercase().collect::<String>());
+        s += &format!("{}{}. {mark}.\n", first.unwrap_or_default(), says.as_str());
     }
     (s, !checks.is_empty() && checks.iter().all(|c| c.right))
 }
@@ -74,8 +82,8 @@ fn last_letter_steps(words: &[String], solution: &str) -> Vec<StepCheck> {
             let i = letters.len();
             letters.push(x.to_string());
             out.push(match words.get(i) {
-                None => wrong(format!("there is no word {} in the list", i + 1)),
-                Some(e) if e != w => wrong(format!("word {} is \"{e}\", not \"{w}\"", i + 1)),
+                None => wrong(format!("there is no word left for \"{w}\"")),
+                Some(e) if e != w => wrong(format!("the next word is \"{e}\", not \"{w}\"")),
                 Some(_) if last_letter(w) != x => wrong(format!(
                     "\"{w}\" ends with \"{}\", not \"{x}\"",
                     last_letter(w)
@@ -84,12 +92,10 @@ fn last_letter_steps(words: &[String], solution: &str) -> Vec<StepCheck> {
             });
         } else if let Some((s, _)) = quoted(line, "Concatenating them is \"") {
             let want: String = letters.concat();
-            out.push(if letters.len() != words.len() {
-                wrong(format!(
-                    "{} of the {} words have a letter",
-                    letters.len(),
-                    words.len()
-                ))
+            out.push(if let Some(missed) = words.get(letters.len()) {
+                wrong(format!("\"{missed}\" has no letter yet"))
+            } else if letters.len() > words.len() {
+                wrong("there are more letters than words".into())
             } else if s != want {
                 wrong(format!("joining the letters gives \"{want}\", not \"{s}\""))
             } else {
@@ -149,8 +155,8 @@ fn word_sort_steps(words: &[String], solution: &str) -> Vec<StepCheck> {
                 .collect();
             let want = insert_sorted(list.as_deref().unwrap_or_default(), w);
             out.push(match words.get(placed) {
-                None => wrong(format!("all {} words were already placed", words.len())),
-                Some(e) if e != w => wrong(format!("word {} is \"{e}\", not \"{w}\"", placed + 1)),
+                None => wrong(format!("there is no word left for \"{w}\"")),
+                Some(e) if e != w => wrong(format!("the next word is \"{e}\", not \"{w}\"")),
                 Some(_) if got != want => wrong(format!(
                     "inserting \"{w}\" gives {}, not {}",
                     want.join(" "),
@@ -162,8 +168,8 @@ fn word_sort_steps(words: &[String], solution: &str) -> Vec<StepCheck> {
             placed += 1;
         } else if line.starts_with("The answer is ") {
             let last = list.as_ref().map(|l| l.join(" "));
-            let check = if last.is_some() && placed != words.len() {
-                wrong(format!("{placed} of the {} words were placed", words.len()))
+            let check = if let (Some(_), Some(missed)) = (&last, words.get(placed)) {
+                wrong(format!("\"{missed}\" was not placed"))
             } else {
                 answer_check(final_answer(line), last.as_deref(), "no list was built")
             };
@@ -280,7 +286,10 @@ mod tests {
             assert_eq!(checks.len(), [6, 5][kind as usize]);
             let target = cot_target(&p, &p.solution, true).unwrap();
             assert!(target.ends_with("Verification: Is the answer correct (Yes/No)? Yes"));
-            assert!(target.starts_with("Step 1: "), "{target}");
+            assert!(
+                target.starts_with("\"pear\" ") || target.starts_with("Start with \"pear\""),
+                "{target}"
+            );
             // The label disagrees with the steps: no target.
             assert_eq!(cot_target(&p, &p.solution, false), None);
         }
@@ -297,7 +306,11 @@ mod tests {
         assert_eq!(checks[1].says, "\"bird\" ends with \"d\", not \"r\"");
         let (text, yes) = rationale(&checks);
         assert!(!yes);
-        assert!(text.contains("Step 2: \"bird\" ends with \"d\", not \"r\". Wrong.\n"));
+        // The rationale stops at the first wrong step.
+        assert_eq!(
+            text,
+            "\"apple\" ends with \"e\". Correct.\n\"bird\" ends with \"d\", not \"r\". Wrong.\n"
+        );
         // The answer matches the problem, but the verdict is No: dropped.
         assert_eq!(cot_target(&p, s, true), None);
     }
@@ -307,7 +320,8 @@ mod tests {
         let p = WordTask::problem(Kind::LastLetter, &words(&["apple", "bird", "cat"]));
         let s = "The last letter of \"apple\" is \"e\".\nConcatenating them is \"e\".\nThe answer is e.";
         let checks = critique(&p, s).unwrap();
-        assert!(!checks[1].right && checks[1].says.contains("1 of the 3 words"));
+        assert_eq!(checks[1].says, "\"bird\" has no letter yet");
+        assert!(!checks[1].right);
         let s = "The last letter of \"apple\" is \"e\".";
         assert!(!critique(&p, s).unwrap().last().unwrap().right);
     }
@@ -321,7 +335,8 @@ mod tests {
         assert_eq!(right, [true, false, false, true]);
         let s = "Start with \"pear\".\nInsert \"apple\": apple pear.\nThe answer is apple pear.";
         let checks = critique(&p, s).unwrap();
-        assert!(!checks[2].right && checks[2].says.contains("2 of the 3"));
+        assert_eq!(checks[2].says, "\"fig\" was not placed");
+        assert!(!checks[2].right);
     }
 
     #[test]
@@ -344,7 +359,7 @@ mod tests {
         let target = cot_target(&p, "7+5=12. 12-3=9. #### 9", true).unwrap();
         assert_eq!(
             target,
-            "Step 1: 7+5=12. Correct.\nStep 2: 12-3=9. Correct.\nStep 3: the answer is 9. Correct.\nVerification: Is the answer correct (Yes/No)? Yes"
+            "7+5=12. Correct.\n12-3=9. Correct.\nThe answer is 9. Correct.\nVerification: Is the answer correct (Yes/No)? Yes"
         );
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod critic;
 pub mod format;
+pub mod judge;
 mod summary;
 pub mod tasks;
 pub mod verifier;
@@ -15,6 +16,7 @@ use lmlab_sdk::eval::{
 use lmlab_sdk::experiment::{Experiment, Seed, UnitCx, seeds};
 use lmlab_sdk::fit::{FitSummary, Selection};
 use lmlab_sdk::lm::Tokenizer;
+use lmlab_sdk::lm::policy::LmPolicy;
 use lmlab_sdk::rng::rng;
 use lmlab_sdk::stages::Stages;
 use lmlab_sdk::tasks::{TextProblem, TextTask, prompt_text, training_text};
@@ -188,7 +190,43 @@ fn tokenizer_corpus(train: &[TextProblem]) -> Vec<String> {
 }
 
 impl GenRmScheduler {
-    fn run_seed(&self, p: &Parts, seed: u64, d: &Data, cx: &UnitCx) -> anyhow::Result<SeedResult> {
+    /// The generator every seed samples from: `[policy]` fine-tuned on D_SFT (from the run's
+    /// seed; the seeds share it, as the paper's verifiers share one generator).
+    fn generator(
+        &self,
+        p: &Parts,
+        d: &Data,
+        ctx: &RunContext,
+    ) -> anyhow::Result<(LmPolicy, FitSummary, f64)> {
+        let started = std::time::Instant::now();
+        let mut st = Stages::new(
+            p.task.as_ref(),
+            "generator",
+            &ctx.device,
+            ctx.quiet,
+            rng(ctx.seed, 11),
+        );
+        let base = p
+            .init
+            .init(&p.tokenizer, &mut rng(ctx.seed, 1), &st.train_device())?;
+        let d_sft: Vec<Sequence> = d
+            .sft
+            .iter()
+            .map(|q| base.training_sequence(&prompt_text(q), &q.solution))
+            .collect();
+        let stage = &self.config.generator;
+        let g = st.sft(&base, p.objective.as_ref(), &d_sft, stage, "generator")?;
+        Ok((g, st.fits.remove(0), started.elapsed().as_secs_f64()))
+    }
+
+    fn run_seed(
+        &self,
+        p: &Parts,
+        g: &LmPolicy,
+        seed: u64,
+        d: &Data,
+        cx: &UnitCx,
+    ) -> anyhow::Result<SeedResult> {
         let cfg = &self.config;
         let started = std::time::Instant::now();
         let mut st = Stages::new(
@@ -198,28 +236,17 @@ impl GenRmScheduler {
             cx.quiet(),
             rng(seed, 11),
         );
-        let base = p
-            .init
-            .init(&p.tokenizer, &mut rng(seed, 1), &st.train_device())?;
-        let d_sft: Vec<Sequence> = d
-            .sft
-            .iter()
-            .map(|q| base.training_sequence(&prompt_text(q), &q.solution))
-            .collect();
-        let obj = p.objective.as_ref();
         let mut clock = std::time::Instant::now();
         let mut stages: Vec<(String, f64)> = Vec::new();
         let mut lap = |name: &str| {
             stages.push((name.to_string(), clock.elapsed().as_secs_f64()));
             clock = std::time::Instant::now();
         };
-        let g = st.sft(&base, obj, &d_sft, &cfg.generator, "generator")?;
-        lap("generator fine-tuning");
         let s = |i: u64| seed.wrapping_mul(1_000_003).wrapping_add(i);
         let (sampler, ts) = (p.sampler.as_ref(), p.test_sampler.as_ref());
-        let train = st.draw(sampler, &g, &d.verifier, s(1), "verifier data")?;
-        let held = st.draw(sampler, &g, &d.heldout, s(2), "held-out")?;
-        let test = st.draw(ts, &g, &d.test, s(3), "test")?;
+        let train = st.draw(sampler, g, &d.verifier, s(1), "verifier data")?;
+        let held = st.draw(sampler, g, &d.heldout, s(2), "held-out")?;
+        let test = st.draw(ts, g, &d.test, s(3), "test")?;
         lap("sampling candidates");
         let (n, kk) = (d.test.len(), ks(ts.n().unwrap_or(1)));
         let big_n = kk.last().copied().unwrap_or(1);
@@ -238,7 +265,7 @@ impl GenRmScheduler {
         for (i, (role, _, spec)) in p.verifiers.iter().enumerate() {
             cx.check()?;
             let genrm = VERIFIERS[i].1;
-            let f = st.verifier(spec.as_ref(), &g, &d.verifier, &train, &spec.label())?;
+            let f = st.verifier(spec.as_ref(), g, &d.verifier, &train, &spec.label())?;
             lap(&format!("{role}: fitting"));
             let v = f.model.as_ref();
             let t0 = std::time::Instant::now();
@@ -397,14 +424,20 @@ impl Scheduler for GenRmScheduler {
             generator_task: gen_task.is_some(),
         };
         let policy = p.init.summary(&p.tokenizer)?;
+        let (g, fit, seconds) = self.generator(&p, &d, ctx)?;
         let units = seeds(ctx.seed, &cfg.seeds);
         let out = Experiment::new("seed")
             .threads(cfg.threads.min(units.len()))
             .run(ctx, &units, |u: &Seed, cx| {
-                self.run_seed(&p, u.seed, &d, cx)
+                self.run_seed(&p, &g, u.seed, &d, cx)
             })?;
         let results: Vec<SeedResult> = out.results.into_iter().map(|(_, r)| r).collect();
-        summary::write(ctx, &p, &d, &policy, &results, out.computed)
+        let generator = summary::Generator {
+            policy,
+            fit,
+            seconds,
+        };
+        summary::write(ctx, &p, &d, &generator, &results, out.computed)
     }
 }
 

@@ -37,14 +37,22 @@ fn cell(fmt: Fmt, xs: &[f64]) -> String {
     fmt.cell(&v)
 }
 
+/// The generator the seeds share: its description, its fine-tuning and the seconds it took.
+pub(crate) struct Generator {
+    pub policy: String,
+    pub fit: lmlab_sdk::fit::FitSummary,
+    pub seconds: f64,
+}
+
 pub(crate) fn write(
     ctx: &mut RunContext,
     p: &Parts,
     d: &Data,
-    policy: &str,
+    generator: &Generator,
     results: &[SeedResult],
     computed: usize,
 ) -> anyhow::Result<()> {
+    let policy = &generator.policy;
     let pct = Fmt::Percent(1);
     let kk = ks(p.test_sampler.n().unwrap_or(1));
     let big_n = kk.last().copied().unwrap_or(1);
@@ -127,7 +135,7 @@ pub(crate) fn write(
         .map(|(r, plugin, _)| format!("`[{r}]` {plugin}"))
         .collect();
     let mut s = format!(
-        "# {} — GenRM: generative verifiers\n\nGenerator: {policy}, fine-tuned on the reference solutions of {} training problems{}. Verifiers ({}) all start from that fine-tuned model and train on the same data: {} candidates for each of {} further training problems. Held-out: {} validation problems (in distribution), {} candidates each. Test: {} problems of the task's test split (longer than any training problem: out of distribution), N = {} candidates each, Best-of-N for N ≤ {big_n}. Seeds: {seed_list:?}.\n\n",
+        "# {} — GenRM: generative verifiers\n\nGenerator: {policy}, fine-tuned once on the reference solutions of {} training problems{}, and shared by the seeds (each seed draws its own candidates and trains its own verifiers). Verifiers ({}) all start from that fine-tuned model and train on the same data: {} candidates for each of {} further training problems. Held-out: {} validation problems (in distribution), {} candidates each. Test: {} problems of the task's test split (longer than any training problem: out of distribution), N = {} candidates each, Best-of-N for N ≤ {big_n}. Seeds: {seed_list:?}.\n\n",
         ctx.recipe,
         d.sft.len(),
         if d.generator_task {
@@ -143,7 +151,10 @@ pub(crate) fn write(
         d.test.len(),
         p.test_sampler.n().unwrap_or(1),
     );
-    s += "Differences from the paper, all of scale: the models are small transformers trained from scratch (not Gemma), fully fine-tuned (not LoRA); the rationales are re-executions of each step written in code (not reference-guided grading by Gemini); D_correct is the verifier-training candidates that are correct. The input format, the header, the Direct question, the CoT instruction, the losses, r = p(\" Yes\"), r@K and the metrics follow the paper. The header and the two instruction strings are one token each in the from-scratch tokenizer (they never vary). Weighted majority: each candidate votes for its answer with its verifier score.\n\n";
+    if d.generator_task {
+        s += "The generator learns from the `[generator_task]`'s problems, the verifiers only from candidates of the `[task]`'s training problems: in the bundled recipe the generator sees 2–6 words (a small model trained from scratch on 2–4 words never writes a fifth step: 0% on six words, measured), the verifiers 2–4, so the 6-word test is out of the verifiers' training distribution, as in the paper.\n\n";
+    }
+    s += "Differences from the paper, all of scale: the models are small transformers trained from scratch (not Gemma), fully fine-tuned (not LoRA); the rationales are re-executions of each step written in code (not reference-guided grading by Gemini); D_correct is the verifier-training candidates that are correct. The input format, the header, the Direct question, the CoT instruction, the losses, r = p(\" Yes\"), r@K and the metrics follow the paper. The header and the two instruction strings are one token each in the from-scratch tokenizer (they never vary). Weighted majority: each candidate votes for its answer with its verifier score. GenRM scores identical candidates of a problem once (GenRM-CoT's copies share their K rationales), so Best-of-N with it ranks distinct solutions.\n\n";
     let gen_roles: Vec<(String, String)> = std::iter::once((
         "generator".to_string(),
         "the generator (task prompt)".to_string(),
@@ -183,7 +194,15 @@ pub(crate) fn write(
         );
     }
     s += &verifier_table(results, &labels);
-    s += &fits_section(results.iter().map(|r| r.fits.as_slice()));
+    let with_generator: Vec<Vec<lmlab_sdk::fit::FitSummary>> = results
+        .iter()
+        .map(|r| {
+            std::iter::once(generator.fit.clone())
+                .chain(r.fits.iter().cloned())
+                .collect()
+        })
+        .collect();
+    s += &fits_section(with_generator.iter().map(Vec::as_slice));
     let mut t = Table::new(["seed", "correct verifier-training candidates", "seconds"]);
     for r in results {
         t.row([
@@ -194,6 +213,10 @@ pub(crate) fn write(
     }
     s += &format!("## Data\n\n{}\n", t.markdown());
     let mut t = Table::new(["stage", "seconds (mean over seeds)"]);
+    t.row([
+        "generator fine-tuning (once, shared by the seeds)".to_string(),
+        format!("{:.0}", generator.seconds),
+    ]);
     if let Some(first) = results.first() {
         for (i, (name, _)) in first.stage_seconds.iter().enumerate() {
             let secs = per_seed(results, |r| r.stage_seconds.get(i).map(|x| x.1));

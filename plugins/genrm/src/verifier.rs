@@ -251,20 +251,40 @@ impl GenRm {
     }
 }
 
+/// The distinct candidates (by problem and text, in first-seen order) and, for each
+/// candidate, the index of its distinct one.
+pub fn distinct(candidates: &[Candidate]) -> (Vec<Candidate>, Vec<usize>) {
+    let mut seen: std::collections::HashMap<(usize, &str), usize> = Default::default();
+    let (mut out, mut of) = (Vec::new(), Vec::with_capacity(candidates.len()));
+    for c in candidates {
+        let next = out.len();
+        let i = *seen
+            .entry((c.problem, c.completion.text.as_str()))
+            .or_insert(next);
+        if i == next {
+            out.push(c.clone());
+        }
+        of.push(i);
+    }
+    (out, of)
+}
+
 impl Verifier for GenRm {
+    /// Candidates with the same problem and text are scored once: GenRM reads the text, so
+    /// Direct's score is the same, and GenRM-CoT's duplicates share their K rationales (the
+    /// same expected score; the largest saving where many samples agree).
     fn scores(
         &self,
         problems: &[TextProblem],
         candidates: &[Candidate],
     ) -> anyhow::Result<Vec<f32>> {
-        match self.sampled_scores(problems, candidates)? {
-            Some(j) => Ok(mean_scores(&j)),
-            None => {
-                let t = self.scorer.tokenizer();
-                let inputs = direct_inputs(t, problems, candidates);
-                yes_probs(self.scorer.as_ref(), &inputs, &self.score)
-            }
+        if let Some(j) = self.sampled_scores(problems, candidates)? {
+            return Ok(mean_scores(&j));
         }
+        let (unique, of) = distinct(candidates);
+        let inputs = direct_inputs(self.scorer.tokenizer(), problems, &unique);
+        let scores = yes_probs(self.scorer.as_ref(), &inputs, &self.score)?;
+        Ok(of.iter().map(|&i| scores[i]).collect())
     }
 
     fn sampled_scores(
@@ -275,18 +295,19 @@ impl Verifier for GenRm {
         let Mode::Cot(cot) = &self.mode else {
             return Ok(None);
         };
-        let pb = lmlab_sdk::progress::bar(candidates.len() as u64, &self.label, self.quiet);
+        let (unique, of) = distinct(candidates);
+        let pb = lmlab_sdk::progress::bar(unique.len() as u64, &self.label, self.quiet);
         let j = cot_judgements(
             self.scorer.as_ref(),
             problems,
-            candidates,
+            &unique,
             cot,
             &self.score,
             self.seed,
             &pb,
         )?;
         pb.finish_and_clear();
-        Ok(Some(j))
+        Ok(Some(of.iter().map(|&i| j[i].clone()).collect()))
     }
 
     fn policy(&self) -> Option<&LmPolicy> {
@@ -766,6 +787,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn duplicates_are_scored_once_and_get_the_same_score() {
+        let p = policy(2);
+        let sol = problem().solution;
+        let mut c = vec![
+            candidate(&p, &sol, true),
+            candidate(&p, "The answer is x.", false),
+            candidate(&p, &sol, true),
+        ];
+        c.push(Candidate {
+            problem: 1,
+            ..c[0].clone()
+        });
+        let (unique, of) = distinct(&c);
+        assert_eq!((unique.len(), of), (3, vec![0, 1, 0, 2]));
+        let two = [problem(), problem()];
+        let direct = GenRm::of(p.clone(), Mode::Direct, ScoreConfig::default(), 0);
+        let r = direct.scores(&two, &c).unwrap();
+        assert_eq!((r[0], r[3]), (r[2], r[2]));
+        let alone = direct.scores(&two, &c[1..2]).unwrap();
+        assert!((alone[0] - r[1]).abs() < 1e-6);
+        let cot = GenRm::of(
+            p,
+            Mode::Cot(CotConfig {
+                k: 2,
+                max_new_tokens: 4,
+                ..Default::default()
+            }),
+            ScoreConfig::default(),
+            3,
+        );
+        let j = cot.sampled_scores(&two, &c).unwrap().unwrap();
+        assert_eq!(j[0], j[2]);
+    }
+
     /// With one rationale, GenRM-CoT's score is GenRM-Direct's on the same text: the solution
     /// followed by the instruction and the rationale, then the same suffix `\n` + I.
     #[test]
@@ -773,7 +829,7 @@ mod tests {
         let p = policy(5);
         let prob = problem();
         let sol = prob.solution.clone();
-        let steps = "Step 1: \"apple\" ends with \"e\". Correct.\nStep 2: \"bird\" ends with \"d\". Correct.";
+        let steps = "\"apple\" ends with \"e\". Correct.\n\"bird\" ends with \"d\". Correct.";
         for (rationale, renormalise) in [
             (format!("{steps}\n{QUESTION}"), false),
             (steps.to_string(), true),
