@@ -471,12 +471,18 @@ impl PolicyInit for CheckpointInit {
     }
 }
 
+/// Most token rows in one forward pass of [`NativePolicy`]'s sampling (as `lmlab serve`'s
+/// default `--max-batch-rows`).
+pub const NATIVE_BATCH_ROWS: usize = 256;
+
 /// A checkpoint on the block-quantized CPU path ([`QLlama`](crate::lm::quant::QLlama)) as a
-/// [`Policy`]: sampling decodes with the KV cache; scoring runs each sequence through
-/// [`QLlama::score`](crate::lm::quant::QLlama::score) in one batch. Log-probabilities come
-/// back as host values (not differentiable).
+/// [`Policy`]: sampling runs all prompts through the serving engine's
+/// [`Batcher`](crate::lm::engine::Batcher) (each prompt fed once in chunks, its `n` samples
+/// forked from its cache and decoded together, one row each); scoring runs each sequence
+/// through [`QLlama::score`](crate::lm::quant::QLlama::score) in one batch. Log-probabilities
+/// come back as host values (not differentiable).
 pub struct NativePolicy {
-    pub model: crate::lm::quant::QLlama,
+    pub model: std::sync::Arc<crate::lm::quant::QLlama>,
     pub tokenizer: Tokenizer,
     /// Generation stops after any of these (EOS, end-of-turn tokens).
     pub stop_ids: Vec<u32>,
@@ -485,7 +491,7 @@ pub struct NativePolicy {
 impl NativePolicy {
     pub fn new(loaded: crate::lm::load::Loaded<crate::lm::quant::QLlama>) -> Self {
         Self {
-            model: loaded.model,
+            model: std::sync::Arc::new(loaded.model),
             tokenizer: loaded.tokenizer,
             stop_ids: loaded.stop_ids,
         }
@@ -506,47 +512,102 @@ impl Policy for NativePolicy {
         prompts: &[String],
         params: &SamplingParams,
     ) -> anyhow::Result<Vec<Vec<Completion>>> {
+        use crate::lm::engine::{Batcher, Finish, Request};
+        use rand::Rng as _;
         params.validate()?;
+        // Each prompt its own seed (the engine seeds a request's i-th sample with (seed, i)).
         let mut r = rng(params.seed, 7);
-        let stop = |toks: &[u32]| crate::policy::ends_with_stop(&self.tokenizer, params, toks);
-        let mut out = Vec::with_capacity(prompts.len());
-        for p in prompts {
-            let prompt = self.tokenizer.encode(p, true);
-            let mut comps = Vec::with_capacity(params.n.max(1));
-            for _ in 0..params.n.max(1) {
-                let s = self
-                    .model
-                    .generate_until(&prompt, params, &self.stop_ids, &stop, &mut r);
-                comps.push(Completion {
-                    prompt: prompt.clone(),
-                    text: self.tokenizer.decode(&s.tokens, None),
-                    token_ids: s.tokens,
-                    logprobs: s.logprobs,
-                    finished: s.finished,
-                });
-            }
-            out.push(comps);
-        }
-        Ok(out)
+        let encoded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| self.tokenizer.encode(p, true))
+            .collect();
+        let requests: Vec<Request> = encoded
+            .iter()
+            .map(|prompt| Request {
+                prompt: prompt.clone(),
+                params: SamplingParams {
+                    n: params.n.max(1),
+                    seed: r.random(),
+                    ..params.clone()
+                },
+                echo: false,
+                top_logprobs: 0,
+            })
+            .collect();
+        let mut batcher = Batcher::new(
+            self.model.clone(),
+            self.tokenizer.clone(),
+            self.stop_ids.clone(),
+            NATIVE_BATCH_ROWS,
+        );
+        batcher
+            .run_all(requests)
+            .into_iter()
+            .zip(encoded)
+            .map(|(answer, prompt)| {
+                let answer = answer.map_err(|e| anyhow::anyhow!(e))?;
+                Ok(answer
+                    .choices
+                    .into_iter()
+                    .map(|c| Completion {
+                        prompt: prompt.clone(),
+                        text: self.tokenizer.decode(&c.tokens, None),
+                        logprobs: c.scored.iter().map(|s| s.logprob).collect(),
+                        token_ids: c.tokens,
+                        finished: c.finish == Finish::Stop,
+                    })
+                    .collect())
+            })
+            .collect()
     }
 
     fn log_probs(&self, seqs: &[Sequence], temperature: f32) -> anyhow::Result<SequenceLogProbs> {
-        let rows = seqs
+        if seqs
             .iter()
-            .map(|s| {
-                if s.response.is_empty() {
-                    return Ok(Vec::new());
+            .any(|s| !s.response.is_empty() && s.prompt.is_empty())
+        {
+            anyhow::bail!("a sequence to score needs at least one prompt token");
+        }
+        let ids: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|s| [s.prompt.as_slice(), &s.response].concat())
+            .collect();
+        // Runs of consecutive sequences that share a prefix (the candidates of one problem
+        // after one header) are scored together, the prefix fed once.
+        let scored: Vec<usize> = (0..seqs.len())
+            .filter(|&i| !seqs[i].response.is_empty())
+            .collect();
+        let mut rows = vec![Vec::new(); seqs.len()];
+        let mut start = 0;
+        while start < scored.len() {
+            let first = &ids[scored[start]];
+            let (mut end, mut shared) = (start + 1, usize::MAX);
+            while end < scored.len() {
+                let common = first
+                    .iter()
+                    .zip(&ids[scored[end]])
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                // A run ends where the prefix it shares would halve.
+                if shared != usize::MAX && common * 2 < shared {
+                    break;
                 }
-                let mut ids = s.prompt.clone();
-                if ids.is_empty() {
-                    anyhow::bail!("a sequence to score needs at least one prompt token");
-                }
-                ids.extend(&s.response);
-                self.model
-                    .score(&ids, s.prompt.len(), temperature)
-                    .map_err(|e| anyhow::anyhow!(e))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+                shared = shared.min(common);
+                end += 1;
+            }
+            let run: Vec<(&[u32], usize)> = scored[start..end]
+                .iter()
+                .map(|&i| (ids[i].as_slice(), seqs[i].prompt.len()))
+                .collect();
+            let out = self
+                .model
+                .score_many(&run, temperature)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            for (&i, r) in scored[start..end].iter().zip(out) {
+                rows[i] = r;
+            }
+            start = end;
+        }
         Ok(SequenceLogProbs::from_host(&rows))
     }
 }

@@ -1243,6 +1243,9 @@ impl QLlama {
     }
 }
 
+/// Most rows in one forward pass of [`QLlama::score_many`].
+const SCORE_ROWS: usize = 1024;
+
 /// The key/value cache of one sequence for [`QLlama::forward_batch`]: per layer,
 /// `[positions, kv_heads · head_dim]`.
 #[derive(Clone, Debug, Default)]
@@ -1289,6 +1292,75 @@ impl QLlama {
         self.forward_batch(&mut caches, &rows, &wanted, &mut |row, logits| {
             out.push(logprob_at(logits, temperature, tokens[row + 1] as usize));
         })?;
+        Ok(out)
+    }
+
+    /// [`score`](Self::score) of several `(tokens, from)` at once: their longest common prefix
+    /// (up to the first scored position) is fed once and its cache forked, and the rest of
+    /// every sequence goes through shared forward passes of at most `SCORE_ROWS` rows. The
+    /// same arithmetic per row, so the same values as scoring each alone.
+    pub fn score_many(
+        &self,
+        seqs: &[(&[u32], usize)],
+        temperature: f32,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        for &(tokens, from) in seqs {
+            if from == 0 || from > tokens.len() {
+                return Err(format!("scoring from position {from} of {}", tokens.len()));
+            }
+        }
+        let Some(&(first, _)) = seqs.first() else {
+            return Ok(Vec::new());
+        };
+        // The shared prefix ends before every sequence's first scored logits.
+        let shared = seqs.iter().fold(first.len(), |l, &(t, from)| {
+            let common = first.iter().zip(t).take_while(|(a, b)| a == b).count();
+            l.min(common).min(from - 1)
+        });
+        let mut prefix = self.cache();
+        if shared > 0 {
+            let rows: Vec<(usize, u32)> = first[..shared].iter().map(|&id| (0, id)).collect();
+            self.forward_batch(
+                std::slice::from_mut(&mut prefix),
+                &rows,
+                &[],
+                &mut |_, _| {},
+            )?;
+        }
+        let mut out: Vec<Vec<f32>> = seqs
+            .iter()
+            .map(|(t, from)| Vec::with_capacity(t.len() - from))
+            .collect();
+        let mut start = 0;
+        while start < seqs.len() {
+            // As many whole sequences as fit `SCORE_ROWS` rows (at least one).
+            let mut end = start;
+            let mut n_rows = 0;
+            while end < seqs.len()
+                && (end == start || n_rows + seqs[end].0.len() - shared <= SCORE_ROWS)
+            {
+                n_rows += seqs[end].0.len() - shared;
+                end += 1;
+            }
+            let mut caches = vec![prefix.clone(); end - start];
+            let (mut rows, mut wanted, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+            for (k, &(tokens, from)) in seqs[start..end].iter().enumerate() {
+                for (p, &id) in tokens.iter().enumerate().skip(shared) {
+                    if p + 1 >= from && p + 1 < tokens.len() {
+                        wanted.push(rows.len());
+                        owner.push((start + k, tokens[p + 1]));
+                    }
+                    rows.push((k, id));
+                }
+            }
+            let mut next = 0;
+            self.forward_batch(&mut caches, &rows, &wanted, &mut |_, logits| {
+                let (i, target) = owner[next];
+                out[i].push(logprob_at(logits, temperature, target as usize));
+                next += 1;
+            })?;
+            start = end;
+        }
         Ok(out)
     }
 
@@ -2074,6 +2146,35 @@ mod tests {
             );
             assert!(q.score(&[1; 40], 1, 1.0).unwrap_err().contains("context"));
         }
+    }
+
+    /// Scoring several sequences together (their common prefix fed once, the rest batched)
+    /// gives what scoring each alone gives, whatever the prefix they share, including none.
+    #[test]
+    fn scoring_many_equals_scoring_each() {
+        let q = QLlama::from_weights(tiny().config.clone(), tiny().to_weights(), QKind::Q8_0);
+        let seqs: Vec<(Vec<u32>, usize)> = vec![
+            (vec![1, 7, 3, 44, 9, 12, 30], 5),
+            (vec![1, 7, 3, 44, 2, 17], 3),
+            (vec![1, 7, 3, 44, 9, 12, 30, 5], 7),
+            (vec![1, 7, 8], 1),
+        ];
+        for take in [1, 2, 3, 4] {
+            let some: Vec<(&[u32], usize)> = seqs[..take]
+                .iter()
+                .map(|(t, f)| (t.as_slice(), *f))
+                .collect();
+            let got = q.score_many(&some, 0.8).unwrap();
+            for ((t, from), g) in some.iter().zip(&got) {
+                let want = q.score(t, *from, 0.8).unwrap();
+                assert_eq!(g.len(), want.len());
+                for (a, b) in g.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+                }
+            }
+        }
+        assert!(q.score_many(&[(&[1, 2][..], 0)], 1.0).is_err());
+        assert!(q.score_many(&[], 1.0).unwrap().is_empty());
     }
 
     #[test]
