@@ -37,14 +37,17 @@ fn scoring(c: &mut Criterion) {
     for p in train.iter().take(500) {
         texts.push(cot_target(p, &p.solution, true).unwrap());
     }
-    let tok = train_bpe(texts.iter().map(String::as_str), 300)
-        .unwrap()
-        .with_phrases(&PHRASES);
     let recipe: toml::Table = toml::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/genrm.toml"))
             .expect("recipes/genrm.toml"),
     )
     .expect("the recipe parses");
+    let merges = recipe["policy"]["tokenizer"]["bpe_merges"]
+        .as_integer()
+        .expect("[policy.tokenizer] bpe_merges") as usize;
+    let tok = train_bpe(texts.iter().map(String::as_str), merges)
+        .unwrap()
+        .with_phrases(&PHRASES);
     let size: ModelSize = recipe["policy"]["model"]
         .clone()
         .try_into()

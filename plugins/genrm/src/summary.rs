@@ -249,7 +249,7 @@ fn verifier_table(results: &[SeedResult], labels: &BTreeMap<String, String>) -> 
         "held-out AUROC within problems (%)",
         "test AUROC (%)",
         "test AUROC within problems (%)",
-        "chosen at step (of steps trained), selection AUROC",
+        "chosen at step (of steps trained), selection AUROC on held-out training problems",
         "scoring ms per test candidate",
     ]);
     for (role, _) in VERIFIERS {
@@ -260,7 +260,15 @@ fn verifier_table(results: &[SeedResult], labels: &BTreeMap<String, String>) -> 
         let chosen: Vec<String> = results
             .iter()
             .filter_map(|r| of(r).selection)
-            .map(|s| format!("{} ({}), {}%", s.best_step, s.steps, pct.num(s.best)))
+            .map(|s| {
+                format!(
+                    "{} ({}), {}% on {}",
+                    s.best_step,
+                    s.steps,
+                    pct.num(s.best),
+                    s.heldout_problems
+                )
+            })
             .collect();
         let examples: Vec<String> = results.iter().map(|r| of(r).examples.to_string()).collect();
         let ms = per_seed(results, |r| Some(of(r).seconds_per_candidate * 1e3));
@@ -283,7 +291,7 @@ fn verifier_table(results: &[SeedResult], labels: &BTreeMap<String, String>) -> 
         ]);
     }
     format!(
-        "## Verifiers (mean ± std over seeds)\n\nAUROC of the score as a detector of correct candidates, pooled over all candidates and within problems (the mean of each problem's own: what re-ranking needs). Held-out: the validation problems' candidates (in distribution, never trained on). Fitted verifiers are chosen on the candidates of 10% of their training problems, held out of their training (GenRM-CoT's checks read one greedy rationale). The training examples of GenRM-CoT are the candidates whose re-executed verdict matches their label.\n\n{}\n",
+        "## Verifiers (mean ± std over seeds)\n\nAUROC of the score as a detector of correct candidates, pooled over all candidates and within problems (the mean of each problem's own: what re-ranking needs). Held-out: the validation problems' candidates (in distribution, never trained on). Fitted verifiers are chosen on the candidates of some of their training problems (how many: the selection column), held out of their training (GenRM-CoT's checks read one greedy rationale). The training examples of GenRM-CoT are the candidates whose re-executed verdict matches their label.\n\n{}\n",
         t.markdown()
     )
 }
