@@ -89,6 +89,26 @@ pub fn sampling_flops(params: usize, tokens: u64) -> f64 {
     2.0 * params as f64 * tokens as f64
 }
 
+/// Samples per problem that spend, with a model of `params` parameters writing `tokens`
+/// tokens per sample on average, what `reference_samples` samples of a model of
+/// `reference_params` parameters writing `reference_tokens` spend: compute matching
+/// (Bansal et al. 2024), `S = S_ref · P_ref · W_ref / (P · W)` rounded to the nearest whole
+/// sample, at least 1. With `W = W_ref` it is the paper's `S_WC = (P_SE / P_WC) · S_SE`.
+pub fn compute_matched_samples(
+    reference_samples: usize,
+    reference_params: usize,
+    reference_tokens: f64,
+    params: usize,
+    tokens: f64,
+) -> usize {
+    let reference = reference_samples as f64 * reference_params as f64 * reference_tokens;
+    let per_sample = params as f64 * tokens;
+    if per_sample.is_nan() || per_sample <= 0.0 || !reference.is_finite() {
+        return reference_samples.max(1);
+    }
+    ((reference / per_sample).round() as usize).max(1)
+}
+
 impl Sampler for TemperatureSampler {
     /// Calls of `batch / n` prompts; call `c` draws with seed `seed + c`.
     fn sample(
@@ -368,6 +388,29 @@ mod tests {
             tok: Tokenizer::Char(CharTokenizer::new("a")),
             len,
             calls: Default::default(),
+        }
+    }
+
+    proptest::proptest! {
+        /// S · P · W of the matched side equals the reference's up to rounding (half a
+        /// sample), and equal token counts give the paper's `(P_SE / P_WC) · S_SE`.
+        #[test]
+        fn compute_matched_samples_spend_the_reference_compute(
+            s_ref in 1usize..64,
+            p_ref in 1_000usize..10_000_000,
+            w_ref in 1.0f64..500.0,
+            p in 1_000usize..10_000_000,
+            w in 1.0f64..500.0,
+        ) {
+            let s = compute_matched_samples(s_ref, p_ref, w_ref, p, w);
+            let (spent, reference) = (s as f64 * p as f64 * w, s_ref as f64 * p_ref as f64 * w_ref);
+            let one = p as f64 * w;
+            proptest::prop_assert!(
+                (spent - reference).abs() <= one / 2.0 + 1e-6 * reference || (s == 1 && reference < one),
+                "{s} samples spend {spent}, the reference {reference}"
+            );
+            let paper = compute_matched_samples(s_ref, 3 * p, w, p, w);
+            proptest::prop_assert_eq!(paper, 3 * s_ref);
         }
     }
 

@@ -1,30 +1,27 @@
 //! Rationales generated in code: every step of a candidate solution is re-executed against the
 //! problem and judged right or wrong, and the rationale ends with the verdict. This stands in
 //! for the paper's reference-guided grading by a larger model. Three tasks are read: the
-//! plugin's `last-letter` and `word-sort`, and the SDK's `arith` (`7+5=12. 12-3=9. #### 9`).
+//! plugin's `last-letter` and `word-sort`, and the SDK's `arith` (re-executed by
+//! [`lmlab_sdk::tasks::arith::step_checks`]).
 //!
 //! A step is re-executed on the candidate's own earlier results (an error is not counted
 //! twice): the concatenation is checked against the letters the candidate wrote, an insertion
 //! against the list it had, an equation's left operand against its previous result.
 
-use lmlab_sdk::tasks::{TextProblem, final_answer as hash_answer};
+use lmlab_sdk::tasks::TextProblem;
+use lmlab_sdk::tasks::arith::step_checks;
+pub use lmlab_sdk::tasks::steps::StepCheck;
+use lmlab_sdk::tasks::steps::{all_right, answer_check};
 
 use crate::format::verdict;
 use crate::tasks::{Kind, final_answer, insert_sorted, last_letter, problem_words};
 
-/// One re-executed step: what the rationale says of it, and whether it is right.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepCheck {
-    pub says: String,
-    pub right: bool,
-}
-
 fn ok(says: String) -> StepCheck {
-    StepCheck { says, right: true }
+    StepCheck::ok(says)
 }
 
 fn wrong(says: String) -> StepCheck {
-    StepCheck { says, right: false }
+    StepCheck::wrong(says)
 }
 
 /// The text between the first two double quotes after `prefix` at the start of `line`, and
@@ -41,7 +38,7 @@ pub fn critique(problem: &TextProblem, solution: &str) -> Option<Vec<StepCheck>>
     } else if let Some(words) = problem_words(Kind::WordSort, &problem.prompt) {
         Some(word_sort_steps(&words, solution))
     } else {
-        arith_steps(&equations(&problem.solution)?, solution)
+        step_checks(problem, solution)
     }
 }
 
@@ -61,7 +58,7 @@ pub fn rationale(checks: &[StepCheck]) -> (String, bool) {
         let first = says.next().map(|f| f.to_uppercase().collect::<String>());
         s += &format!("{}{}. {mark}.\n", first.unwrap_or_default(), says.as_str());
     }
-    (s, !checks.is_empty() && checks.iter().all(|c| c.right))
+    (s, all_right(checks))
 }
 
 /// GenRM-CoT's training target for a candidate labelled `correct`: the rationale and the
@@ -120,16 +117,6 @@ fn last_letter_steps(words: &[String], solution: &str) -> Vec<StepCheck> {
     out
 }
 
-/// The final answer `a` against `last`, the result of the candidate's own last step.
-fn answer_check(a: Option<String>, last: Option<&str>, missing: &str) -> StepCheck {
-    match (a, last) {
-        (_, None) => wrong(format!("the answer comes before its steps: {missing}")),
-        (None, _) => wrong("the answer line is empty".into()),
-        (Some(a), Some(l)) if a != l => wrong(format!("the answer should be {l}, not {a}")),
-        (Some(a), _) => ok(format!("the answer is {a}")),
-    }
-}
-
 fn word_sort_steps(words: &[String], solution: &str) -> Vec<StepCheck> {
     let (mut out, mut list): (Vec<StepCheck>, Option<Vec<String>>) = Default::default();
     let mut placed = 0usize;
@@ -183,89 +170,6 @@ fn word_sort_steps(words: &[String], solution: &str) -> Vec<StepCheck> {
         out.push(wrong("there is no final answer after the steps".into()));
     }
     out
-}
-
-/// One equation `a op b = c` of an `arith` solution.
-type Equation = (i64, char, i64, i64);
-
-/// The equations of an `arith` solution (`7+5=12. 12-3=9. #### 9`), in order; `None` when it
-/// has none or one does not parse.
-fn equations(solution: &str) -> Option<Vec<Equation>> {
-    let work = solution.split("####").next()?;
-    let eqs: Option<Vec<Equation>> = work
-        .split('.')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(equation)
-        .collect();
-    eqs.filter(|e| !e.is_empty())
-}
-
-fn equation(s: &str) -> Option<Equation> {
-    let (lhs, rhs) = s.split_once('=')?;
-    let at = lhs
-        .char_indices()
-        .skip(1)
-        .find(|(_, c)| "+-*".contains(*c))?
-        .0;
-    let op = lhs[at..].chars().next()?;
-    Some((
-        lhs[..at].trim().parse().ok()?,
-        op,
-        lhs[at + 1..].trim().parse().ok()?,
-        rhs.trim().parse().ok()?,
-    ))
-}
-
-fn apply(a: i64, op: char, b: i64) -> i64 {
-    match op {
-        '+' => a + b,
-        '-' => a - b,
-        _ => a * b,
-    }
-}
-
-fn arith_steps(reference: &[Equation], solution: &str) -> Option<Vec<StepCheck>> {
-    let work = solution.split("####").next().unwrap_or("");
-    let mut out = Vec::new();
-    let mut last: Option<i64> = None;
-    for (i, step) in work
-        .split('.')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .enumerate()
-    {
-        let Some((a, op, b, c)) = equation(step) else {
-            out.push(wrong(format!("\"{step}\" is not an equation")));
-            continue;
-        };
-        let check = match reference.get(i) {
-            None => wrong(format!("the problem has {} steps", reference.len())),
-            Some(&(ra, rop, rb, _)) => {
-                let ea = last.unwrap_or(ra);
-                if (a, op, b) != (ea, rop, rb) {
-                    wrong(format!(
-                        "the problem asks for {ea}{rop}{rb}, not {a}{op}{b}"
-                    ))
-                } else if apply(a, op, b) != c {
-                    wrong(format!("{a}{op}{b} is {}, not {c}", apply(a, op, b)))
-                } else {
-                    ok(format!("{a}{op}{b}={c}"))
-                }
-            }
-        };
-        out.push(check);
-        last = Some(c);
-    }
-    let answer = hash_answer(solution);
-    out.push(match (answer, last) {
-        (None, _) => wrong("there is no final answer after the steps".into()),
-        (Some(_), Some(_)) if out.len() != reference.len() => {
-            wrong(format!("the problem has {} steps", reference.len()))
-        }
-        (a, l) => answer_check(a, l.map(|x| x.to_string()).as_deref(), "no step was taken"),
-    });
-    Some(out)
 }
 
 #[cfg(test)]

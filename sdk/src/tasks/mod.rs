@@ -4,6 +4,7 @@
 
 pub mod arith;
 pub mod gsm8k;
+pub mod steps;
 pub mod toy_tldr;
 
 use serde::{Deserialize, Serialize};
