@@ -1,0 +1,103 @@
+//! `compute-matched-sampling --smoke` end to end: both models sample at every budget, the WC
+//! model at its compute-matched count, each setup is fine-tuned on every data set, and the
+//! summary has the sampling and fine-tuning tables, the ablation, the claims and both plots.
+
+mod common;
+
+use common::{lmlab, only_run_dir, run};
+use lmlab::sdk::sampling::compute_matched_samples;
+
+#[test]
+fn compute_matched_smoke_samples_at_matched_flops_and_fine_tunes_every_setup() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(lmlab()
+        .args(["recipe", "compute-matched-sampling", "--smoke", "--quiet"])
+        .arg("--out")
+        .arg(out.path()));
+    assert_eq!(code, 0, "{err}");
+    let dir = only_run_dir(out.path(), "compute-matched-sampling");
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let seeds: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["stage"] == "seed")
+        .collect();
+    assert_eq!(seeds.len(), 1, "{metrics}");
+    let r = &seeds[0]["result"];
+    let params = |m: &str| r["params"][m].as_u64().unwrap() as usize;
+    assert!(params("student") < params("WC") && params("WC") < params("SE"));
+
+    // S_WC spends what S_SE does: W is each model's mean over its first S_max samples, which
+    // the number-matched WC side and the SE side at the largest budget are.
+    let budgets = r["budgets"].as_array().unwrap();
+    assert_eq!(budgets.len(), 2);
+    let last = &budgets[1]["sides"];
+    let w = |side: &str| last[side]["mean_tokens"].as_f64().unwrap();
+    let (w_se, w_wc) = (w("SE data"), w("WC data, number-matched"));
+    for b in budgets {
+        let s_se = b["s_se"].as_u64().unwrap() as usize;
+        let s_wc = b["s_wc"].as_u64().unwrap() as usize;
+        assert_eq!(
+            s_wc,
+            compute_matched_samples(s_se, params("SE"), w_se, params("WC"), w_wc)
+        );
+        let side = |name: &str, field: &str| b["sides"][name][field].as_f64().unwrap();
+        assert_eq!(side("SE data", "samples"), s_se as f64);
+        assert_eq!(side("WC data, compute-matched", "samples"), s_wc as f64);
+        assert_eq!(side("WC data, number-matched", "samples"), s_se as f64);
+        // Realised FLOPs are 2 · P · tokens.
+        for (name, p) in [("SE data", "SE"), ("WC data, compute-matched", "WC")] {
+            let want = 2.0 * params(p) as f64 * side(name, "tokens");
+            assert!((side(name, "flops") - want).abs() <= 1e-6 * want, "{name}");
+        }
+    }
+    assert!(
+        budgets[0]["s_wc"].as_u64() > budgets[0]["s_se"].as_u64(),
+        "the cheaper model draws more: {budgets:?}"
+    );
+
+    // 3 setups × (2 budgets × 3 data sets + the unfiltered SE and WC data at the largest).
+    let finetunes = r["finetunes"].as_array().unwrap();
+    assert_eq!(finetunes.len(), 3 * (2 * 3 + 2));
+    for f in finetunes {
+        let b = budgets.iter().find(|x| x["s_se"] == f["budget"]).unwrap();
+        let data = f["data"].as_str().unwrap();
+        let side = &b["sides"][data];
+        let expected = if f["filtered"].as_bool().unwrap() {
+            side["correct"].as_u64().unwrap()
+        } else {
+            side["samples"].as_u64().unwrap() * 12
+        };
+        assert_eq!(f["examples"].as_u64().unwrap(), expected, "{f}");
+    }
+
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    for needle in [
+        "## Models",
+        "## Sampling at matched budgets",
+        "### Budget S_SE = 1",
+        "| coverage@S (%) |",
+        "| diversity@S (unique correct solutions per problem) |",
+        "| false-positive rate (%) |",
+        "## Fine-tuning on sampled data",
+        "| knowledge distillation (student) | 2 |",
+        "| weak-to-strong improvement (SE) | 1 |",
+        "### No-filter ablation (S_SE = 2)",
+        "## The paper's claims at this scale",
+        "WC samples have a higher false-positive rate at matched compute (S_SE = 2)",
+        "self-improvement: WC-trained ≥ SE-trained, compute-matched (S_SE = 2)",
+        "weak-to-strong improvement: SE-trained ≥ WC-trained, number-matched (S = 1)",
+    ] {
+        assert!(
+            summary.contains(needle),
+            "summary lacks {needle:?}:\n{summary}"
+        );
+    }
+    for plot in ["coverage.svg", "diversity.svg"] {
+        let svg = std::fs::read_to_string(dir.join("plots").join(plot)).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.contains("weaker-cheaper"),
+            "{plot}"
+        );
+    }
+}
