@@ -101,3 +101,66 @@ fn compute_matched_smoke_samples_at_matched_flops_and_fine_tunes_every_setup() {
         );
     }
 }
+
+/// `compute-matched-real --smoke`: SmolLM2 and Gemma 3 sample GSM8K solutions, the WC model as
+/// many more as its parameters and tokens make compute-matched, and the report says so.
+#[test]
+fn compute_matched_real_smoke_samples_two_checkpoints_at_matched_flops() {
+    let (Some(_), Some(smollm2), Some(gemma)) = (
+        common::data_dir("gsm8k/test.jsonl"),
+        common::smollm2(),
+        common::cached(
+            "gemma3/gemma-3-270m-q4_k_m.gguf",
+            "run `cargo xtask fetch gemma3`",
+        ),
+    ) else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(lmlab()
+        .args([
+            "recipe",
+            "compute-matched-real",
+            "--smoke",
+            "--quiet",
+            "--set",
+        ])
+        .arg(format!("policy.path={}", smollm2.display()))
+        .arg("--set")
+        .arg(format!("strong.path={}", gemma.display()))
+        .arg("--out")
+        .arg(out.path()));
+    assert_eq!(code, 0, "{err}");
+    let dir = only_run_dir(out.path(), "compute-matched-real");
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let record: serde_json::Value = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["stage"] == "report")
+        .expect("a report record");
+    let r = &record["result"];
+    let params = |m: &str| r["params"][m].as_u64().unwrap() as usize;
+    // Gemma-3-270M and SmolLM2-135M.
+    assert!(params("SE") > 260_000_000 && params("WC") < 140_000_000);
+    let b = &r["budgets"][0];
+    let w = |side: &str| b["sides"][side]["mean_tokens"].as_f64().unwrap();
+    let s_wc = b["s_wc"].as_u64().unwrap() as usize;
+    assert_eq!(
+        s_wc,
+        compute_matched_samples(
+            1,
+            params("SE"),
+            w("SE data"),
+            params("WC"),
+            w("WC data, number-matched")
+        )
+    );
+    assert_eq!(b["sides"]["WC data, compute-matched"]["samples"], s_wc);
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    for needle in ["## Models", "### Budget S_SE = 1", "| coverage@S (%) |"] {
+        assert!(
+            summary.contains(needle),
+            "summary lacks {needle:?}:\n{summary}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod metrics;
+pub mod real;
 mod summary;
 
 use std::collections::BTreeMap;
@@ -209,7 +210,7 @@ fn samples(problems: &[TextProblem], candidates: &[Candidate]) -> Vec<Vec<Sample
                     let text = &c.completion.text;
                     Sample {
                         correct: c.correct,
-                        sound: step_checks(p, text).is_some_and(|s| all_right(&s)),
+                        sound: step_checks(p, text).map(|s| all_right(&s)),
                         key: normalise(text),
                         tokens: c.completion.token_ids.len(),
                     }
@@ -250,6 +251,81 @@ fn k_values(n: usize) -> Vec<usize> {
         k.push(n);
     }
     k
+}
+
+/// The draws of a compute-matched comparison: `S_max` (the largest budget) per problem from
+/// SE (`draw(SE, S_max, 1)`) and from WC (`draw(WC, S_max, 2)`), W measured on them, then more
+/// from WC (`draw(WC, n, 3)`) up to its largest compute-matched count. Returns SE's and WC's
+/// candidates (each problem's in the order drawn) and S_WC for each budget.
+pub fn compute_matched_draws(
+    budgets: &[usize],
+    p_se: usize,
+    p_wc: usize,
+    mut draw: impl FnMut(&str, usize, u64) -> anyhow::Result<Vec<Candidate>>,
+) -> anyhow::Result<(Vec<Candidate>, Vec<Candidate>, Vec<usize>)> {
+    let s_max = budgets.iter().copied().max().unwrap_or(1);
+    let se = draw(SE, s_max, 1)?;
+    let mut wc = draw(WC, s_max, 2)?;
+    let mean_tokens = |c: &[Candidate]| {
+        let t: usize = c.iter().map(|x| x.completion.token_ids.len()).sum();
+        t as f64 / c.len().max(1) as f64
+    };
+    let (w_se, w_wc) = (mean_tokens(&se), mean_tokens(&wc));
+    let matched: Vec<usize> = budgets
+        .iter()
+        .map(|&b| compute_matched_samples(b, p_se, w_se, p_wc, w_wc))
+        .collect();
+    let s_wc_max = matched.iter().copied().max().unwrap_or(1);
+    if s_wc_max > s_max {
+        wc.extend(draw(WC, s_wc_max - s_max, 3)?);
+        // Each problem's draws together, the first S_max first (a stable sort).
+        wc.sort_by_key(|c| c.problem);
+    }
+    Ok((se, wc, matched))
+}
+
+/// The sampling statistics of a compute-matched comparison into `res`: each model's pass@1
+/// and coverage and diversity curves, and each budget's sides.
+pub(crate) fn sampling_stats(
+    problems: &[TextProblem],
+    (se, wc): (&[Candidate], &[Candidate]),
+    budgets: &[usize],
+    matched: &[usize],
+    (p_se, p_wc): (usize, usize),
+    res: &mut SeedResult,
+) -> Vec<BudgetResult> {
+    let s_max = budgets.iter().copied().max().unwrap_or(1);
+    let s_wc_max = matched.iter().copied().max().unwrap_or(1).max(s_max);
+    let (se_s, wc_s) = (samples(problems, se), samples(problems, wc));
+    res.sample_pass1.insert(SE.into(), pass_at_1(se));
+    res.sample_pass1.insert(WC.into(), pass_at_1(wc));
+    for (name, sm, n) in [(SE, &se_s, s_max), (WC, &wc_s, s_wc_max)] {
+        let ks = k_values(n);
+        res.coverage_curves.insert(
+            name.into(),
+            ks.iter().map(|&k| coverage_at(sm, k)).collect(),
+        );
+        res.diversity_curves.insert(
+            name.into(),
+            ks.iter().map(|&k| diversity_at(sm, k)).collect(),
+        );
+        res.k_values.insert(name.into(), ks);
+    }
+    budgets
+        .iter()
+        .zip(matched)
+        .map(|(&b, &m)| {
+            let mut sides = BTreeMap::new();
+            sides.insert(SE_DATA.to_string(), side(&se_s, b, p_se));
+            sides.insert(WC_COMPUTE.to_string(), side(&wc_s, m, p_wc));
+            sides.insert(WC_NUMBER.to_string(), side(&wc_s, b, p_wc));
+            BudgetResult {
+                s_se: b,
+                s_wc: m,
+                sides,
+            }
+        })
+        .collect()
 }
 
 impl ComputeMatched {
@@ -303,64 +379,33 @@ impl ComputeMatched {
         lap(&mut res, "base training and test");
         let (p_wc, p_se) = (res.params[WC], res.params[SE]);
 
-        // 2. Sampling: S_max per problem from each; then more from WC until its largest
-        //    compute-matched count. W is measured on these first S_max draws of each.
-        let s_max = cfg.budgets.iter().copied().max().unwrap_or(1);
+        // 2. Sampling at every budget, both matchings.
         let draw = |st: &Stages, m: &LmPolicy, n: usize, seed: u64, name: &str| {
             st.draw(p.sampler.scaled(n).as_ref(), m, &d.sample, seed, name)
         };
-        let se = draw(&st, &bases[2], s_max, s(1), SE)?;
-        cx.check()?;
-        let mut wc = draw(&st, &bases[1], s_max, s(2), WC)?;
-        cx.check()?;
-        let mean_tokens = |c: &[Candidate]| {
-            let t: usize = c.iter().map(|x| x.completion.token_ids.len()).sum();
-            t as f64 / c.len().max(1) as f64
-        };
-        let (w_se, w_wc) = (mean_tokens(&se), mean_tokens(&wc));
-        let matched: Vec<usize> = cfg
-            .budgets
-            .iter()
-            .map(|&b| compute_matched_samples(b, p_se, w_se, p_wc, w_wc))
-            .collect();
-        let s_wc_max = matched.iter().copied().max().unwrap_or(1);
-        if s_wc_max > s_max {
-            let more = draw(&st, &bases[1], s_wc_max - s_max, s(3), "WC, more")?;
+        let (se, wc, matched) = compute_matched_draws(&cfg.budgets, p_se, p_wc, |model, n, i| {
+            let (m, name) = if model == SE {
+                (&bases[2], SE)
+            } else {
+                (&bases[1], WC)
+            };
+            let got = draw(&st, m, n, s(i), &format!("{name}, {n} per problem"))?;
             cx.check()?;
-            wc.extend(more);
-            // Each problem's draws together, the first S_max first.
-            wc.sort_by_key(|c| c.problem);
-        }
+            Ok(got)
+        })?;
         lap(&mut res, "sampling");
-        let (se_s, wc_s) = (samples(&d.sample, &se), samples(&d.sample, &wc));
-        res.sample_pass1.insert(SE.into(), pass_at_1(&se));
-        res.sample_pass1.insert(WC.into(), pass_at_1(&wc));
-        for (name, sm, n) in [(SE, &se_s, s_max), (WC, &wc_s, s_wc_max.max(s_max))] {
-            let ks = k_values(n);
-            res.coverage_curves.insert(
-                name.into(),
-                ks.iter().map(|&k| coverage_at(sm, k)).collect(),
-            );
-            res.diversity_curves.insert(
-                name.into(),
-                ks.iter().map(|&k| diversity_at(sm, k)).collect(),
-            );
-            res.k_values.insert(name.into(), ks);
+        let budgets = sampling_stats(
+            &d.sample,
+            (&se, &wc),
+            &cfg.budgets,
+            &matched,
+            (p_se, p_wc),
+            &mut res,
+        );
+        for b in &budgets {
+            cx.log(serde_json::json!({"stage": "sampling", "s_se": b.s_se, "s_wc": b.s_wc, "sides": &b.sides}))?;
         }
-        for (&b, &m) in cfg.budgets.iter().zip(&matched) {
-            let mut sides = BTreeMap::new();
-            sides.insert(SE_DATA.to_string(), side(&se_s, b, p_se));
-            sides.insert(WC_COMPUTE.to_string(), side(&wc_s, m, p_wc));
-            sides.insert(WC_NUMBER.to_string(), side(&wc_s, b, p_wc));
-            cx.log(
-                serde_json::json!({"stage": "sampling", "s_se": b, "s_wc": m, "sides": &sides}),
-            )?;
-            res.budgets.push(BudgetResult {
-                s_se: b,
-                s_wc: m,
-                sides,
-            });
-        }
+        res.budgets = budgets;
 
         // 3. Fine-tuning: each setup's base on each budget's data, filtered by the final answer
         //    (and, at the largest budget, the no-filter ablation).

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 pub struct Sample {
     /// Its final answer is right.
     pub correct: bool,
-    /// Every step re-executes right (the step checker standing in for the paper's autorater).
-    pub sound: bool,
+    /// Every step re-executes right (the step checker standing in for the paper's autorater);
+    /// `None` when no step checker reads the task's solutions.
+    pub sound: Option<bool>,
     /// Its solution in canonical form ([`normalise`]): equal keys are the same solution.
     pub key: String,
     /// Tokens generated.
@@ -61,15 +62,16 @@ pub fn diversity_at(problems: &[Vec<Sample>], k: usize) -> f64 {
 }
 
 /// The false-positive rate of the first `k` samples of each problem: the share of the
-/// final-answer-correct ones whose reasoning is wrong; `None` when none is correct.
+/// final-answer-correct ones whose reasoning is wrong; `None` when none is correct (or none
+/// could be checked).
 pub fn false_positive_rate(problems: &[Vec<Sample>], k: usize) -> Option<f64> {
     let correct = problems
         .iter()
         .flat_map(|p| p.iter().take(k).filter(|s| s.correct));
     let (mut n, mut wrong) = (0usize, 0usize);
-    for s in correct {
+    for sound in correct.filter_map(|s| s.sound) {
         n += 1;
-        wrong += usize::from(!s.sound);
+        wrong += usize::from(!sound);
     }
     (n > 0).then(|| wrong as f64 / n as f64)
 }
@@ -115,7 +117,7 @@ mod tests {
     fn sample(correct: bool, sound: bool, key: &str) -> Sample {
         Sample {
             correct,
-            sound,
+            sound: Some(sound),
             key: normalise(key),
             tokens: key.len(),
         }
@@ -192,7 +194,7 @@ mod tests {
             // Relabelling the reasoning of wrong-answer samples changes nothing.
             let mut flipped = p.clone();
             for s in flipped.iter_mut().flatten().filter(|s| !s.correct) {
-                s.sound = !s.sound;
+                s.sound = s.sound.map(|x| !x);
             }
             prop_assert_eq!(false_positive_rate(&flipped, k), rate);
         }

@@ -101,11 +101,11 @@ fn signed_cell(fmt: Fmt, xs: &[f64]) -> String {
     }
 }
 
-fn sampling_section(cfg: &ComputeMatchedConfig, results: &[SeedResult]) -> String {
+pub(crate) fn sampling_section(budgets: &[usize], results: &[SeedResult]) -> String {
     let mut s = String::from(
         "## Sampling at matched budgets (mean ± std over seeds)\n\nOn the sampled problems. S is samples per problem; W the mean tokens per sample, counted from the tokens generated; the realised cost is C = 2 · P · W · S per problem. coverage@S is the fraction of problems with at least one final-answer-correct sample; diversity@S the mean number of unique correct solutions per problem (unique after collapsing whitespace and cutting after the final-answer line; the same steps in another order are another solution); the false-positive rate the share of final-answer-correct samples with a wrong step (every step re-executed). Differences are WC − SE: *absolute* in the metric's own unit (points for percentages), *relative* as (WC − SE) / SE in percent, as the paper quotes diversity (\"+86%\") relatively and the false-positive rate (\"+7%\") absolutely.\n\n",
     );
-    for (i, &b) in cfg.budgets.iter().enumerate() {
+    for (i, &b) in budgets.iter().enumerate() {
         let m: Vec<f64> = results
             .iter()
             .map(|r| r.budgets.get(i).map_or(f64::NAN, |x| x.s_wc as f64))
@@ -381,14 +381,8 @@ fn plot(
     )
 }
 
-pub(crate) fn write(
-    ctx: &mut RunContext,
-    cfg: &ComputeMatchedConfig,
-    models: &[String],
-    d: &Data,
-    results: &[SeedResult],
-    computed: usize,
-) -> anyhow::Result<()> {
+/// Both plots: coverage@k and diversity@k against their sampling cost.
+pub(crate) fn plots(ctx: &RunContext, results: &[SeedResult]) -> anyhow::Result<()> {
     plot(
         ctx,
         results,
@@ -404,7 +398,18 @@ pub(crate) fn write(
         "diversity@k at its sampling cost",
         "unique correct solutions per problem",
         |r| &r.diversity_curves,
-    )?;
+    )
+}
+
+pub(crate) fn write(
+    ctx: &mut RunContext,
+    cfg: &ComputeMatchedConfig,
+    models: &[String],
+    d: &Data,
+    results: &[SeedResult],
+    computed: usize,
+) -> anyhow::Result<()> {
+    plots(ctx, results)?;
     let seeds: Vec<u64> = results.iter().map(|r| r.seed).collect();
     let params = |m: &str| {
         results
@@ -449,7 +454,7 @@ pub(crate) fn write(
         ]);
     }
     s += &format!("## Models\n\n{}\n", t.markdown());
-    s += &sampling_section(cfg, results);
+    s += &sampling_section(&cfg.budgets, results);
     s += &finetune_section(cfg, results);
     s += &format!(
         "## The paper's claims at this scale\n\n{}\n",

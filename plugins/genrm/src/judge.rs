@@ -11,12 +11,12 @@ use lmlab_sdk::eval::{
 };
 use lmlab_sdk::report::{Curves, Fmt, Table, footer};
 use lmlab_sdk::sampling::label;
-use lmlab_sdk::tasks::{TextProblem, TextTask};
-use lmlab_sdk::{Components, PolicyInit, Role, RunContext, Sampler, Scheduler, Split, Verifier};
+use lmlab_sdk::tasks::TextTask;
+use lmlab_sdk::tasks::gsm8k::{few_shot_test, own_answer};
+use lmlab_sdk::{Components, PolicyInit, Role, RunContext, Sampler, Scheduler, Verifier};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::format::question;
 use crate::verifier::{GenRm, Mode, ScoreConfig};
 
 const WHO: &str = "scheduler `genrm-judge`";
@@ -46,43 +46,6 @@ impl Default for JudgeRecipeConfig {
     }
 }
 
-/// A GSM8K-style solution without its calculator annotations (`<<48/2=24>>`).
-pub fn plain_solution(solution: &str) -> String {
-    let mut out = String::with_capacity(solution.len());
-    let mut rest = solution;
-    while let Some(at) = rest.find("<<") {
-        out.push_str(&rest[..at]);
-        match rest[at..].find(">>") {
-            Some(end) => rest = &rest[at + end + 2..],
-            None => {
-                rest = &rest[at..];
-                break;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The few-shot prompt of `q`: each example as `Question: …\nAnswer: …` (blank line between),
-/// then `Question: {q}\nAnswer:`.
-pub fn few_shot_prompt(examples: &[TextProblem], q: &str) -> String {
-    let mut s = String::new();
-    for e in examples {
-        s += &format!(
-            "Question: {}\nAnswer: {}\n\n",
-            question(&e.prompt),
-            plain_solution(&e.solution)
-        );
-    }
-    s + &format!("Question: {q}\nAnswer:")
-}
-
-/// The end of a candidate's own answer: before the next `Question:` it may start.
-fn own_answer(text: &str) -> &str {
-    text.split("\n\nQuestion:").next().unwrap_or(text).trim()
-}
-
 /// The scheduler.
 pub struct JudgeScheduler {
     config: JudgeRecipeConfig,
@@ -100,26 +63,13 @@ impl Scheduler for JudgeScheduler {
     fn run(&mut self, ctx: &mut RunContext, c: &mut Components) -> anyhow::Result<()> {
         let cfg = self.config.clone();
         let task: Box<TextTask> = c.take("task", WHO)?;
-        let test: Vec<TextProblem> = task
-            .problems(Split::Test)?
-            .into_iter()
-            .take(cfg.test_problems)
-            .collect();
-        let shots: Vec<TextProblem> = task
-            .problems(Split::Train)?
-            .into_iter()
-            .take(cfg.shots)
-            .collect();
-        anyhow::ensure!(!test.is_empty(), "{WHO}: the task has no test problems");
+        let (test, prompts) = few_shot_test(task.as_ref(), cfg.test_problems, cfg.shots)
+            .map_err(|e| anyhow::anyhow!("{WHO}: {e}"))?;
         let init: Box<dyn PolicyInit> = c.take("policy", WHO)?;
         let sampler: Box<dyn Sampler> = c.take("test_sampler", WHO)?;
         let tokenizer = init.tokenizer(&mut Vec::new)?;
         let policy = init.inference(&tokenizer, &ctx.device)?;
         let started = std::time::Instant::now();
-        let prompts: Vec<String> = test
-            .iter()
-            .map(|p| few_shot_prompt(&shots, question(&p.prompt)))
-            .collect();
         let pb = ctx.progress(test.len() as u64, "sampling");
         let mut sampled = sampler.sample(policy.as_ref(), &prompts, ctx.seed, &pb)?;
         pb.finish_and_clear();
@@ -248,32 +198,4 @@ lmlab_sdk::register_component! {
         ConfigError::at_least_one(&[("test_problems", config.test_problems), ("majority_subsets", config.majority_subsets), ("score.batch", config.score.batch)])?;
         Ok(Box::new(JudgeScheduler { config }) as Box<dyn Scheduler>)
     },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prompts_carry_plain_worked_examples_and_answers_end_before_the_next_question() {
-        assert_eq!(
-            plain_solution("She sold 48/2 = <<48/2=24>>24 clips.\n#### 72"),
-            "She sold 48/2 = 24 clips.\n#### 72"
-        );
-        assert_eq!(plain_solution("a <<b"), "a <<b");
-        let ex = TextProblem {
-            id: String::new(),
-            prompt: "What is 1+1?\n".into(),
-            solution: "1+1=<<1+1=2>>2\n#### 2".into(),
-            answer: "2".into(),
-        };
-        assert_eq!(
-            few_shot_prompt(&[ex], "What is 2+2?"),
-            "Question: What is 1+1?\nAnswer: 1+1=2\n#### 2\n\nQuestion: What is 2+2?\nAnswer:"
-        );
-        assert_eq!(
-            own_answer(" 2+2=4\n#### 4\n\nQuestion: Tom has"),
-            "2+2=4\n#### 4"
-        );
-    }
 }

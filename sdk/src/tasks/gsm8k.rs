@@ -133,9 +133,94 @@ crate::register_component! {
     build: |config: Gsm8kConfig, _ctx| Ok(Box::new(Gsm8k::new(config)) as Box<TextTask>),
 }
 
+/// A GSM8K-style solution without its calculator annotations (`<<48/2=24>>`).
+pub fn plain_solution(solution: &str) -> String {
+    let mut out = String::with_capacity(solution.len());
+    let mut rest = solution;
+    while let Some(at) = rest.find("<<") {
+        out.push_str(&rest[..at]);
+        match rest[at..].find(">>") {
+            Some(end) => rest = &rest[at + end + 2..],
+            None => {
+                rest = &rest[at..];
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The few-shot prompt of `q`: each example as `Question: …\nAnswer: …` (blank line between),
+/// then `Question: {q}\nAnswer:`.
+pub fn few_shot_prompt(examples: &[TextProblem], q: &str) -> String {
+    let mut s = String::new();
+    for e in examples {
+        s += &format!(
+            "Question: {}\nAnswer: {}\n\n",
+            e.prompt.trim_end_matches('\n'),
+            plain_solution(&e.solution)
+        );
+    }
+    s + &format!("Question: {q}\nAnswer:")
+}
+
+/// The first `problems` test problems of `task` and their few-shot prompts ([`few_shot_prompt`]),
+/// each led by the first `shots` training problems as worked examples.
+pub fn few_shot_test(
+    task: &TextTask,
+    problems: usize,
+    shots: usize,
+) -> anyhow::Result<(Vec<TextProblem>, Vec<String>)> {
+    let test: Vec<TextProblem> = task
+        .problems(Split::Test)?
+        .into_iter()
+        .take(problems)
+        .collect();
+    anyhow::ensure!(!test.is_empty(), "the task has no test problems");
+    let examples: Vec<TextProblem> = task
+        .problems(Split::Train)?
+        .into_iter()
+        .take(shots)
+        .collect();
+    let prompts = test
+        .iter()
+        .map(|p| few_shot_prompt(&examples, p.prompt.trim_end_matches('\n')))
+        .collect();
+    Ok((test, prompts))
+}
+
+/// The end of a candidate's own answer: before the next `Question:` it may start.
+pub fn own_answer(text: &str) -> &str {
+    text.split("\n\nQuestion:").next().unwrap_or(text).trim()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompts_carry_plain_worked_examples_and_answers_end_before_the_next_question() {
+        assert_eq!(
+            plain_solution("She sold 48/2 = <<48/2=24>>24 clips.\n#### 72"),
+            "She sold 48/2 = 24 clips.\n#### 72"
+        );
+        assert_eq!(plain_solution("a <<b"), "a <<b");
+        let ex = TextProblem {
+            id: String::new(),
+            prompt: "What is 1+1?\n".into(),
+            solution: "1+1=<<1+1=2>>2\n#### 2".into(),
+            answer: "2".into(),
+        };
+        assert_eq!(
+            few_shot_prompt(&[ex], "What is 2+2?"),
+            "Question: What is 1+1?\nAnswer: 1+1=2\n#### 2\n\nQuestion: What is 2+2?\nAnswer:"
+        );
+        assert_eq!(
+            own_answer(" 2+2=4\n#### 4\n\nQuestion: Tom has"),
+            "2+2=4\n#### 4"
+        );
+    }
 
     #[test]
     fn parses_answers_with_separators() {
