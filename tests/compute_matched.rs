@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{lmlab, only_run_dir, run};
+use common::{lmlab, only_run_dir, records, run};
 use lmlab::sdk::sampling::compute_matched_samples;
 
 #[test]
@@ -16,13 +16,8 @@ fn compute_matched_smoke_samples_at_matched_flops_and_fine_tunes_every_setup() {
         .arg(out.path()));
     assert_eq!(code, 0, "{err}");
     let dir = only_run_dir(out.path(), "compute-matched-sampling");
-    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let seeds: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["stage"] == "seed")
-        .collect();
-    assert_eq!(seeds.len(), 1, "{metrics}");
+    let seeds = records(&dir, "seed");
+    assert_eq!(seeds.len(), 1, "{seeds:?}");
     let r = &seeds[0]["result"];
     let params = |m: &str| r["params"][m].as_u64().unwrap() as usize;
     assert!(params("student") < params("WC") && params("WC") < params("SE"));
@@ -132,13 +127,9 @@ fn compute_matched_real_smoke_samples_two_checkpoints_at_matched_flops() {
         .arg(out.path()));
     assert_eq!(code, 0, "{err}");
     let dir = only_run_dir(out.path(), "compute-matched-real");
-    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let record: serde_json::Value = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|r| r["stage"] == "report")
-        .expect("a report record");
-    let r = &record["result"];
+    let reports = records(&dir, "report");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let r = &reports[0]["result"];
     let params = |m: &str| r["params"][m].as_u64().unwrap() as usize;
     // Gemma-3-270M and SmolLM2-135M.
     assert!(params("SE") > 260_000_000 && params("WC") < 140_000_000);

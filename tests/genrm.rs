@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{lmlab, only_run_dir, run};
+use common::{lmlab, only_run_dir, records, run};
 
 #[test]
 fn genrm_smoke_fits_every_verifier_and_writes_the_tables_plots_and_claims() {
@@ -15,13 +15,8 @@ fn genrm_smoke_fits_every_verifier_and_writes_the_tables_plots_and_claims() {
         .arg(out.path()));
     assert_eq!(code, 0, "{err}");
     let dir = only_run_dir(out.path(), "genrm");
-    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let seeds: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["stage"] == "seed")
-        .collect();
-    assert_eq!(seeds.len(), 1, "{metrics}");
+    let seeds = records(&dir, "seed");
+    assert_eq!(seeds.len(), 1, "{seeds:?}");
     let r = &seeds[0]["result"];
     let curves = r["curves"].as_object().unwrap();
     let mut names: Vec<&str> = curves.keys().map(String::as_str).collect();

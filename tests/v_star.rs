@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{lmlab, only_run_dir, run};
+use common::{lmlab, only_run_dir, records, run};
 
 #[test]
 fn v_star_smoke_writes_the_table_and_plot_and_resumes_by_seed() {
@@ -22,12 +22,8 @@ fn v_star_smoke_writes_the_table_and_plot_and_resumes_by_seed() {
         "{config}"
     );
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let seeds: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["stage"] == "seed")
-        .collect();
-    assert_eq!(seeds.len(), 2, "{metrics}");
+    let seeds = records(&dir, "seed");
+    assert_eq!(seeds.len(), 2, "{seeds:?}");
     for r in &seeds {
         let curves = r["result"]["curves"].as_object().unwrap();
         for (name, v) in curves {

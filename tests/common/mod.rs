@@ -63,6 +63,17 @@ pub fn only_run_dir(out: &Path, recipe: &str) -> PathBuf {
     dirs.pop().unwrap()
 }
 
+/// The records of `dir`'s `metrics.jsonl` logged under `stage` (e.g. each seed's `"seed"`
+/// result).
+pub fn records(dir: &Path, stage: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["stage"] == stage)
+        .collect()
+}
+
 /// The shared data folder (`LMLAB_DATA_DIR`, default `../shared/data` beside the project), or
 /// `None` with a printed reason when `needs` is absent there (a user's fresh clone): the caller
 /// skips. Under `LMLAB_REQUIRE_DATA=1` (CI) an absent file fails the test instead.

@@ -188,8 +188,12 @@ mod tests {
         fn the_false_positive_rate_reads_only_correct_samples(p in problems(), k in 1usize..14) {
             let rate = false_positive_rate(&p, k);
             prop_assert_eq!(rate.is_some(), correct_count(&p, k) > 0);
+            // The share, over the correct samples only, of those with a wrong step (a value
+            // in [0, 1] by construction).
+            let correct: Vec<&Sample> = p.iter().flat_map(|q| q.iter().take(k)).filter(|s| s.correct).collect();
+            let unsound = correct.iter().filter(|s| s.sound == Some(false)).count();
             if let Some(r) = rate {
-                prop_assert!((0.0..=1.0).contains(&r));
+                prop_assert_eq!(r, unsound as f64 / correct.len() as f64);
             }
             // Relabelling the reasoning of wrong-answer samples changes nothing.
             let mut flipped = p.clone();
