@@ -55,6 +55,18 @@ impl<'t> Stages<'t> {
         }
     }
 
+    /// The stages of one seed's unit: named `seed {seed}`, on the unit's device, drawing from
+    /// the seed's training stream (`rng(seed, 11)`).
+    pub fn for_seed(task: &'t TextTask, seed: u64, cx: &crate::experiment::UnitCx) -> Self {
+        Self::new(
+            task,
+            format!("seed {seed}"),
+            cx.device(),
+            cx.quiet(),
+            crate::rng::rng(seed, 11),
+        )
+    }
+
     /// The training (autodiff) device.
     pub fn train_device(&self) -> Device {
         self.device.clone().autodiff()

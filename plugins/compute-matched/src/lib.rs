@@ -332,13 +332,7 @@ impl ComputeMatched {
     fn run_seed(&self, p: &Parts, seed: u64, d: &Data, cx: &UnitCx) -> anyhow::Result<SeedResult> {
         let cfg = &self.config;
         let started = std::time::Instant::now();
-        let mut st = Stages::new(
-            p.task.as_ref(),
-            format!("seed {seed}"),
-            cx.device(),
-            cx.quiet(),
-            rng(seed, 11),
-        );
+        let mut st = Stages::for_seed(p.task.as_ref(), seed, cx);
         let mut res = SeedResult {
             seed,
             ..Default::default()

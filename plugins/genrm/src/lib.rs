@@ -229,13 +229,7 @@ impl GenRmScheduler {
     ) -> anyhow::Result<SeedResult> {
         let cfg = &self.config;
         let started = std::time::Instant::now();
-        let mut st = Stages::new(
-            p.task.as_ref(),
-            format!("seed {seed}"),
-            cx.device(),
-            cx.quiet(),
-            rng(seed, 11),
-        );
+        let mut st = Stages::for_seed(p.task.as_ref(), seed, cx);
         let mut clock = std::time::Instant::now();
         let mut stages: Vec<(String, f64)> = Vec::new();
         let mut lap = |name: &str| {

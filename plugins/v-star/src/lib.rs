@@ -166,13 +166,7 @@ impl VStar {
     ) -> anyhow::Result<SeedResult> {
         let (cfg, (train, test)) = (&self.config, data);
         let started = std::time::Instant::now();
-        let mut st = Stages::new(
-            p.task.as_ref(),
-            format!("seed {seed}"),
-            cx.device(),
-            cx.quiet(),
-            rng(seed, 11),
-        );
+        let mut st = Stages::for_seed(p.task.as_ref(), seed, cx);
         let base = p
             .init
             .init(&p.tokenizer, &mut rng(seed, 1), &st.train_device())?;

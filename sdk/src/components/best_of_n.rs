@@ -113,13 +113,7 @@ impl BestOfN {
     ) -> anyhow::Result<BestOfNResult> {
         let (cfg, (train, test)) = (&self.config, data);
         let started = std::time::Instant::now();
-        let mut st = Stages::new(
-            p.task.as_ref(),
-            format!("seed {seed}"),
-            cx.device(),
-            cx.quiet(),
-            rng(seed, 11),
-        );
+        let mut st = Stages::for_seed(p.task.as_ref(), seed, cx);
         let train_device = st.train_device();
         let mut policy = p
             .init
