@@ -110,7 +110,13 @@ pub struct Batcher {
     max_rows: usize,
     groups: VecDeque<Group>,
     next_id: u64,
+    /// Least prompt tokens that consecutive requests of [`run_all`](Self::run_all) must share
+    /// for their common prefix to be fed once ([`SHARED_PREFIX_MIN`] by default).
+    pub share_prefix: usize,
 }
+
+/// The default [`Batcher::share_prefix`]: few-shot prompts share hundreds of tokens.
+pub const SHARED_PREFIX_MIN: usize = 32;
 
 /// Where a row's logits go.
 #[derive(Clone, Copy)]
@@ -135,6 +141,7 @@ impl Batcher {
             max_rows: max_rows.max(1),
             groups: VecDeque::new(),
             next_id: 0,
+            share_prefix: SHARED_PREFIX_MIN,
         }
     }
 
@@ -188,6 +195,78 @@ impl Batcher {
             request,
         });
         Ok(id)
+    }
+
+    /// Queues a request whose prompt's first `cache.len()` tokens are already in `cache` (a
+    /// prefix it shares with others, fed once): feeding starts after them. Not for `echo`
+    /// (the prefix's scores are not kept); the prefix must leave at least one prompt token.
+    pub fn add_from(&mut self, request: Request, cache: QCache) -> Result<u64, String> {
+        self.check(&request)?;
+        if request.echo || cache.len() >= request.prompt.len() {
+            return Err("a shared prefix needs a request without echo and a longer prompt".into());
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.groups.push_back(Group {
+            id,
+            fed: cache.len(),
+            cache,
+            prompt_scored: Vec::new(),
+            seqs: Vec::new(),
+            request,
+        });
+        Ok(id)
+    }
+
+    /// Per request of `requests`, the cache of the prefix it shares with its neighbours, when
+    /// it does: runs of consecutive valid requests without echo whose prompts share at least
+    /// [`share_prefix`](Self::share_prefix) tokens (a run ends where its shared prefix would
+    /// halve), each run's prefix fed once. The prefix stops before every prompt's last token.
+    fn shared_prefixes(&self, requests: &[Request]) -> Vec<Option<Arc<QCache>>> {
+        let n = requests.len();
+        let mut out: Vec<Option<Arc<QCache>>> = vec![None; n];
+        let ok = |r: &Request| !r.echo && self.check(r).is_ok() && r.prompt.len() > 1;
+        let mut i = 0;
+        while i < n {
+            if !ok(&requests[i]) {
+                i += 1;
+                continue;
+            }
+            let first = &requests[i].prompt;
+            let (mut end, mut shared) = (i + 1, first.len() - 1);
+            while end < n && ok(&requests[end]) {
+                let other = &requests[end].prompt;
+                let common = first
+                    .iter()
+                    .zip(other)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .min(other.len() - 1);
+                if common < self.share_prefix || common * 2 < shared {
+                    break;
+                }
+                shared = shared.min(common);
+                end += 1;
+            }
+            if end - i >= 2 && shared >= self.share_prefix {
+                let mut cache = self.model.cache();
+                let rows: Vec<(usize, u32)> = first[..shared].iter().map(|&t| (0, t)).collect();
+                let fed = self.model.forward_batch(
+                    std::slice::from_mut(&mut cache),
+                    &rows,
+                    &[],
+                    &mut |_, _| {},
+                );
+                if fed.is_ok() {
+                    let cache = Arc::new(cache);
+                    for o in &mut out[i..end] {
+                        *o = Some(cache.clone());
+                    }
+                }
+            }
+            i = end;
+        }
+        out
     }
 
     pub fn is_idle(&self) -> bool {
@@ -402,12 +481,20 @@ impl Batcher {
         done
     }
 
-    /// Runs `requests` to completion together; answers in request order.
+    /// Runs `requests` to completion together; answers in request order. Consecutive requests
+    /// that share a long prompt prefix (few-shot prompts) feed it once
+    /// ([`share_prefix`](Self::share_prefix)); per row the arithmetic is the same, so the
+    /// answers are those of feeding each prompt whole.
     pub fn run_all(&mut self, requests: Vec<Request>) -> Vec<Result<Answer, String>> {
         let mut ids = Vec::with_capacity(requests.len());
         let mut out: Vec<Option<Result<Answer, String>>> = vec![None; requests.len()];
-        for (i, r) in requests.into_iter().enumerate() {
-            match self.add(r) {
+        let prefixes = self.shared_prefixes(&requests);
+        for (i, (r, prefix)) in requests.into_iter().zip(prefixes).enumerate() {
+            let added = match prefix {
+                Some(cache) => self.add_from(r, (*cache).clone()),
+                None => self.add(r),
+            };
+            match added {
                 Ok(id) => ids.push((id, i)),
                 Err(e) => out[i] = Some(Err(e)),
             }
@@ -705,6 +792,36 @@ mod tests {
         // Sampled choices differ from one another (3 draws of 6 tokens at T = 0.9).
         let c = &alone[1].choices;
         assert!(c[0].tokens != c[1].tokens || c[1].tokens != c[2].tokens);
+    }
+
+    /// Requests sharing a prompt prefix feed it once and get what each gets fed whole; a
+    /// request with echo, or one sharing too little, is fed whole.
+    #[test]
+    fn a_shared_prefix_is_fed_once_with_the_same_answers() {
+        let p = [1, 4, 5, 6, 7, 3];
+        let reqs = vec![
+            request(&[&p[..], &[8, 9]].concat(), 0.0, 1, 6, false),
+            request(&[&p[..], &[9]].concat(), 0.9, 2, 6, false),
+            request(&p, 0.0, 1, 6, false),
+            request(&[&p[..], &[8]].concat(), 0.0, 1, 6, true),
+            request(&[1, 4, 9], 0.0, 1, 6, false),
+        ];
+        let mut b = batcher(64);
+        b.share_prefix = 3;
+        let prefixes = b.shared_prefixes(&reqs);
+        let lens: Vec<Option<usize>> = prefixes
+            .iter()
+            .map(|c| c.as_ref().map(|c| c.len()))
+            .collect();
+        // The first three share 6 tokens, less the last prompt token of the third.
+        assert_eq!(lens, [Some(5), Some(5), Some(5), None, None]);
+        let shared = b.run_all(reqs.clone());
+        let whole = batcher(64).run_all(reqs.clone());
+        for (i, (a, w)) in shared.iter().zip(&whole).enumerate() {
+            assert_eq!(a.as_ref().unwrap(), w.as_ref().unwrap(), "request {i}");
+        }
+        let mut b = batcher(64);
+        assert!(b.add_from(reqs[3].clone(), b.model().cache()).is_err());
     }
 
     #[test]
