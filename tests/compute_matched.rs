@@ -104,10 +104,7 @@ fn compute_matched_real_smoke_samples_two_checkpoints_at_matched_flops() {
     let (Some(_), Some(smollm2), Some(gemma)) = (
         common::data_dir("gsm8k/test.jsonl"),
         common::smollm2(),
-        common::cached(
-            "gemma3/gemma-3-270m-q4_k_m.gguf",
-            "run `cargo xtask fetch gemma3`",
-        ),
+        common::gemma3(),
     ) else {
         return;
     };

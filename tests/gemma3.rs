@@ -6,16 +6,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{lmlab, python_with, reference, run};
-
-fn gemma3() -> Option<PathBuf> {
-    common::cached(
-        "gemma3/gemma-3-270m-q4_k_m.gguf",
-        "run `cargo xtask fetch gemma3`",
-    )
-}
+use common::{gemma3, lmlab, python_with, reference, run};
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()

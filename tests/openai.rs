@@ -170,10 +170,7 @@ fn openai_policy_against_llama_cpp_python_server() {
 /// SmolLM2, its echoed log-probabilities are shifted by one position, a bug of that server).
 #[test]
 fn openai_policy_scores_through_echo_logprobs() {
-    let Some(model) = common::cached(
-        "gemma3/gemma-3-270m-q4_k_m.gguf",
-        "run `cargo xtask fetch gemma3`",
-    ) else {
+    let Some(model) = common::gemma3() else {
         return;
     };
     let Some(python) = common::python_with(&["llama_cpp.server"]) else {

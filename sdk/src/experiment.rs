@@ -443,6 +443,42 @@ impl Experiment {
     }
 }
 
+/// Wall time by stage of one unit's work: each [`lap`](Self::lap) adds the time since the
+/// previous lap (or the start) to its stage, so a stage run several times accumulates.
+pub struct StageClock {
+    start: std::time::Instant,
+    last: std::time::Instant,
+    seconds: std::collections::BTreeMap<String, f64>,
+}
+
+impl StageClock {
+    pub fn start() -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            start: now,
+            last: now,
+            seconds: Default::default(),
+        }
+    }
+
+    /// Ends a lap of `stage`.
+    pub fn lap(&mut self, stage: &str) {
+        let now = std::time::Instant::now();
+        *self.seconds.entry(stage.into()).or_default() += (now - self.last).as_secs_f64();
+        self.last = now;
+    }
+
+    /// Stage → seconds so far.
+    pub fn seconds(&self) -> &std::collections::BTreeMap<String, f64> {
+        &self.seconds
+    }
+
+    /// Seconds since the start.
+    pub fn total(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+}
+
 /// The unit of most experiments: one seed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Seed {

@@ -189,6 +189,23 @@ pub fn fits_section<'a>(
     )
 }
 
+/// The summary's "Time" section: each stage's seconds per seed (mean ± sd), stages in name
+/// order, from each seed's `stage → seconds`.
+pub fn time_section<'a>(
+    per_seed: impl IntoIterator<Item = &'a std::collections::BTreeMap<String, f64>>,
+) -> String {
+    let per_seed: Vec<&std::collections::BTreeMap<String, f64>> = per_seed.into_iter().collect();
+    let mut stages: Vec<&String> = per_seed.iter().flat_map(|r| r.keys()).collect();
+    stages.sort();
+    stages.dedup();
+    let mut t = Table::new(["stage", "seconds per seed"]);
+    for st in stages {
+        let v: Vec<f64> = per_seed.iter().filter_map(|r| r.get(st).copied()).collect();
+        t.row([st.clone(), Fmt::Fixed(0).cell(&v)]);
+    }
+    format!("## Time\n\n{}\n", t.markdown())
+}
+
 /// Curves over `k` (Best-of-k, pass@k, majority@k …) of several methods, measured on every
 /// seed: the table and the plot every such summary shows.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -336,7 +353,15 @@ impl Claim {
         fmt: Fmt,
         margin: f64,
     ) -> Self {
-        let diffs: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+        // Seeds where a side has no value (NaN) are left out of both.
+        let seeds = a.len().min(b.len());
+        let (a, b): (Vec<f64>, Vec<f64>) = a
+            .iter()
+            .zip(b)
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .map(|(x, y)| (*x, *y))
+            .unzip();
+        let diffs: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
         let (md, sd) = mean_std(&diffs);
         let noise = within_seed_noise(&diffs);
         let holds = if margin > 0.0 {
@@ -353,16 +378,17 @@ impl Claim {
             statement: statement.into(),
             measured: format!(
                 "{}{suffix} vs {}{suffix}",
-                fmt.num(mean_std(a).0),
-                fmt.num(mean_std(b).0)
+                fmt.num(mean_std(&a).0),
+                fmt.num(mean_std(&b).0)
             ),
             difference: format!("{} ± {}{}", fmt.signed(md), fmt.num(sd), fmt.unit()),
-            holds,
+            holds: holds && !diffs.is_empty(),
             within_noise: noise,
-            note: if diffs.len() < 2 {
-                "one seed: no spread to judge noise by".into()
-            } else {
-                String::new()
+            note: match diffs.len() {
+                0 => "no seed has both values".into(),
+                1 => "one seed: no spread to judge noise by".into(),
+                n if n < seeds => format!("{n} of {seeds} seeds have both values"),
+                _ => String::new(),
             },
         }
     }
@@ -516,6 +542,20 @@ mod tests {
         assert!(!c.holds && !c.within_noise && c.note.contains("one seed"));
         let c = Claim::paired_by("a ≫ b", &[0.5, 0.52], &[0.45, 0.46], Fmt::Percent(1), 0.1);
         assert!(!c.holds, "a 5.5-point lead is not a 10-point one");
+        // A seed without a value on one side is left out of both.
+        let c = Claim::paired(
+            "a > b",
+            &[0.5, f64::NAN, 0.6],
+            &[0.4, 0.9, 0.45],
+            Fmt::Percent(1),
+        );
+        assert_eq!(c.measured, "55.0% vs 42.5%");
+        assert!(
+            c.holds && c.note == "2 of 3 seeds have both values",
+            "{c:?}"
+        );
+        let c = Claim::paired("a > b", &[f64::NAN], &[0.4], Fmt::Percent(1));
+        assert!(!c.holds && c.note == "no seed has both values");
     }
 
     #[test]

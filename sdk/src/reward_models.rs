@@ -261,7 +261,7 @@ crate::register_component! {
     config: BradleyTerryConfig,
     build: |c: BradleyTerryConfig, ctx| {
         let objective = c.objective.build(ctx, BT_INPUTS)?;
-        let stage = Stage { steps: c.steps, batch_size: c.batch_size, optim: c.optim.clone() };
+        let stage = Stage::new(c.steps, c.batch_size, c.optim.clone());
         stage.validate()?;
         if c.batch == 0 { return Err(ConfigError::field("batch", "must be at least 1").into()); }
         Ok(Box::new(BradleyTerrySpec { objective, stage, bias_references: c.bias_references, batch: c.batch }) as Box<dyn RewardSpec>)

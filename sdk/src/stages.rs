@@ -21,8 +21,9 @@ use crate::{Objective, Sampler};
 
 /// One unit's stages (a seed's, say).
 pub struct Stages<'t> {
-    /// The task candidates are checked by ([`draw`](Self::draw)).
-    pub task: &'t TextTask,
+    /// The task candidates are checked by ([`draw`](Self::draw)); `None` for stages that only
+    /// train ([`training`](Self::training)).
+    pub task: Option<&'t TextTask>,
     /// Prefixes progress bars and errors ("seed 0").
     pub prefix: String,
     /// The inference device.
@@ -46,7 +47,7 @@ impl<'t> Stages<'t> {
         rng: Rng,
     ) -> Self {
         Self {
-            task,
+            task: Some(task),
             prefix: prefix.into(),
             device: device.clone(),
             quiet,
@@ -65,6 +66,20 @@ impl<'t> Stages<'t> {
             cx.quiet(),
             crate::rng::rng(seed, 11),
         )
+    }
+
+    /// The stages of one seed's unit that only train (a scheduler that evaluates by itself,
+    /// over problems of its own type): as [`for_seed`](Self::for_seed), with no task to
+    /// [`draw`](Self::draw) for.
+    pub fn training(seed: u64, cx: &crate::experiment::UnitCx) -> Self {
+        Self {
+            task: None,
+            prefix: format!("seed {seed}"),
+            device: cx.device().clone(),
+            quiet: cx.quiet(),
+            rng: crate::rng::rng(seed, 11),
+            fits: Vec::new(),
+        }
     }
 
     /// The training (autodiff) device.
@@ -162,9 +177,12 @@ impl<'t> Stages<'t> {
         seed: u64,
         name: &str,
     ) -> anyhow::Result<Vec<Candidate>> {
+        let task = self.task.ok_or_else(|| {
+            anyhow::anyhow!("{}: drawing candidates ({name}) needs a task", self.prefix)
+        })?;
         let pb = self.bar(problems.len(), &format!("sampling ({name})"));
         let (cands, _) =
-            sample_candidates(sampler, &policy.inference(), self.task, problems, seed, &pb)?;
+            sample_candidates(sampler, &policy.inference(), task, problems, seed, &pb)?;
         pb.finish_and_clear();
         Ok(cands)
     }

@@ -203,6 +203,15 @@ impl Default for Stage {
 }
 
 impl Stage {
+    /// `steps` of `batch_size` with `optim`.
+    pub fn new(steps: u64, batch_size: usize, optim: OptimConfig) -> Self {
+        Self {
+            steps,
+            batch_size,
+            optim,
+        }
+    }
+
     /// Errors naming the field: at least one step and one example per batch, and a valid
     /// optimiser (`optim.lr`, …).
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -212,6 +221,7 @@ impl Stage {
         if self.batch_size == 0 {
             return Err(ConfigError::field("batch_size", "must be at least 1"));
         }
+
         self.optim.validate().map_err(|e| e.within("optim"))
     }
 }

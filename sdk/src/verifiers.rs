@@ -266,17 +266,17 @@ crate::register_component! {
 /// A verifier's default training stage: 600 steps of `batch_size` at learning rate `lr`, 20
 /// warm-up steps, cosine to a tenth.
 pub fn fine_tune(lr: f64, batch_size: usize) -> Stage {
-    Stage {
-        steps: 600,
+    Stage::new(
+        600,
         batch_size,
-        optim: OptimConfig {
+        OptimConfig {
             lr,
             warmup_steps: 20,
             schedule: LrSchedule::Cosine,
             min_lr_ratio: 0.1,
             ..OptimConfig::default()
         },
-    }
+    )
 }
 
 /// How a fitted verifier is chosen: by its AUROC within problems (correct against incorrect
@@ -507,11 +507,7 @@ impl VerifierSpec for DpoSpec {
 
 /// The stage of a fitter's `steps`, `batch_size` and `optim` fields, validated.
 pub fn stage_of(steps: u64, batch_size: usize, optim: &OptimConfig) -> Result<Stage, ConfigError> {
-    let st = Stage {
-        steps,
-        batch_size,
-        optim: optim.clone(),
-    };
+    let st = Stage::new(steps, batch_size, optim.clone());
     st.validate()?;
     Ok(st)
 }

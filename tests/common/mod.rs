@@ -211,6 +211,14 @@ pub fn smollm2() -> Option<PathBuf> {
     )
 }
 
+/// Gemma-3-270M (Q4_K_M GGUF) from the cache, or `None` (see [`cached`]).
+pub fn gemma3() -> Option<PathBuf> {
+    cached(
+        "gemma3/gemma-3-270m-q4_k_m.gguf",
+        "run `cargo xtask fetch gemma3`",
+    )
+}
+
 /// A server process, killed when dropped.
 pub struct Server(pub std::process::Child);
 

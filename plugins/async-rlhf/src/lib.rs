@@ -94,11 +94,7 @@ impl Default for AsyncRlhfConfig {
             generator_threads: 1,
             learner_threads: 1,
             pin_cores: true,
-            sft: Stage {
-                steps: 1500,
-                batch_size: 32,
-                optim,
-            },
+            sft: Stage::new(1500, 32, optim),
             rl: RlConfig::default(),
             eval_prompts: 256,
             best_of: 2,

@@ -7,7 +7,7 @@ mod summary;
 use std::collections::BTreeMap;
 
 use lmlab_sdk::eval::{by_problem, correct_sequences, pass_at_1};
-use lmlab_sdk::experiment::{Experiment, Seed, UnitCx, seeds};
+use lmlab_sdk::experiment::{Experiment, Seed, StageClock, UnitCx, seeds};
 use lmlab_sdk::fit::FitSummary;
 use lmlab_sdk::lm::Tokenizer;
 use lmlab_sdk::lm::policy::LmPolicy;
@@ -331,16 +331,11 @@ pub(crate) fn sampling_stats(
 impl ComputeMatched {
     fn run_seed(&self, p: &Parts, seed: u64, d: &Data, cx: &UnitCx) -> anyhow::Result<SeedResult> {
         let cfg = &self.config;
-        let started = std::time::Instant::now();
+        let mut clock = StageClock::start();
         let mut st = Stages::for_seed(p.task.as_ref(), seed, cx);
         let mut res = SeedResult {
             seed,
             ..Default::default()
-        };
-        let mut clock = std::time::Instant::now();
-        let mut lap = |res: &mut SeedResult, name: &str| {
-            *res.stage_seconds.entry(name.into()).or_default() += clock.elapsed().as_secs_f64();
-            clock = std::time::Instant::now();
         };
         let s = |i: u64| (seed * 100 + i).wrapping_mul(1_000_003);
         let obj = p.objective.as_ref();
@@ -370,7 +365,7 @@ impl ComputeMatched {
             cx.log(serde_json::json!({"stage": "base", "model": name, "test_pass1": acc}))?;
             bases.push(m);
         }
-        lap(&mut res, "base training and test");
+        clock.lap("base training and test");
         let (p_wc, p_se) = (res.params[WC], res.params[SE]);
 
         // 2. Sampling at every budget, both matchings.
@@ -387,7 +382,7 @@ impl ComputeMatched {
             cx.check()?;
             Ok(got)
         })?;
-        lap(&mut res, "sampling");
+        clock.lap("sampling");
         let budgets = sampling_stats(
             &d.sample,
             (&se, &wc),
@@ -449,11 +444,12 @@ impl ComputeMatched {
                 };
                 cx.log(serde_json::json!({"stage": "finetune", "finetune": &f}))?;
                 res.finetunes.push(f);
-                lap(&mut res, "fine-tuning and test");
+                clock.lap("fine-tuning and test");
             }
         }
         res.fits = std::mem::take(&mut st.fits);
-        res.seconds = started.elapsed().as_secs_f64();
+        res.stage_seconds = clock.seconds().clone();
+        res.seconds = clock.total();
         Ok(res)
     }
 }

@@ -5,7 +5,7 @@
 use lmlab_sdk::RunContext;
 use lmlab_sdk::metrics::mean_std;
 use lmlab_sdk::plot::{Series, line_plot};
-use lmlab_sdk::report::{Claim, Fmt, Table, claims_table, fits_section, footer};
+use lmlab_sdk::report::{Claim, Fmt, Table, claims_table, fits_section, footer, time_section};
 
 use crate::{
     ComputeMatchedConfig, Data, Finetune, SE, SE_DATA, SETUPS, STUDENT, SeedResult, SideStats, WC,
@@ -461,21 +461,7 @@ pub(crate) fn write(
         claims_table(&claims(cfg, results))
     );
     s += &fits_section(results.iter().map(|r| r.fits.as_slice()));
-    let mut times = Table::new(["stage", "seconds per seed"]);
-    let mut stages: Vec<&String> = results
-        .iter()
-        .flat_map(|r| r.stage_seconds.keys())
-        .collect();
-    stages.sort();
-    stages.dedup();
-    for st in stages {
-        let v: Vec<f64> = results
-            .iter()
-            .filter_map(|r| r.stage_seconds.get(st).copied())
-            .collect();
-        times.row([st.clone(), cell(Fmt::Fixed(0), &v)]);
-    }
-    s += &format!("## Time\n\n{}\n", times.markdown());
+    s += &time_section(results.iter().map(|r| &r.stage_seconds));
     let seconds = results.iter().map(|r| r.seconds).sum();
     s += &footer(seconds, results.len(), computed, ctx.elapsed_secs());
     ctx.run.write_summary(&s)?;
