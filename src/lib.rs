@@ -8,6 +8,7 @@ pub use lmlab_sdk::*;
 
 // bundled plugins (cargo xtask plugin new adds here)
 pub use lmlab_plugin_async_rlhf;
+pub use lmlab_plugin_compositional_gsm;
 pub use lmlab_plugin_compute_matched;
 pub use lmlab_plugin_genrm;
 pub use lmlab_plugin_ordered_memory;
