@@ -4,18 +4,12 @@
 
 mod common;
 
-use common::{lmlab, only_run_dir, records, run};
+use common::{records, smoke};
 use lmlab::sdk::sampling::compute_matched_samples;
 
 #[test]
 fn compute_matched_smoke_samples_at_matched_flops_and_fine_tunes_every_setup() {
-    let out = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(lmlab()
-        .args(["recipe", "compute-matched-sampling", "--smoke", "--quiet"])
-        .arg("--out")
-        .arg(out.path()));
-    assert_eq!(code, 0, "{err}");
-    let dir = only_run_dir(out.path(), "compute-matched-sampling");
+    let (_out, dir) = smoke("compute-matched-sampling", &[]);
     let seeds = records(&dir, "seed");
     assert_eq!(seeds.len(), 1, "{seeds:?}");
     let r = &seeds[0]["result"];
@@ -108,22 +102,13 @@ fn compute_matched_real_smoke_samples_two_checkpoints_at_matched_flops() {
     ) else {
         return;
     };
-    let out = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(lmlab()
-        .args([
-            "recipe",
-            "compute-matched-real",
-            "--smoke",
-            "--quiet",
-            "--set",
-        ])
-        .arg(format!("policy.path={}", smollm2.display()))
-        .arg("--set")
-        .arg(format!("strong.path={}", gemma.display()))
-        .arg("--out")
-        .arg(out.path()));
-    assert_eq!(code, 0, "{err}");
-    let dir = only_run_dir(out.path(), "compute-matched-real");
+    let (_out, dir) = smoke(
+        "compute-matched-real",
+        &[
+            format!("policy.path={}", smollm2.display()),
+            format!("strong.path={}", gemma.display()),
+        ],
+    );
     let reports = records(&dir, "report");
     assert_eq!(reports.len(), 1, "{reports:?}");
     let r = &reports[0]["result"];

@@ -63,6 +63,22 @@ pub fn only_run_dir(out: &Path, recipe: &str) -> PathBuf {
     dirs.pop().unwrap()
 }
 
+/// Runs `lmlab recipe {recipe} --smoke --quiet` with `sets` (each `table.field=value`) into a
+/// fresh folder, asserts it succeeds, and returns the folder (kept while it lives) and the run's
+/// directory.
+pub fn smoke(recipe: &str, sets: &[String]) -> (tempfile::TempDir, PathBuf) {
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = lmlab();
+    cmd.args(["recipe", recipe, "--smoke", "--quiet"]);
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    let (code, _, err) = run(cmd.arg("--out").arg(out.path()));
+    assert_eq!(code, 0, "{recipe} --smoke: {err}");
+    let dir = only_run_dir(out.path(), recipe);
+    (out, dir)
+}
+
 /// The records of `dir`'s `metrics.jsonl` logged under `stage` (e.g. each seed's `"seed"`
 /// result).
 pub fn records(dir: &Path, stage: &str) -> Vec<serde_json::Value> {
