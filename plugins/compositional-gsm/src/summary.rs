@@ -38,6 +38,7 @@ pub(crate) fn delta_table(rows: &[(String, Vec<Scores>)]) -> String {
         "S1·S2 (%)",
         "S_comp (%)",
         "Δ = S_comp − S1·S2 (points)",
+        "Δ per seed (points)",
         "S_comp / (S1·S2)",
         "Fréchet range of Δ (points)",
     ];
@@ -52,6 +53,10 @@ pub(crate) fn delta_table(rows: &[(String, Vec<Scores>)]) -> String {
             PCT.cell(&v(&|x| x.s1 * x.s2)),
             PCT.cell(&v(&|x| x.s_comp)),
             PCT.cell(&v(&|x| x.delta)),
+            s.iter()
+                .map(|x| PCT.signed(x.delta + 0.0))
+                .collect::<Vec<_>>()
+                .join(", "),
             Fmt::Fixed(2).cell(
                 &s.iter()
                     .filter(|x| x.s1 * x.s2 > 0.0)
