@@ -97,20 +97,11 @@ fn every_gsm8k_pair_recomputes_to_its_stated_answer() {
 /// report puts their gaps next to the paper's.
 #[test]
 fn compositional_gsm_real_smoke_asks_two_checkpoints() {
-    let (Some(_), Some(smollm2), Some(gemma)) = (
-        common::data_dir("gsm8k/test.jsonl"),
-        common::smollm2(),
-        common::gemma3(),
-    ) else {
+    let Some((_out, dir)) =
+        common::smoke_gsm8k_checkpoints("compositional-gsm-real", "small", "large")
+    else {
         return;
     };
-    let (_out, dir) = smoke(
-        "compositional-gsm-real",
-        &[
-            format!("small.path={}", smollm2.display()),
-            format!("large.path={}", gemma.display()),
-        ],
-    );
     let models = records(&dir, "model");
     assert_eq!(models.len(), 2, "{models:?}");
     let params: Vec<u64> = models

@@ -95,20 +95,11 @@ fn compute_matched_smoke_samples_at_matched_flops_and_fine_tunes_every_setup() {
 /// many more as its parameters and tokens make compute-matched, and the report says so.
 #[test]
 fn compute_matched_real_smoke_samples_two_checkpoints_at_matched_flops() {
-    let (Some(_), Some(smollm2), Some(gemma)) = (
-        common::data_dir("gsm8k/test.jsonl"),
-        common::smollm2(),
-        common::gemma3(),
-    ) else {
+    let Some((_out, dir)) =
+        common::smoke_gsm8k_checkpoints("compute-matched-real", "policy", "strong")
+    else {
         return;
     };
-    let (_out, dir) = smoke(
-        "compute-matched-real",
-        &[
-            format!("policy.path={}", smollm2.display()),
-            format!("strong.path={}", gemma.display()),
-        ],
-    );
     let reports = records(&dir, "report");
     assert_eq!(reports.len(), 1, "{reports:?}");
     let r = &reports[0]["result"];

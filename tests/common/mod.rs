@@ -63,6 +63,26 @@ pub fn only_run_dir(out: &Path, recipe: &str) -> PathBuf {
     dirs.pop().unwrap()
 }
 
+/// [`smoke`] of a real-model recipe on GSM8K with SmolLM2 at its `smollm2_role`'s `path` and
+/// Gemma 3 at its `gemma_role`'s; `None` (the test skips) when GSM8K or a checkpoint is absent.
+pub fn smoke_gsm8k_checkpoints(
+    recipe: &str,
+    smollm2_role: &str,
+    gemma_role: &str,
+) -> Option<(tempfile::TempDir, PathBuf)> {
+    let (Some(_), Some(smollm2), Some(gemma)) = (data_dir("gsm8k/test.jsonl"), smollm2(), gemma3())
+    else {
+        return None;
+    };
+    Some(smoke(
+        recipe,
+        &[
+            format!("{smollm2_role}.path={}", smollm2.display()),
+            format!("{gemma_role}.path={}", gemma.display()),
+        ],
+    ))
+}
+
 /// Runs `lmlab recipe {recipe} --smoke --quiet` with `sets` (each `table.field=value`) into a
 /// fresh folder, asserts it succeeds, and returns the folder (kept while it lives) and the run's
 /// directory.
