@@ -14,6 +14,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::components::regression::normal;
+use crate::lm::fused;
+use crate::lm::kernels::{AttentionShape, Rope};
 use crate::rng::Rng;
 
 /// Whether `device` (or the device under its autodiff) is libtorch.
@@ -304,6 +306,9 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if fused::enabled(&x) {
+            return fused::rms_norm(x, self.weight.val(), self.eps);
+        }
         let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
         let normed = x * (ms + self.eps as f64).sqrt().recip();
         normed * self.weight.val().unsqueeze()
@@ -705,9 +710,19 @@ impl Llama {
         pad: &[usize],
         start: usize,
         t: usize,
-        (theta, scale): (f32, f32),
+        key: (f32, f32),
         device: &Device,
     ) -> (Tensor<4>, Tensor<4>) {
+        let table = self.rope_table(pad, start, t, key);
+        let shape = [pad.len(), 1, t, table.dim];
+        (
+            Tensor::from_data(TensorData::new(table.cos, shape), device),
+            Tensor::from_data(TensorData::new(table.sin, shape), device),
+        )
+    }
+
+    /// The rotary table of [`rope`](Self::rope) as `[B, T, D]` host rows.
+    fn rope_table(&self, pad: &[usize], start: usize, t: usize, (theta, scale): (f32, f32)) -> Rope {
         let hd = self.config.head_dim();
         let halves = self.config.gemma3().is_some();
         let b = pad.len();
@@ -733,11 +748,7 @@ impl Llama {
                 sin.extend_from_slice(&s_row);
             }
         }
-        let shape = [b, 1, t, hd];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
+        Rope { cos, sin, batch: b, len: t, dim: hd, halves }
     }
 
     /// `[D, D]` with `x · P` the rotation of each pair by 90°: `(−x₁, x₀, −x₃, x₂, …)` for
@@ -777,6 +788,9 @@ impl Llama {
         pad: &[usize],
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
+        if cache.is_none() && fused::enabled(&self.embed.val()) {
+            return self.forward_hidden_fused(tokens, pad);
+        }
         let device = tokens.device();
         let [b, t] = tokens.dims();
         let c = &self.config;
@@ -929,6 +943,78 @@ impl Llama {
         self.norm.forward(x).reshape([b, t, c.dim])
     }
 
+    /// [`forward_hidden`](Self::forward_hidden) without a cache through the [fused
+    /// ops](crate::lm::fused): activations stay `[B, T, heads, head_dim]` around attention, so
+    /// nothing is transposed, and keys and values are never repeated.
+    fn forward_hidden_fused(&self, tokens: Tensor<2, Int>, pad: &[usize]) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim());
+        let mut tables: Vec<((f32, f32), std::sync::Arc<Rope>)> = Vec::new();
+        for li in 0..c.n_layers {
+            let key = c.rope_of_layer(li);
+            if !tables.iter().any(|(k, _)| *k == key) {
+                tables.push((key, std::sync::Arc::new(self.rope_table(pad, 0, t, key))));
+            }
+        }
+        let scale = c
+            .gemma3()
+            .map_or(1.0 / (hd as f32).sqrt(), |g| g.query_scale);
+        let shape = |window: Option<usize>| {
+            std::sync::Arc::new(AttentionShape {
+                batch: b,
+                len: t,
+                q_heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+                pad: pad.to_vec(),
+                window,
+                scale,
+            })
+        };
+        let n = b * t;
+        let mut x = self.embed.val().select(0, tokens.reshape([n]));
+        if c.gemma3().is_some() {
+            x = x * (c.dim as f64).sqrt();
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(x.clone());
+            let q = h.clone().matmul(layer.wq.val()).reshape([b, t, nh, hd]);
+            let k = h.clone().matmul(layer.wk.val()).reshape([b, t, nkv, hd]);
+            let v = h.matmul(layer.wv.val()).reshape([b, t, nkv, hd]);
+            let (q, k) = match &layer.gemma {
+                Some(g) => (g.q_norm.forward(q), g.k_norm.forward(k)),
+                None => (q, k),
+            };
+            let key = c.rope_of_layer(li);
+            let (_, table) = tables.iter().find(|(k, _)| *k == key).expect("built above");
+            let q = fused::rope(q, table.clone());
+            let k = fused::rope(k, table.clone());
+            let o = fused::attention(q, k, v, shape(c.window_of_layer(li)))
+                .reshape([n, c.q_dim()])
+                .matmul(layer.wo.val());
+            let o = match &layer.gemma {
+                Some(g) => g.post_attn_norm.forward(o),
+                None => o,
+            };
+            x = x + o;
+            let h = layer.ffn_norm.forward(x.clone());
+            let gate = h.clone().matmul(layer.w1.val());
+            let up = h.matmul(layer.w3.val());
+            let f = if c.gemma3().is_some() {
+                gelu_tanh_tensor(gate) * up
+            } else {
+                fused::swiglu(gate, up)
+            }
+            .matmul(layer.w2.val());
+            x = x + match &layer.gemma {
+                Some(g) => g.post_ffn_norm.forward(f),
+                None => f,
+            };
+        }
+        self.norm.forward(x).reshape([b, t, c.dim])
+    }
+
     /// Logits `[B, T, vocab]` from hidden states.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let w = match &self.lm_head {
@@ -975,9 +1061,15 @@ impl Llama {
         } else {
             logits
         };
+        let targets = tokens.narrow(1, 1, t - 1);
+        if fused::enabled(&logits) {
+            let rows = b * (t - 1);
+            let v = self.config.vocab_size;
+            return fused::token_logprobs(logits.reshape([rows, v]), targets.reshape([rows]))
+                .reshape([b, t - 1]);
+        }
         let lp = log_softmax(logits, 2);
-        let targets = tokens.narrow(1, 1, t - 1).reshape([b, t - 1, 1]);
-        lp.gather(2, targets).reshape([b, t - 1])
+        lp.gather(2, targets.reshape([b, t - 1, 1])).reshape([b, t - 1])
     }
 }
 
