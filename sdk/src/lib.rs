@@ -30,6 +30,7 @@ pub mod fit;
 pub mod lm;
 pub mod metrics;
 pub mod objective;
+pub mod optim;
 pub mod pipeline;
 pub mod plot;
 pub mod policy;

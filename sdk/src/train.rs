@@ -16,7 +16,12 @@ use burn::tensor::{Bytes, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::optim::{AdamWSettings, FusedAdamW};
 use crate::registry::ConfigError;
+
+/// The optimiser state's file in a checkpoint: the fused AdamW's, or burn's.
+const FUSED_STATE: &str = "optim.safetensors";
+const BURN_STATE: &str = "optim.bpk";
 use crate::run::write_atomic;
 
 /// How the learning rate decays after warmup.
@@ -283,7 +288,7 @@ pub fn finite_loss(loss: &Tensor<1>, what: &str, step: u64) -> anyhow::Result<f6
 pub struct Trainer<M: Module> {
     /// The model being trained (on an autodiff device).
     pub model: M,
-    optim: ModuleOptimizer,
+    optim: Optim,
     config: OptimConfig,
     /// Optimiser steps taken.
     pub step: u64,
@@ -293,19 +298,44 @@ pub struct Trainer<M: Module> {
     pub plateau: Plateau,
 }
 
+/// The optimiser: the [fused AdamW](crate::optim::FusedAdamW) for models in host memory,
+/// burn's AdamW (after [`clip_global_norm`]) elsewhere.
+enum Optim {
+    Fused(FusedAdamW),
+    Burn(ModuleOptimizer),
+}
+
+/// Whether the model's parameters are in host memory (the first parameter's device says).
+fn on_host<M: Module>(model: &M) -> bool {
+    let devices = model.devices();
+    devices.first().is_none_or(crate::optim::host_device)
+}
+
 impl<M: Module> Trainer<M> {
     /// A trainer for `model` (already on an autodiff device).
     pub fn new(model: M, config: OptimConfig, total_steps: u64) -> Self {
-        // Clipping is ours ([`clip_global_norm`]): burn's `GradientClippingConfig::Norm` clips
-        // each parameter tensor by its own norm.
-        let adam = AdamWConfig::new()
-            .with_beta_1(config.beta1)
-            .with_beta_2(config.beta2)
-            .with_epsilon(config.eps)
-            .with_weight_decay(config.weight_decay);
+        // Clipping is ours (the fused optimiser's, or [`clip_global_norm`]): burn's
+        // `GradientClippingConfig::Norm` clips each parameter tensor by its own norm.
+        let optim = if on_host(&model) && crate::lm::fused::switched_on() {
+            Optim::Fused(FusedAdamW::new(AdamWSettings {
+                beta1: config.beta1,
+                beta2: config.beta2,
+                eps: config.eps,
+                weight_decay: config.weight_decay,
+            }))
+        } else {
+            Optim::Burn(
+                AdamWConfig::new()
+                    .with_beta_1(config.beta1)
+                    .with_beta_2(config.beta2)
+                    .with_epsilon(config.eps)
+                    .with_weight_decay(config.weight_decay)
+                    .init(),
+            )
+        };
         Self {
             model,
-            optim: adam.init(),
+            optim,
             config,
             step: 0,
             total_steps,
@@ -352,10 +382,18 @@ impl<M: Module> Trainer<M> {
     pub fn step(&mut self, loss: Tensor<1>) -> f64 {
         let lr = self.lr();
         let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
-        if let Some(max) = self.config.grad_clip_norm {
-            clip_global_norm(&self.model, &mut grads, max);
+        let clip = self.config.grad_clip_norm;
+        match &mut self.optim {
+            Optim::Fused(optim) => {
+                self.model = optim.step(lr, self.model.clone(), grads, clip).0;
+            }
+            Optim::Burn(optim) => {
+                if let Some(max) = clip {
+                    clip_global_norm(&self.model, &mut grads, max);
+                }
+                self.model = optim.step(lr, self.model.clone(), grads);
+            }
         }
-        self.model = self.optim.step(lr, self.model.clone(), grads);
         self.step += 1;
         lr
     }
@@ -382,12 +420,16 @@ impl<M: Module> Trainer<M> {
             .into_record()
             .into_bytes()
             .map_err(|e| anyhow::anyhow!("serialising the model: {e:?}"))?;
-        let optim = self
-            .optim
-            .into_bytes()
-            .map_err(|e| anyhow::anyhow!("serialising the optimiser: {e:?}"))?;
         write_atomic(&tmp.join("model.bpk"), &model)?;
-        write_atomic(&tmp.join("optim.bpk"), &optim)?;
+        match &self.optim {
+            Optim::Fused(optim) => write_atomic(&tmp.join(FUSED_STATE), &optim.to_bytes()?)?,
+            Optim::Burn(optim) => {
+                let bytes = optim
+                    .into_bytes()
+                    .map_err(|e| anyhow::anyhow!("serialising the optimiser: {e:?}"))?;
+                write_atomic(&tmp.join(BURN_STATE), &bytes)?
+            }
+        }
         let meta = serde_json::json!({
             "step": self.step,
             "total_steps": self.total_steps,
@@ -436,11 +478,27 @@ impl<M: Module> Trainer<M> {
             self.model.clone().try_load_record(record).map_err(|e| {
                 anyhow::anyhow!("{}: does not fit this model: {e:?}", ckpt.display())
             })?;
-        let optim = fs::read(ckpt.join("optim.bpk"))?;
-        let fresh = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
-        self.optim = fresh
-            .from_bytes(Bytes::from_bytes_vec(optim))
-            .map_err(|e| anyhow::anyhow!("{}: bad optimiser state: {e:?}", ckpt.display()))?;
+        let read = |name: &str| {
+            fs::read(ckpt.join(name)).with_context(|| {
+                format!(
+                    "{}: no {name} (the checkpoint was written by the other optimiser: \
+                     resume on the device that wrote it, or with the same LMLAB_FUSED)",
+                    ckpt.display()
+                )
+            })
+        };
+        match &mut self.optim {
+            Optim::Fused(optim) => optim
+                .load_bytes(&read(FUSED_STATE)?)
+                .with_context(|| format!("{}: bad optimiser state", ckpt.display()))?,
+            Optim::Burn(optim) => {
+                let bytes = read(BURN_STATE)?;
+                let fresh = std::mem::replace(optim, AdamWConfig::new().init());
+                *optim = fresh.from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
+                    anyhow::anyhow!("{}: bad optimiser state: {e:?}", ckpt.display())
+                })?;
+            }
+        }
         let meta: serde_json::Value =
             serde_json::from_slice(&fs::read(ckpt.join("state.json"))?)
                 .with_context(|| format!("{}: bad state.json", ckpt.display()))?;
