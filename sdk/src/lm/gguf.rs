@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use crate::error::Error;
 use crate::lm::llama::{Arch, Gemma3, GemmaNorms, LayerWeights, LlamaConfig, LlamaWeights};
-use crate::lm::tokenizer::Tokenizer;
+use crate::lm::tokenizer::{Bpe, Tokenizer, assemble};
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -593,6 +593,14 @@ impl Gguf {
         })
     }
 
+    /// The first id of the token `text` (without copying the token list).
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        match self.metadata.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(a)) => a.iter().position(|v| v.as_str() == Some(text)).map(|i| i as u32),
+            _ => None,
+        }
+    }
+
     /// The token list.
     pub fn tokens(&self) -> Result<Vec<String>, String> {
         match self.metadata.get("tokenizer.ggml.tokens") {
@@ -630,28 +638,35 @@ impl Gguf {
             Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
-        let strings = |key: &str| -> Result<Vec<String>, String> {
-            match self.metadata.get(key) {
+        let merges = || -> Result<Vec<(String, String)>, String> {
+            match self.metadata.get("tokenizer.ggml.merges") {
                 Some(Value::Array(a)) => Ok(a
                     .iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .filter_map(|v| v.as_str()?.split_once(' '))
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
                     .collect()),
-                _ => Err(format!("metadata `{key}` is missing")),
+                _ => Err("metadata `tokenizer.ggml.merges` is missing".into()),
             }
         };
-        let merges = || -> Result<Vec<Json>, String> {
-            Ok(strings("tokenizer.ggml.merges")?
+        // The first id of each token.
+        let vocab = || -> Vec<(String, u32)> {
+            let mut seen = std::collections::HashSet::new();
+            tokens
                 .iter()
-                .filter_map(|m| m.split_once(' '))
-                .map(|(a, b)| serde_json::json!([a, b]))
-                .collect())
+                .enumerate()
+                .filter(|(_, t)| seen.insert(t.as_str()))
+                .map(|(i, t)| (t.clone(), i as u32))
+                .collect()
         };
-        let vocab = || -> serde_json::Map<String, Json> {
-            let mut v = serde_json::Map::new();
-            for (i, t) in tokens.iter().enumerate() {
-                v.entry(t.clone()).or_insert(i.into());
-            }
-            v
+        let bpe = |byte_fallback: bool, ignore_merges: bool| -> Result<Bpe, String> {
+            Ok(Bpe {
+                vocab: vocab(),
+                merges: merges()?,
+                unk: None,
+                fuse_unk: false,
+                byte_fallback,
+                ignore_merges,
+            })
         };
         let flag = |key: &str, default: bool| {
             self.metadata
@@ -659,7 +674,7 @@ impl Gguf {
                 .map_or(default, |v| *v == Value::Bool(true))
         };
         let added = added_tokens(&tokens, &types);
-        let json = match model {
+        let (rest, bpe) = match model {
             "gpt2" => {
                 let pre = self
                     .metadata
@@ -672,16 +687,13 @@ impl Gguf {
                     .map(|r| serde_json::json!({ "type": "Split", "pattern": { "Regex": r }, "behavior": "Isolated", "invert": false }))
                     .chain([serde_json::json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false })])
                     .collect();
-                serde_json::json!({
-                    "version": "1.0", "truncation": null, "padding": null,
-                    "added_tokens": added, "normalizer": null,
+                let rest = serde_json::json!({
+                    "version": "1.0", "truncation": null, "padding": null, "normalizer": null,
                     "pre_tokenizer": { "type": "Sequence", "pretokenizers": splits },
                     "post_processor": null,
                     "decoder": { "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true },
-                    "model": { "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                        "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
-                        "vocab": vocab(), "merges": merges()? },
-                })
+                });
+                (rest, bpe(false, ignore_merges)?)
             }
             "llama" => {
                 let scores: Vec<f32> = match self.metadata.get("tokenizer.ggml.scores") {
@@ -702,38 +714,33 @@ impl Gguf {
                     .and_then(Value::as_u64)
                     .and_then(|u| tokens.get(u as usize));
                 let byte = |i: usize| types.get(i) == Some(&6);
-                crate::lm::tokenizer::spm_bpe_json(
+                crate::lm::tokenizer::spm_bpe(
                     &tokens,
                     &scores,
                     &byte,
-                    added,
                     unk.map(String::as_str),
                     flag("tokenizer.ggml.add_space_prefix", true),
                 )
             }
-            "gemma4" => serde_json::json!({
-                "version": "1.0", "truncation": null, "padding": null,
-                "added_tokens": added,
-                "normalizer": { "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" },
-                "pre_tokenizer": { "type": "Split", "pattern": { "Regex": "[^\\n]+|[\\n]+" }, "behavior": "Isolated", "invert": false },
-                "post_processor": null,
-                "decoder": { "type": "Sequence", "decoders": [
-                    { "type": "Replace", "pattern": { "String": "\u{2581}" }, "content": " " },
-                    { "type": "ByteFallback" }, { "type": "Fuse" } ] },
-                "model": { "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                    "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": true, "ignore_merges": false,
-                    "vocab": vocab(), "merges": merges()? },
-            }),
+            "gemma4" => {
+                let rest = serde_json::json!({
+                    "version": "1.0", "truncation": null, "padding": null,
+                    "normalizer": { "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" },
+                    "pre_tokenizer": { "type": "Split", "pattern": { "Regex": "[^\\n]+|[\\n]+" }, "behavior": "Isolated", "invert": false },
+                    "post_processor": null,
+                    "decoder": { "type": "Sequence", "decoders": [
+                        { "type": "Replace", "pattern": { "String": "\u{2581}" }, "content": " " },
+                        { "type": "ByteFallback" }, { "type": "Fuse" } ] },
+                });
+                (rest, bpe(true, false)?)
+            }
             other => {
                 return Err(format!(
                     "tokenizer model `{other}` is not supported (byte-level BPE `gpt2`, SentencePiece `llama` and `gemma4` are)"
                 ));
             }
         };
-        let inner: tokenizers::Tokenizer = json
-            .to_string()
-            .parse()
-            .map_err(|e| format!("rebuilding the tokenizer: {e}"))?;
+        let inner = assemble(rest, bpe, &added)?;
         let id = |key: &str| {
             self.metadata
                 .get(key)

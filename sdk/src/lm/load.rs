@@ -286,12 +286,8 @@ fn read(path: &Path, tokenizer: Option<&Path>) -> Result<Loaded<Source>, Error> 
             let eos = tok.eos();
             let mut stop_ids = vec![eos];
             // Chat models end a turn with <|im_end|> / <|eot_id|> / <end_of_turn> as well.
-            if let Ok(tokens) = g.tokens() {
-                for special in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
-                    if let Some(i) = tokens.iter().position(|t| t == special) {
-                        stop_ids.push(i as u32);
-                    }
-                }
+            for special in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
+                stop_ids.extend(g.token_id(special));
             }
             let chat_template = g.chat_template().map(str::to_string);
             Ok(Loaded {

@@ -404,20 +404,83 @@ mod tests {
     }
 }
 
+/// A BPE model's vocabulary, merges and options, built straight into a `tokenizers` BPE by
+/// [`assemble`] (no `tokenizer.json` document in between: for a 49,152-token vocabulary the
+/// document and its text took ~50 MB at load) or written into one by [`Bpe::into_json`].
+pub(crate) struct Bpe {
+    pub vocab: Vec<(String, u32)>,
+    pub merges: Vec<(String, String)>,
+    pub unk: Option<String>,
+    pub fuse_unk: bool,
+    pub byte_fallback: bool,
+    pub ignore_merges: bool,
+}
+
+impl Bpe {
+    /// The `model` object of a `tokenizer.json`.
+    pub fn into_json(self) -> serde_json::Value {
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            self.vocab.into_iter().map(|(p, i)| (p, i.into())).collect();
+        let merges: Vec<serde_json::Value> =
+            self.merges.into_iter().map(|(a, b)| serde_json::json!([a, b])).collect();
+        serde_json::json!({ "type": "BPE", "dropout": null, "unk_token": self.unk,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": self.fuse_unk, "byte_fallback": self.byte_fallback,
+            "ignore_merges": self.ignore_merges, "vocab": vocab, "merges": merges })
+    }
+}
+
+/// The tokenizer of `rest` (a `tokenizer.json` document without its model and added tokens)
+/// with `model` and the `added` tokens (`tokenizer.json`'s `added_tokens` entries), which
+/// take their ids from the model's vocabulary as when the whole document is read.
+pub(crate) fn assemble(
+    mut rest: serde_json::Value,
+    model: Bpe,
+    added: &[serde_json::Value],
+) -> Result<tokenizers::Tokenizer, String> {
+    rest["model"] = serde_json::json!({ "type": "BPE", "vocab": {}, "merges": [] });
+    rest["added_tokens"] = serde_json::json!([]);
+    let mut inner: tokenizers::Tokenizer =
+        serde_json::from_value(rest).map_err(|e| format!("rebuilding the tokenizer: {e}"))?;
+    let vocab: tokenizers::models::bpe::Vocab = model.vocab.into_iter().collect();
+    let mut builder = tokenizers::models::bpe::BPE::builder()
+        .vocab_and_merges(vocab, model.merges)
+        .fuse_unk(model.fuse_unk)
+        .byte_fallback(model.byte_fallback)
+        .ignore_merges(model.ignore_merges);
+    if let Some(unk) = model.unk {
+        builder = builder.unk_token(unk);
+    }
+    inner.with_model(builder.build().map_err(|e| format!("rebuilding the tokenizer: {e}"))?);
+    let flag = |v: &serde_json::Value, key: &str| v[key].as_bool().unwrap_or(false);
+    let added: Vec<tokenizers::AddedToken> = added
+        .iter()
+        .map(|v| tokenizers::AddedToken {
+            content: v["content"].as_str().unwrap_or_default().to_string(),
+            single_word: flag(v, "single_word"),
+            lstrip: flag(v, "lstrip"),
+            rstrip: flag(v, "rstrip"),
+            normalized: flag(v, "normalized"),
+            special: flag(v, "special"),
+        })
+        .collect();
+    inner.add_tokens(&added);
+    Ok(inner)
+}
+
 /// A SentencePiece vocabulary (pieces with `▁` for spaces, their scores) as a `tokenizer.json`
 /// BPE that encodes as SentencePiece's BPE and llama.cpp do: every split of a piece into two
 /// pieces is a merge, ranked by the merged piece's score (highest first, then by id); `▁`
 /// replaces spaces, with one prepended when `add_space_prefix`; characters outside the
-/// vocabulary fall back to their `<0xNN>` byte pieces (`is_byte`). `added` are the special
-/// and added tokens, `unk` the unknown piece.
-pub(crate) fn spm_bpe_json(
+/// vocabulary fall back to their `<0xNN>` byte pieces (`is_byte`). Returns the document
+/// without its model and added tokens, and the model (see [`assemble`]).
+pub(crate) fn spm_bpe(
     pieces: &[String],
     scores: &[f32],
     is_byte: &dyn Fn(usize) -> bool,
-    added: Vec<serde_json::Value>,
     unk: Option<&str>,
     add_space_prefix: bool,
-) -> serde_json::Value {
+) -> (serde_json::Value, Bpe) {
     use serde_json::json;
     let mut index: HashMap<&str, usize> = HashMap::new();
     for (i, p) in pieces.iter().enumerate() {
@@ -437,11 +500,11 @@ pub(crate) fn spm_bpe_json(
         }
     }
     ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
-    let merges: Vec<serde_json::Value> = ranked.iter().map(|m| json!([m.2, m.3])).collect();
-    let vocab: serde_json::Map<String, serde_json::Value> = index
-        .iter()
-        .map(|(p, &i)| (p.to_string(), i.into()))
-        .collect();
+    let merges = ranked.iter().map(|m| (m.2.to_string(), m.3.to_string())).collect();
+    drop(ranked);
+    let mut vocab: Vec<(String, u32)> =
+        index.iter().map(|(p, &i)| (p.to_string(), i as u32)).collect();
+    vocab.sort_by_key(|v| v.1);
     let space = json!({ "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" });
     let normalizer = if add_space_prefix {
         json!({ "type": "Sequence", "normalizers": [ { "type": "Prepend", "prepend": "\u{2581}" }, space ] })
@@ -456,10 +519,31 @@ pub(crate) fn spm_bpe_json(
     if add_space_prefix {
         decoders.push(json!({ "type": "Strip", "content": " ", "start": 1, "stop": 0 }));
     }
-    json!({ "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+    let rest = json!({ "version": "1.0", "truncation": null, "padding": null,
         "normalizer": normalizer, "pre_tokenizer": null, "post_processor": null,
-        "decoder": { "type": "Sequence", "decoders": decoders },
-        "model": { "type": "BPE", "dropout": null, "unk_token": unk,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
-            "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges } })
+        "decoder": { "type": "Sequence", "decoders": decoders } });
+    let model = Bpe {
+        vocab,
+        merges,
+        unk: unk.map(str::to_string),
+        fuse_unk: true,
+        byte_fallback: true,
+        ignore_merges: false,
+    };
+    (rest, model)
+}
+
+/// [`spm_bpe`] as a whole `tokenizer.json` document with `added` as its added tokens.
+pub(crate) fn spm_bpe_json(
+    pieces: &[String],
+    scores: &[f32],
+    is_byte: &dyn Fn(usize) -> bool,
+    added: Vec<serde_json::Value>,
+    unk: Option<&str>,
+    add_space_prefix: bool,
+) -> serde_json::Value {
+    let (mut json, model) = spm_bpe(pieces, scores, is_byte, unk, add_space_prefix);
+    json["model"] = model.into_json();
+    json["added_tokens"] = added.into();
+    json
 }
