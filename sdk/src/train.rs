@@ -298,14 +298,14 @@ pub struct Trainer<M: Module> {
     pub plateau: Plateau,
 }
 
-/// The optimiser: the [fused AdamW](crate::optim::FusedAdamW) for models in host memory,
+/// The optimiser: the [fused AdamW](crate::optim::FusedAdamW) on `cpu` (burn's `flex`),
 /// burn's AdamW (after [`clip_global_norm`]) elsewhere.
 enum Optim {
     Fused(FusedAdamW),
     Burn(ModuleOptimizer),
 }
 
-/// Whether the model's parameters are in host memory (the first parameter's device says).
+/// Whether the fused optimiser takes the model (the first parameter's device says).
 fn on_host<M: Module>(model: &M) -> bool {
     let devices = model.devices();
     devices.first().is_none_or(crate::optim::host_device)

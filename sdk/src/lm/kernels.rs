@@ -1,7 +1,9 @@
 //! The CPU kernels behind [`crate::lm::fused`]: the transformer's element-wise hot paths and
 //! their backward passes on `f32` slices, parallel over rows with rayon. Each is the
 //! composition of burn ops it replaces (see the property tests in `fused`), computed in one
-//! pass per row instead of one pass per op, and on every core instead of one.
+//! pass per row instead of one pass per op, and on every core instead of one. Every kernel is
+//! deterministic: work is split into fixed chunks and partial sums are added in order, so a
+//! run gives the same numbers whatever the thread count or scheduling.
 
 use rayon::prelude::*;
 
@@ -95,13 +97,13 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32
             }
             dw
         })
-        .reduce(
-            || vec![0f32; d],
-            |mut a, b| {
-                axpy(1.0, &b, &mut a);
-                a
-            },
-        );
+        .collect::<Vec<_>>()
+        // Summed in order, so the result does not depend on how rayon split the work.
+        .into_iter()
+        .fold(vec![0f32; d], |mut a, b| {
+            axpy(1.0, &b, &mut a);
+            a
+        });
     (dx, dw)
 }
 
