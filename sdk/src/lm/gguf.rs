@@ -331,7 +331,22 @@ pub fn dequantize(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
 impl Gguf {
     /// Parses GGUF bytes.
     pub fn parse(data: Vec<u8>) -> Result<Self, String> {
-        let mut r = Reader { b: &data, pos: 0 };
+        let mut g = Self::parse_head(&data)?;
+        // A vocabulary-only file (no tensors) may end before the alignment padding.
+        if g.tensors.is_empty() {
+            g.data_start = g.data_start.min(data.len());
+        }
+        if g.data_start > data.len() {
+            return Err("truncated before the tensor data".into());
+        }
+        g.data = data;
+        Ok(g)
+    }
+
+    /// The header, metadata and tensor table at the start of `data`, without the tensor data
+    /// (which may be absent from `data`).
+    fn parse_head(data: &[u8]) -> Result<Self, String> {
+        let mut r = Reader { b: data, pos: 0 };
         if r.take(4)? != b"GGUF" {
             return Err("no GGUF magic".into());
         }
@@ -378,22 +393,33 @@ impl Gguf {
             .unwrap_or(32)
             .max(1) as usize;
         let data_start = r.pos.div_ceil(align) * align;
-        // A vocabulary-only file (no tensors) may end before the alignment padding.
-        let data_start = if tensors.is_empty() {
-            data_start.min(data.len())
-        } else {
-            data_start
-        };
-        if data_start > data.len() {
-            return Err("truncated before the tensor data".into());
-        }
         Ok(Self {
             version,
             metadata,
             tensors,
-            data,
+            data: Vec::new(),
             data_start,
         })
+    }
+
+    /// Removes the tokenizer's arrays from the metadata (tokens, merges, scores, types), once
+    /// the tokenizer is built, keeping the vocabulary size as `{arch}.vocab_size`.
+    pub fn drop_vocabulary(&mut self) {
+        if let Some(Value::Array(tokens)) = self.metadata.get("tokenizer.ggml.tokens") {
+            let n = tokens.len() as u64;
+            let arch = self
+                .metadata
+                .get("general.architecture")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            self.metadata
+                .entry(format!("{arch}.vocab_size"))
+                .or_insert(Value::UInt(n));
+        }
+        for key in ["tokens", "merges", "scores", "token_type"] {
+            self.metadata.remove(&format!("tokenizer.ggml.{key}"));
+        }
     }
 
     fn meta_u64(&self, key: &str) -> Result<u64, String> {
@@ -860,9 +886,58 @@ pub fn bpe_pre_tokenizer(pre: &str) -> Result<(Vec<&'static str>, bool), String>
 
 /// Reads a GGUF file.
 pub fn load(path: &Path) -> Result<Gguf, Error> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-    Gguf::parse(bytes)
-        .map_err(|e| Error::Usage(format!("{}: not a valid GGUF file: {e}", path.display())))
+    load_with(path, |_| ()).map(|(g, ())| g)
+}
+
+/// Reads a GGUF file in two passes: the metadata first, on which `before_data` runs (to build
+/// the tokenizer and [drop](Gguf::drop_vocabulary) what it no longer needs), then the tensor
+/// data. The vocabulary's strings and the weights are then never in memory together, which
+/// keeps the peak of a load near the weights plus the tokenizer.
+pub fn load_with<R>(
+    path: &Path,
+    before_data: impl FnOnce(&mut Gguf) -> R,
+) -> Result<(Gguf, R), Error> {
+    use std::io::Read;
+    let invalid = |e: String| Error::Usage(format!("{}: not a valid GGUF file: {e}", path.display()));
+    let io = |e| Error::io("read", path, e);
+    let len = std::fs::metadata(path).map_err(io)?.len() as usize;
+    // The metadata is at the start: read 8 MiB, more while the header runs past it.
+    let mut want = len.min(8 << 20);
+    let mut g = loop {
+        let mut head = Vec::with_capacity(want);
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(want as u64)
+            .read_to_end(&mut head)
+            .map_err(io)?;
+        match Gguf::parse_head(&head) {
+            Ok(g) => break g,
+            // A header cut short (or a count checked against the bytes read) is read again
+            // longer; errors stand only once the whole file is read.
+            Err(_) if want < len => want = len.min(want * 4),
+            Err(e) => return Err(invalid(e)),
+        }
+    };
+    let r = before_data(&mut g);
+    // Hand the metadata's freed strings back to the system before the weights arrive (glibc
+    // keeps freed heap memory mapped otherwise, and it would count in the peak).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases free memory; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let data = std::fs::read(path).map_err(io)?;
+    if data.len() != len {
+        return Err(invalid("the file changed while it was read".into()));
+    }
+    if g.tensors.is_empty() {
+        g.data_start = g.data_start.min(data.len());
+    }
+    if g.data_start > data.len() {
+        return Err(invalid("truncated before the tensor data".into()));
+    }
+    g.data = data;
+    Ok((g, r))
 }
 
 #[cfg(test)]

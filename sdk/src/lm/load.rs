@@ -271,25 +271,29 @@ fn read(path: &Path, tokenizer: Option<&Path>) -> Result<Loaded<Source>, Error> 
             })
         }
         Format::Gguf => {
-            let g = crate::lm::gguf::load(path)?;
             let bad = |e: String| {
                 Error::Usage(format!(
                     "{}: not a usable GGUF checkpoint: {e}",
                     path.display()
                 ))
             };
-            g.config().map_err(bad)?;
-            let tok = match tokenizer {
-                Some(p) => Tokenizer::from_hf_file(p, None, 2)?,
-                None => g.tokenizer().map_err(bad)?,
-            };
-            let eos = tok.eos();
-            let mut stop_ids = vec![eos];
-            // Chat models end a turn with <|im_end|> / <|eot_id|> / <end_of_turn> as well.
-            for special in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
-                stop_ids.extend(g.token_id(special));
-            }
-            let chat_template = g.chat_template().map(str::to_string);
+            // The tokenizer is built from the metadata before the tensor data is read.
+            let (g, read) = crate::lm::gguf::load_with(path, |g| -> Result<_, Error> {
+                g.config().map_err(bad)?;
+                let tok = match tokenizer {
+                    Some(p) => Tokenizer::from_hf_file(p, None, 2)?,
+                    None => g.tokenizer().map_err(bad)?,
+                };
+                let mut stop_ids = vec![tok.eos()];
+                // Chat models end a turn with <|im_end|> / <|eot_id|> / <end_of_turn> as well.
+                for special in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
+                    stop_ids.extend(g.token_id(special));
+                }
+                let chat_template = g.chat_template().map(str::to_string);
+                g.drop_vocabulary();
+                Ok((tok, stop_ids, chat_template))
+            })?;
+            let (tok, stop_ids, chat_template) = read?;
             Ok(Loaded {
                 model: Source::Gguf(Box::new(g)),
                 tokenizer: tok,
