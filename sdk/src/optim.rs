@@ -44,12 +44,18 @@ pub fn host_device(device: &Device) -> bool {
 }
 
 fn host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data")
 }
 
 impl FusedAdamW {
     pub fn new(settings: AdamWSettings) -> Self {
-        Self { settings, state: HashMap::new() }
+        Self {
+            settings,
+            state: HashMap::new(),
+        }
     }
 
     /// One step at learning rate `lr`: clips the gradients to global norm `max_norm` (when
@@ -75,7 +81,10 @@ impl FusedAdamW {
                 }
             }
         }
-        let mut collect = Collect { grads: &mut grads, host: Vec::new() };
+        let mut collect = Collect {
+            grads: &mut grads,
+            host: Vec::new(),
+        };
         model.visit(&mut collect);
         let (norm, scale) = match max_norm {
             Some(max) => {
@@ -98,7 +107,12 @@ impl FusedAdamW {
             None => (None, 1.0),
         };
         let mut host_grads: HashMap<ParamId, Vec<f32>> = collect.host.into_iter().collect();
-        let mut update = Update { optim: self, grads: &mut host_grads, lr, scale };
+        let mut update = Update {
+            optim: self,
+            grads: &mut host_grads,
+            lr,
+            scale,
+        };
         (model.map(&mut update), norm)
     }
 
@@ -119,8 +133,9 @@ impl FusedAdamW {
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = arrays
             .iter()
             .map(|(name, bytes, n)| {
-                let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*n], bytes)
-                    .expect("a consistent view");
+                let view =
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*n], bytes)
+                        .expect("a consistent view");
                 (name.clone(), view)
             })
             .collect();
@@ -133,7 +148,9 @@ impl FusedAdamW {
         let tensors = safetensors::SafeTensors::deserialize(bytes)?;
         let mut state = HashMap::new();
         for (id, time) in header.metadata().clone().unwrap_or_default() {
-            let value: u64 = id.parse().map_err(|_| anyhow::anyhow!("bad parameter id `{id}`"))?;
+            let value: u64 = id
+                .parse()
+                .map_err(|_| anyhow::anyhow!("bad parameter id `{id}`"))?;
             let read = |part: &str| -> anyhow::Result<Vec<f32>> {
                 let view = tensors.tensor(&format!("{id}.{part}"))?;
                 Ok(view
@@ -142,7 +159,11 @@ impl FusedAdamW {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect())
             };
-            let moments = Moments { m: read("m")?, v: read("v")?, time: time.parse()? };
+            let moments = Moments {
+                m: read("m")?,
+                v: read("v")?,
+                time: time.parse()?,
+            };
             state.insert(ParamId::from(value), moments);
         }
         self.state = state;
@@ -169,7 +190,11 @@ impl ModuleMapper for Update<'_> {
         let mut p = host(tensor.reshape([n]));
         let moments = self.optim.state.entry(id).or_default();
         if moments.m.len() != n {
-            *moments = Moments { m: vec![0.0; n], v: vec![0.0; n], time: 0 };
+            *moments = Moments {
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+                time: 0,
+            };
         }
         moments.time += 1;
         let s = self.optim.settings;
@@ -204,7 +229,12 @@ fn adamw_update(
     const CHUNK: usize = 16 * 1024;
     p.par_chunks_mut(CHUNK)
         .zip(g.par_chunks_mut(CHUNK))
-        .zip(moments.m.par_chunks_mut(CHUNK).zip(moments.v.par_chunks_mut(CHUNK)))
+        .zip(
+            moments
+                .m
+                .par_chunks_mut(CHUNK)
+                .zip(moments.v.par_chunks_mut(CHUNK)),
+        )
         .for_each(|((p, g), (m, v))| {
             for i in 0..p.len() {
                 let gi = if scale == 1.0 { g[i] } else { g[i] * scale };
@@ -239,7 +269,10 @@ mod tests {
     }
 
     fn net(device: &Device) -> Net {
-        Net { a: LinearConfig::new(7, 13).init(device), b: LinearConfig::new(13, 3).init(device) }
+        Net {
+            a: LinearConfig::new(7, 13).init(device),
+            b: LinearConfig::new(13, 3).init(device),
+        }
     }
 
     fn loss(net: &Net, x: Tensor<2>) -> Tensor<1> {
@@ -247,12 +280,20 @@ mod tests {
     }
 
     fn params(net: &Net) -> Vec<f32> {
-        [net.a.weight.val().reshape([-1]), net.b.weight.val().reshape([-1])]
-            .into_iter()
-            .chain(net.a.bias.as_ref().map(|b| b.val()))
-            .chain(net.b.bias.as_ref().map(|b| b.val()))
-            .flat_map(|t| t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap())
-            .collect()
+        [
+            net.a.weight.val().reshape([-1]),
+            net.b.weight.val().reshape([-1]),
+        ]
+        .into_iter()
+        .chain(net.a.bias.as_ref().map(|b| b.val()))
+        .chain(net.b.bias.as_ref().map(|b| b.val()))
+        .flat_map(|t| {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        })
+        .collect()
     }
 
     proptest! {
@@ -296,7 +337,12 @@ mod tests {
     #[test]
     fn state_round_trips_through_bytes() {
         let device = Device::flex().autodiff();
-        let s = AdamWSettings { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+        let s = AdamWSettings {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
         let mut optim = FusedAdamW::new(s);
         let model = net(&device);
         let x = Tensor::<2>::random([5, 7], Distribution::Normal(0.0, 1.0), &device);

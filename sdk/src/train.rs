@@ -494,9 +494,11 @@ impl<M: Module> Trainer<M> {
             Optim::Burn(optim) => {
                 let bytes = read(BURN_STATE)?;
                 let fresh = std::mem::replace(optim, AdamWConfig::new().init());
-                *optim = fresh.from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
-                    anyhow::anyhow!("{}: bad optimiser state: {e:?}", ckpt.display())
-                })?;
+                *optim = fresh
+                    .from_bytes(Bytes::from_bytes_vec(bytes))
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}: bad optimiser state: {e:?}", ckpt.display())
+                    })?;
             }
         }
         let meta: serde_json::Value =

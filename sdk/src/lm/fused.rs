@@ -100,7 +100,9 @@ fn attention_forward(
     v: &FlexTensor,
     s: &AttentionShape,
 ) -> (FlexTensor, Arc<Vec<f32>>) {
-    let (o, lse) = with(q, |q| with(k, |k| with(v, |v| kernels::attention(q, k, v, s))));
+    let (o, lse) = with(q, |q| {
+        with(k, |k| with(v, |v| kernels::attention(q, k, v, s)))
+    });
     (flex(o, dims(q)), Arc::new(lse))
 }
 
@@ -127,7 +129,9 @@ impl Backward<Flex, 2> for RmsNormBackward {
         let (x, w, eps) = ops.state;
         let dy = grads.consume::<Flex>(&ops.node);
         let (dx, dw) = with(&x, |xs| {
-            with(&w, |ws| with(&dy, |dys| kernels::rms_norm_backward(xs, ws, dys, eps)))
+            with(&w, |ws| {
+                with(&dy, |dys| kernels::rms_norm_backward(xs, ws, dys, eps))
+            })
         });
         register!(ops.parents, 0, grads, flex(dx, dims(&x)));
         register!(ops.parents, 1, grads, flex(dw, dims(&w)));
@@ -141,8 +145,11 @@ impl Backward<Flex, 2> for SwigluBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (g, u) = ops.state;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (dg, du) =
-            with(&g, |gs| with(&u, |us| with(&dy, |dys| kernels::swiglu_backward(gs, us, dys))));
+        let (dg, du) = with(&g, |gs| {
+            with(&u, |us| {
+                with(&dy, |dys| kernels::swiglu_backward(gs, us, dys))
+            })
+        });
         register!(ops.parents, 0, grads, flex(dg, dims(&g)));
         register!(ops.parents, 1, grads, flex(du, dims(&u)));
     }
@@ -162,7 +169,14 @@ impl Backward<Flex, 1> for RopeBackward {
 
 #[derive(Debug)]
 struct AttentionBackward;
-type AttentionState = (FlexTensor, FlexTensor, FlexTensor, FlexTensor, Arc<Vec<f32>>, Arc<AttentionShape>);
+type AttentionState = (
+    FlexTensor,
+    FlexTensor,
+    FlexTensor,
+    FlexTensor,
+    Arc<Vec<f32>>,
+    Arc<AttentionShape>,
+);
 impl Backward<Flex, 3> for AttentionBackward {
     type State = AttentionState;
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -172,7 +186,9 @@ impl Backward<Flex, 3> for AttentionBackward {
             with(&k, |ks| {
                 with(&v, |vs| {
                     with(&o, |os| {
-                        with(&dout, |ds| kernels::attention_backward(qs, ks, vs, os, &lse, ds, &s))
+                        with(&dout, |ds| {
+                            kernels::attention_backward(qs, ks, vs, os, &lse, ds, &s)
+                        })
                     })
                 })
             })
@@ -192,7 +208,9 @@ impl Backward<Flex, 1> for TokenLogprobsBackward {
         let dy = grads.consume::<Flex>(&ops.node);
         let vocab = *dims(&x).last().expect("[N, V]");
         let dx = with(&x, |xs| {
-            with(&dy, |dys| kernels::token_logprobs_backward(xs, vocab, &targets, &lse, dys))
+            with(&dy, |dys| {
+                kernels::token_logprobs_backward(xs, vocab, &targets, &lse, dys)
+            })
         });
         register!(ops.parents, 0, grads, flex(dx, dims(&x)));
     }
@@ -202,7 +220,10 @@ type Ad<C> = Autodiff<Flex, C>;
 
 impl<C: CheckpointStrategy> FusedOps for Ad<C> {
     fn fused_rms_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
-        let prep = RmsNormBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful();
+        let prep = RmsNormBackward
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful();
         let (x, w) = (x.into_primitive(), w.into_primitive());
         let y = Flex::fused_rms_norm(x.clone(), w.clone(), eps);
         match prep {
@@ -211,7 +232,10 @@ impl<C: CheckpointStrategy> FusedOps for Ad<C> {
         }
     }
     fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        let prep = SwigluBackward.prepare::<C>([gate.node(), up.node()]).compute_bound().stateful();
+        let prep = SwigluBackward
+            .prepare::<C>([gate.node(), up.node()])
+            .compute_bound()
+            .stateful();
         let (g, u) = (gate.into_primitive(), up.into_primitive());
         let y = Flex::fused_swiglu(g.clone(), u.clone());
         match prep {
@@ -220,7 +244,10 @@ impl<C: CheckpointStrategy> FusedOps for Ad<C> {
         }
     }
     fn fused_rope(x: FloatTensor<Self>, table: Arc<Rope>) -> FloatTensor<Self> {
-        let prep = RopeBackward.prepare::<C>([x.node()]).compute_bound().stateful();
+        let prep = RopeBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
         let x = x.into_primitive();
         let shape = dims(&x);
         let y = Flex::fused_rope(x, table.clone());
@@ -247,7 +274,10 @@ impl<C: CheckpointStrategy> FusedOps for Ad<C> {
         }
     }
     fn fused_token_logprobs(x: FloatTensor<Self>, targets: Arc<Vec<i64>>) -> FloatTensor<Self> {
-        let prep = TokenLogprobsBackward.prepare::<C>([x.node()]).compute_bound().stateful();
+        let prep = TokenLogprobsBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
         let x = x.into_primitive();
         let (lp, lse) = token_logprobs_forward(&x, &targets);
         match prep {
@@ -280,7 +310,10 @@ pub fn set_enabled(on: bool) {
 
 /// Whether `device` runs burn's `flex` backend (with or without autodiff).
 pub fn is_flex(device: &Device) -> bool {
-    matches!(device.clone().inner().as_dispatch(), burn_dispatch::DispatchDevice::Flex(_))
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn_dispatch::DispatchDevice::Flex(_)
+    )
 }
 
 /// Whether the fused ops apply to `x`: switched on, on `flex`, in `f32`.
@@ -298,13 +331,20 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, w: Tensor<1>, eps: f32) -> Tensor<
     let d = dims[D - 1];
     let rows = x.shape().num_elements() / d.max(1);
     let x2: Tensor<2> = x.reshape([rows, d]);
-    call::<2>(<Dispatch as FusedOps>::fused_rms_norm(x2.into_dispatch(), w.into_dispatch(), eps))
-        .reshape(dims)
+    call::<2>(<Dispatch as FusedOps>::fused_rms_norm(
+        x2.into_dispatch(),
+        w.into_dispatch(),
+        eps,
+    ))
+    .reshape(dims)
 }
 
 /// `silu(gate) · up` (see [`enabled`]).
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
-    call(<Dispatch as FusedOps>::fused_swiglu(gate.into_dispatch(), up.into_dispatch()))
+    call(<Dispatch as FusedOps>::fused_swiglu(
+        gate.into_dispatch(),
+        up.into_dispatch(),
+    ))
 }
 
 /// Rotary embedding of `x` `[B, T, H, D]` by `table` (see [`enabled`]).
@@ -313,7 +353,12 @@ pub fn rope(x: Tensor<4>, table: Arc<Rope>) -> Tensor<4> {
 }
 
 /// Causal grouped-query attention, `[B, T, Hq, D]` (see [`enabled`]).
-pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, shape: Arc<AttentionShape>) -> Tensor<4> {
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    shape: Arc<AttentionShape>,
+) -> Tensor<4> {
     call(<Dispatch as FusedOps>::fused_attention(
         q.into_dispatch(),
         k.into_dispatch(),
@@ -324,8 +369,15 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, shape: Arc<AttentionS
 
 /// `log softmax(x)[target]` of each row of `x` `[N, V]`: `[N]` (see [`enabled`]).
 pub fn token_logprobs(x: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
-    let targets: Vec<i64> = targets.into_data().convert::<i64>().try_into_vec::<i64>().expect("i64 ids");
-    call(<Dispatch as FusedOps>::fused_token_logprobs(x.into_dispatch(), Arc::new(targets)))
+    let targets: Vec<i64> = targets
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("i64 ids");
+    call(<Dispatch as FusedOps>::fused_token_logprobs(
+        x.into_dispatch(),
+        Arc::new(targets),
+    ))
 }
 
 #[cfg(test)]
@@ -346,13 +398,20 @@ mod tests {
     }
 
     fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-        t.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32")
+        t.clone()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32")
     }
 
     /// Largest |a − b|, asserting equal lengths.
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     const TOL: f32 = 1e-4;
@@ -365,7 +424,9 @@ mod tests {
         composed: impl Fn(Vec<Tensor<D>>) -> Tensor<O>,
     ) -> Result<(), TestCaseError> {
         let detach = |v: &[Tensor<D>]| -> Vec<Tensor<D>> {
-            v.iter().map(|t| t.clone().detach().require_grad()).collect()
+            v.iter()
+                .map(|t| t.clone().detach().require_grad())
+                .collect()
         };
         let (a, b) = (detach(&inputs), detach(&inputs));
         let fa = fused(a.clone());

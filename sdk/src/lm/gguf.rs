@@ -622,7 +622,10 @@ impl Gguf {
     /// The first id of the token `text` (without copying the token list).
     pub fn token_id(&self, text: &str) -> Option<u32> {
         match self.metadata.get("tokenizer.ggml.tokens") {
-            Some(Value::Array(a)) => a.iter().position(|v| v.as_str() == Some(text)).map(|i| i as u32),
+            Some(Value::Array(a)) => a
+                .iter()
+                .position(|v| v.as_str() == Some(text))
+                .map(|i| i as u32),
             _ => None,
         }
     }
@@ -898,7 +901,8 @@ pub fn load_with<R>(
     before_data: impl FnOnce(&mut Gguf) -> R,
 ) -> Result<(Gguf, R), Error> {
     use std::io::Read;
-    let invalid = |e: String| Error::Usage(format!("{}: not a valid GGUF file: {e}", path.display()));
+    let invalid =
+        |e: String| Error::Usage(format!("{}: not a valid GGUF file: {e}", path.display()));
     let io = |e| Error::io("read", path, e);
     let len = std::fs::metadata(path).map_err(io)?.len() as usize;
     // The metadata is at the start: read 8 MiB, more while the header runs past it.

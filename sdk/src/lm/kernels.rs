@@ -131,7 +131,11 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f
     let mut du = vec![0f32; gate.len()];
     dg.par_chunks_mut(4096)
         .zip(du.par_chunks_mut(4096))
-        .zip(gate.par_chunks(4096).zip(up.par_chunks(4096)).zip(dy.par_chunks(4096)))
+        .zip(
+            gate.par_chunks(4096)
+                .zip(up.par_chunks(4096))
+                .zip(dy.par_chunks(4096)),
+        )
         .for_each(|((dg, du), ((g, u), dy))| {
             for i in 0..g.len() {
                 let s = sigmoid(g[i]);
@@ -168,7 +172,11 @@ pub fn rope(x: &[f32], heads: usize, table: &Rope, sign: f32) -> Vec<f32> {
             let (c, s) = (&table.cos[bt * d..][..d], &table.sin[bt * d..][..d]);
             for (y, x) in y.chunks_mut(d).zip(x.chunks(d)) {
                 for j in 0..half {
-                    let (a, b) = if table.halves { (j, j + half) } else { (2 * j, 2 * j + 1) };
+                    let (a, b) = if table.halves {
+                        (j, j + half)
+                    } else {
+                        (2 * j, 2 * j + 1)
+                    };
                     let (sa, sb) = (sign * s[a], sign * s[b]);
                     y[a] = x[a] * c[a] - x[b] * sa;
                     y[b] = x[b] * c[b] + x[a] * sb;
@@ -270,7 +278,11 @@ pub fn attention_backward(
     let mut dq = vec![0f32; q.len()];
     let mut dk = vec![0f32; k.len()];
     let mut dv = vec![0f32; v.len()];
-    let (dqp, dkp, dvp) = (Shared(dq.as_mut_ptr()), Shared(dk.as_mut_ptr()), Shared(dv.as_mut_ptr()));
+    let (dqp, dkp, dvp) = (
+        Shared(dq.as_mut_ptr()),
+        Shared(dk.as_mut_ptr()),
+        Shared(dv.as_mut_ptr()),
+    );
     (0..s.batch * hkv).into_par_iter().for_each(|task| {
         let (b, hk) = (task / hkv, task % hkv);
         for h in hk * rep..(hk + 1) * rep {

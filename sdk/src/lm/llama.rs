@@ -722,7 +722,13 @@ impl Llama {
     }
 
     /// The rotary table of [`rope`](Self::rope) as `[B, T, D]` host rows.
-    fn rope_table(&self, pad: &[usize], start: usize, t: usize, (theta, scale): (f32, f32)) -> Rope {
+    fn rope_table(
+        &self,
+        pad: &[usize],
+        start: usize,
+        t: usize,
+        (theta, scale): (f32, f32),
+    ) -> Rope {
         let hd = self.config.head_dim();
         let halves = self.config.gemma3().is_some();
         let b = pad.len();
@@ -748,7 +754,14 @@ impl Llama {
                 sin.extend_from_slice(&s_row);
             }
         }
-        Rope { cos, sin, batch: b, len: t, dim: hd, halves }
+        Rope {
+            cos,
+            sin,
+            batch: b,
+            len: t,
+            dim: hd,
+            halves,
+        }
     }
 
     /// `[D, D]` with `x · P` the rotation of each pair by 90°: `(−x₁, x₀, −x₃, x₂, …)` for
@@ -1069,7 +1082,8 @@ impl Llama {
                 .reshape([b, t - 1]);
         }
         let lp = log_softmax(logits, 2);
-        lp.gather(2, targets.reshape([b, t - 1, 1])).reshape([b, t - 1])
+        lp.gather(2, targets.reshape([b, t - 1, 1]))
+            .reshape([b, t - 1])
     }
 }
 

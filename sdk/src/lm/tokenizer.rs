@@ -421,8 +421,11 @@ impl Bpe {
     pub fn into_json(self) -> serde_json::Value {
         let vocab: serde_json::Map<String, serde_json::Value> =
             self.vocab.into_iter().map(|(p, i)| (p, i.into())).collect();
-        let merges: Vec<serde_json::Value> =
-            self.merges.into_iter().map(|(a, b)| serde_json::json!([a, b])).collect();
+        let merges: Vec<serde_json::Value> = self
+            .merges
+            .into_iter()
+            .map(|(a, b)| serde_json::json!([a, b]))
+            .collect();
         serde_json::json!({ "type": "BPE", "dropout": null, "unk_token": self.unk,
             "continuing_subword_prefix": null, "end_of_word_suffix": null,
             "fuse_unk": self.fuse_unk, "byte_fallback": self.byte_fallback,
@@ -451,7 +454,11 @@ pub(crate) fn assemble(
     if let Some(unk) = model.unk {
         builder = builder.unk_token(unk);
     }
-    inner.with_model(builder.build().map_err(|e| format!("rebuilding the tokenizer: {e}"))?);
+    inner.with_model(
+        builder
+            .build()
+            .map_err(|e| format!("rebuilding the tokenizer: {e}"))?,
+    );
     let flag = |v: &serde_json::Value, key: &str| v[key].as_bool().unwrap_or(false);
     let added: Vec<tokenizers::AddedToken> = added
         .iter()
@@ -500,10 +507,15 @@ pub(crate) fn spm_bpe(
         }
     }
     ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
-    let merges = ranked.iter().map(|m| (m.2.to_string(), m.3.to_string())).collect();
+    let merges = ranked
+        .iter()
+        .map(|m| (m.2.to_string(), m.3.to_string()))
+        .collect();
     drop(ranked);
-    let mut vocab: Vec<(String, u32)> =
-        index.iter().map(|(p, &i)| (p.to_string(), i as u32)).collect();
+    let mut vocab: Vec<(String, u32)> = index
+        .iter()
+        .map(|(p, &i)| (p.to_string(), i as u32))
+        .collect();
     vocab.sort_by_key(|v| v.1);
     let space = json!({ "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" });
     let normalizer = if add_space_prefix {
