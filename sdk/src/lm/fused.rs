@@ -561,8 +561,20 @@ mod tests {
 
     #[test]
     fn only_flex_f32_takes_fused_ops() {
+        // nextest runs each test in its own process, so the switch is this test's own.
+        set_enabled(true);
         let x = Tensor::<1>::zeros([2], &Device::flex());
-        assert!(!switched_on() || enabled(&x));
-        assert!(is_flex(&Device::flex().autodiff()));
+        assert!(enabled(&x));
+        assert!(enabled(&Tensor::<1>::zeros(
+            [2],
+            &Device::flex().autodiff()
+        )));
+        assert!(
+            !enabled(&x.clone().cast(DType::F16)),
+            "f16 takes burn's ops"
+        );
+        set_enabled(false);
+        assert!(!enabled(&x), "switched off");
+        set_enabled(true);
     }
 }
