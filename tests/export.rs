@@ -9,6 +9,7 @@ use std::path::Path;
 use common::{assert_user_error, data_dir, lmlab, only_run_dir, python_with, run};
 use lmlab::burn::tensor::{Device, Int, Tensor, TensorData};
 use lmlab::lm::export::{self, GgufType};
+use lmlab::lm::kernels::max_abs_diff;
 use lmlab::lm::load::load;
 use lmlab::lm::{Llama, LlamaConfig, Tokenizer};
 
@@ -23,14 +24,6 @@ fn logits(model: &Llama, ids: &[u32]) -> Vec<f32> {
         .into_data()
         .try_into_vec::<f32>()
         .unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Texts whose ids must agree: prose, digits, whitespace runs, punctuation, non-ASCII.
@@ -99,7 +92,7 @@ fn stories260k_exports_read_back_with_the_same_logits_and_ids() {
         Some(lmlab::lm::quant::QKind::Q8_0),
     );
     let from_file = quantized(&dir.path().join("Q8_0.gguf"), None);
-    assert_eq!(max_diff(&in_memory, &from_file), 0.0, "Q8_0 blocks");
+    assert_eq!(max_abs_diff(&in_memory, &from_file), 0.0, "Q8_0 blocks");
     let files = [
         ("hf", 1e-5),
         ("F32.gguf", 1e-5),
@@ -108,7 +101,7 @@ fn stories260k_exports_read_back_with_the_same_logits_and_ids() {
     ];
     for (name, tolerance) in files {
         let back = load(&dir.path().join(name), None, &Device::flex()).unwrap();
-        let worst = max_diff(&want, &logits(&back.model, &IDS));
+        let worst = max_abs_diff(&want, &logits(&back.model, &IDS));
         assert!(worst <= tolerance, "{name}: max |Δlogit| = {worst}");
         // The tokenizer as a BPE (tokenizer.json) and as SentencePiece metadata (GGUF) encodes
         // as llama2.c's does, on the test texts and on every line of the golden story.
@@ -157,7 +150,7 @@ fn tokenizers_of_models_trained_here_export_and_read_back() {
         same_ids(tok, &back.tokenizer, name);
         let ids = tok.encode("a cab, bad.", true);
         assert_eq!(back.tokenizer.decode(&ids, None), "a cab, bad.", "{name}");
-        let worst = max_diff(&logits(&model, &ids), &logits(&back.model, &ids));
+        let worst = max_abs_diff(&logits(&model, &ids), &logits(&back.model, &ids));
         assert!(worst <= 1e-5, "{name}: max |Δlogit| = {worst}");
     }
     // The byte-level BPE goes into GGUF as `gpt2`; a character vocabulary has no GGUF model.
@@ -284,7 +277,7 @@ fn a_fine_tuned_stories260k_exports_for_transformers_and_llama_cpp() {
     let original = load(&model, None, &Device::flex()).unwrap();
     let ours = logits(&trained.model, &IDS);
     assert!(
-        max_diff(&ours, &logits(&original.model, &IDS)) > 1e-3,
+        max_abs_diff(&ours, &logits(&original.model, &IDS)) > 1e-3,
         "fine-tuning changed the model"
     );
 
@@ -299,7 +292,7 @@ fn a_fine_tuned_stories260k_exports_for_transformers_and_llama_cpp() {
         .flat_map(|row| row.as_array().unwrap().iter())
         .map(|x| x.as_f64().unwrap() as f32)
         .collect();
-    let worst = max_diff(&ours, &theirs);
+    let worst = max_abs_diff(&ours, &theirs);
     println!("transformers: max |Δlogit| = {worst:.2e}");
     assert!(worst <= 1e-4, "transformers: max |Δlogit| = {worst}");
     let prompt = trained.tokenizer.encode("Once upon a time", false);

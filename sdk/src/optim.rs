@@ -258,7 +258,7 @@ mod tests {
     use super::*;
     use crate::train::clip_global_norm;
     use burn::nn::{Linear, LinearConfig};
-    use burn::optim::{AdamWConfig, Optimizer};
+    use burn::optim::AdamWConfig;
     use burn::tensor::Distribution;
     use proptest::prelude::*;
 
@@ -328,7 +328,7 @@ mod tests {
                     prop_assert!((n - r).abs() <= 1e-5 * r.max(1.0), "norm {n} vs {r}");
                 }
                 b = reference.step(lr, b, gb);
-                let d = params(&a).iter().zip(params(&b)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                let d = crate::lm::kernels::max_abs_diff(&params(&a), &params(&b));
                 prop_assert!(d <= 1e-6, "parameters differ by {d}");
             }
         }

@@ -383,6 +383,7 @@ pub fn token_logprobs(x: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lm::kernels::max_abs_diff;
     use burn::tensor::activation::{log_softmax, silu};
     use burn::tensor::module::attention as burn_attention;
     use burn::tensor::ops::AttentionModuleOptions;
@@ -405,15 +406,6 @@ mod tests {
             .expect("f32")
     }
 
-    /// Largest |a − b|, asserting equal lengths.
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
-
     const TOL: f32 = 1e-4;
 
     /// Checks `fused(inputs)` against `composed(inputs)`: values, and the gradients of
@@ -431,7 +423,7 @@ mod tests {
         let (a, b) = (detach(&inputs), detach(&inputs));
         let fa = fused(a.clone());
         let fb = composed(b.clone());
-        let d = max_diff(&values(&fa), &values(&fb));
+        let d = max_abs_diff(&values(&fa), &values(&fb));
         prop_assert!(d <= TOL, "values differ by {d}");
         let r = Tensor::<O>::random(fa.dims(), Distribution::Uniform(-1.0, 1.0), &device());
         let ga = (fa * r.clone()).sum().backward();
@@ -439,7 +431,7 @@ mod tests {
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             let (gx, gy) = (x.grad(&ga), y.grad(&gb));
             let (gx, gy) = (gx.expect("a gradient"), gy.expect("a gradient"));
-            let d = max_diff(&values(&gx), &values(&gy));
+            let d = max_abs_diff(&values(&gx), &values(&gy));
             prop_assert!(d <= TOL, "gradient of input {i} differs by {d}");
         }
         Ok(())

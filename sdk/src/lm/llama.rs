@@ -330,6 +330,56 @@ pub struct Block {
     pub gemma: Option<GemmaBlock>,
 }
 
+impl Block {
+    /// Queries, keys and values `[B, T, heads, head_dim]` of the residual stream `x`
+    /// `[B·T, dim]`, normed first (Gemma 3 also norms each query and key head).
+    fn qkv(
+        &self,
+        x: Tensor<2>,
+        b: usize,
+        t: usize,
+        c: &LlamaConfig,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim());
+        let h = self.attn_norm.forward(x);
+        let q = h.clone().matmul(self.wq.val()).reshape([b, t, nh, hd]);
+        let k = h.clone().matmul(self.wk.val()).reshape([b, t, nkv, hd]);
+        let v = h.matmul(self.wv.val()).reshape([b, t, nkv, hd]);
+        match &self.gemma {
+            Some(g) => (g.q_norm.forward(q), g.k_norm.forward(k), v),
+            None => (q, k, v),
+        }
+    }
+
+    /// The block after attention: its output `o` `[B·T, q_dim]`, projected (Gemma 3: and
+    /// normed), is added to the residual stream `x` `[B·T, dim]`, then the gated feed-forward
+    /// network (SwiGLU; Gemma 3's GELU gate) is added in turn. `fused_swiglu` takes SwiGLU's
+    /// fused kernel (the uncached path on `cpu`).
+    fn finish(&self, x: Tensor<2>, o: Tensor<2>, c: &LlamaConfig, fused_swiglu: bool) -> Tensor<2> {
+        let o = o.matmul(self.wo.val());
+        let o = match &self.gemma {
+            Some(g) => g.post_attn_norm.forward(o),
+            None => o,
+        };
+        let x = x + o;
+        let h = self.ffn_norm.forward(x.clone());
+        let gate = h.clone().matmul(self.w1.val());
+        let up = h.matmul(self.w3.val());
+        let f = if c.gemma3().is_some() {
+            gelu_tanh_tensor(gate) * up
+        } else if fused_swiglu {
+            fused::swiglu(gate, up)
+        } else {
+            silu(gate) * up
+        }
+        .matmul(self.w2.val());
+        x + match &self.gemma {
+            Some(g) => g.post_ffn_norm.forward(f),
+            None => f,
+        }
+    }
+}
+
 /// The transformer.
 #[derive(Module, Debug)]
 pub struct Llama {
@@ -860,30 +910,10 @@ impl Llama {
         // Activations stay `[B·T, dim]` so every projection is one 2-D matrix product (one
         // large GEMM that the backend parallelises), reshaped only around attention.
         let n = b * t;
-        let mut x = self.embed.val().select(0, tokens.reshape([n]));
-        if c.gemma3().is_some() {
-            x = x * (c.dim as f64).sqrt();
-        }
+        let mut x = self.embed_rows(tokens.reshape([n]));
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(x.clone());
-            let q = h
-                .clone()
-                .matmul(layer.wq.val())
-                .reshape([b, t, nh, hd])
-                .swap_dims(1, 2);
-            let k = h
-                .clone()
-                .matmul(layer.wk.val())
-                .reshape([b, t, nkv, hd])
-                .swap_dims(1, 2);
-            let v = h
-                .matmul(layer.wv.val())
-                .reshape([b, t, nkv, hd])
-                .swap_dims(1, 2);
-            let (q, k) = match &layer.gemma {
-                Some(g) => (g.q_norm.forward(q), g.k_norm.forward(k)),
-                None => (q, k),
-            };
+            let (q, k, v) = layer.qkv(x.clone(), b, t, c);
+            let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
             let key = c.rope_of_layer(li);
             let (_, (cos, sin)) = ropes.iter().find(|(k, _)| *k == key).expect("built above");
             let q = Self::apply_rope(q, cos, sin, &swap);
@@ -927,33 +957,21 @@ impl Llama {
                 let (k, v) = if rep > 1 { (grow(k), grow(v)) } else { (k, v) };
                 attention(q, k, v, mask.clone(), bias.clone(), options)
             };
-            let o = o
-                .swap_dims(1, 2)
-                .reshape([n, c.q_dim()])
-                .matmul(layer.wo.val());
-            let o = match &layer.gemma {
-                Some(g) => g.post_attn_norm.forward(o),
-                None => o,
-            };
-            x = x + o;
-            let h = layer.ffn_norm.forward(x.clone());
-            let gate = h.clone().matmul(layer.w1.val());
-            let gate = if c.gemma3().is_some() {
-                gelu_tanh_tensor(gate)
-            } else {
-                silu(gate)
-            };
-            let up = h.matmul(layer.w3.val());
-            let f = (gate * up).matmul(layer.w2.val());
-            x = x + match &layer.gemma {
-                Some(g) => g.post_ffn_norm.forward(f),
-                None => f,
-            };
+            x = layer.finish(x, o.swap_dims(1, 2).reshape([n, c.q_dim()]), c, false);
         }
         if let Some(cache) = cache {
             cache.len = total;
         }
         self.norm.forward(x).reshape([b, t, c.dim])
+    }
+
+    /// The embeddings `[N, dim]` of `ids` `[N]` (Gemma 3 scales them by √dim).
+    fn embed_rows(&self, ids: Tensor<1, Int>) -> Tensor<2> {
+        let x = self.embed.val().select(0, ids);
+        match self.config.gemma3() {
+            Some(_) => x * (self.config.dim as f64).sqrt(),
+            None => x,
+        }
     }
 
     /// [`forward_hidden`](Self::forward_hidden) without a cache through the [fused
@@ -986,44 +1004,15 @@ impl Llama {
             })
         };
         let n = b * t;
-        let mut x = self.embed.val().select(0, tokens.reshape([n]));
-        if c.gemma3().is_some() {
-            x = x * (c.dim as f64).sqrt();
-        }
+        let mut x = self.embed_rows(tokens.reshape([n]));
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(x.clone());
-            let q = h.clone().matmul(layer.wq.val()).reshape([b, t, nh, hd]);
-            let k = h.clone().matmul(layer.wk.val()).reshape([b, t, nkv, hd]);
-            let v = h.matmul(layer.wv.val()).reshape([b, t, nkv, hd]);
-            let (q, k) = match &layer.gemma {
-                Some(g) => (g.q_norm.forward(q), g.k_norm.forward(k)),
-                None => (q, k),
-            };
+            let (q, k, v) = layer.qkv(x.clone(), b, t, c);
             let key = c.rope_of_layer(li);
             let (_, table) = tables.iter().find(|(k, _)| *k == key).expect("built above");
             let q = fused::rope(q, table.clone());
             let k = fused::rope(k, table.clone());
-            let o = fused::attention(q, k, v, shape(c.window_of_layer(li)))
-                .reshape([n, c.q_dim()])
-                .matmul(layer.wo.val());
-            let o = match &layer.gemma {
-                Some(g) => g.post_attn_norm.forward(o),
-                None => o,
-            };
-            x = x + o;
-            let h = layer.ffn_norm.forward(x.clone());
-            let gate = h.clone().matmul(layer.w1.val());
-            let up = h.matmul(layer.w3.val());
-            let f = if c.gemma3().is_some() {
-                gelu_tanh_tensor(gate) * up
-            } else {
-                fused::swiglu(gate, up)
-            }
-            .matmul(layer.w2.val());
-            x = x + match &layer.gemma {
-                Some(g) => g.post_ffn_norm.forward(f),
-                None => f,
-            };
+            let o = fused::attention(q, k, v, shape(c.window_of_layer(li)));
+            x = layer.finish(x, o.reshape([n, c.q_dim()]), c, true);
         }
         self.norm.forward(x).reshape([b, t, c.dim])
     }
