@@ -163,7 +163,10 @@ pub struct Q8Vector {
 }
 
 impl Q8Vector {
-    /// Quantizes `x` (its length a multiple of 32) in place of the previous contents.
+    /// Quantizes `x` (its length a multiple of 32) in place of the previous contents: per
+    /// block of 32, `d = max |x| / 127` and `q = x / d` rounded to the nearest integer, ties to
+    /// even (as llama.cpp's AVX2 path rounds). Decoding quantizes every layer's activations
+    /// four times on the calling thread, so the blocks go through AVX2 where the CPU has it.
     pub fn quantize(&mut self, x: &[f32]) {
         let nb = x.len() / QK;
         self.q.resize(nb * QK, 0);
@@ -171,18 +174,33 @@ impl Q8Vector {
         self.s.resize(nb, 0.0);
         for b in 0..nb {
             let xs = &x[b * QK..(b + 1) * QK];
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in self.q[b * QK..(b + 1) * QK].iter_mut().zip(xs) {
-                *q = (v * inv).round() as i8;
-                sum += *q as i32;
-            }
+            let q = &mut self.q[b * QK..(b + 1) * QK];
+            #[cfg(target_arch = "x86_64")]
+            let (d, sum) = if has_avx2() {
+                // SAFETY: the CPU has AVX2, FMA and F16C (checked).
+                unsafe { avx2::quantize_block(xs, q) }
+            } else {
+                quantize_block(xs, q)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let (d, sum) = quantize_block(xs, q);
             self.d[b] = d;
             self.s[b] = d * sum as f32;
         }
     }
+}
+
+/// One block of [`Q8Vector::quantize`] (portable code): writes `q`, returns `d` and `Σ q`.
+fn quantize_block(xs: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in q.iter_mut().zip(xs) {
+        *q = (v * inv).round_ties_even() as i8;
+        sum += *q as i32;
+    }
+    (d, sum)
 }
 
 /// Quantizes a row-major `[rows, cols]` f32 matrix to `kind` blocks.
@@ -397,6 +415,44 @@ mod avx2 {
     /// How far ahead of the block being read the weights are prefetched, in bytes (past page
     /// boundaries, where the hardware prefetcher stops).
     const PREFETCH: usize = 4096;
+
+    /// [`super::quantize_block`] with eight lanes at a time: the same `d`, the same rounding
+    /// (to nearest, ties to even), the same integers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn quantize_block(xs: &[f32], q: &mut [i8]) -> (f32, i32) {
+        assert!(xs.len() == QK && q.len() == QK, "a block of {QK}");
+        // SAFETY: 32 readable floats at `xs` (asserted).
+        let v = unsafe { [0, 8, 16, 24].map(|i| _mm256_loadu_ps(xs.as_ptr().add(i))) };
+        let sign = _mm256_set1_ps(-0.0);
+        let abs = v.map(|x| _mm256_andnot_ps(sign, x));
+        let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        let d = _mm_cvtss_f32(m) / 127.0;
+        let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let i = v.map(|x| {
+            _mm256_cvtps_epi32(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(_mm256_mul_ps(x, inv)))
+        });
+        let sum = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        let sum = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256(sum, 1),
+        );
+        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
+        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b10_11_00_01));
+        // i32 → i16 → i8 packs within 128-bit lanes; the permute puts the lanes back in order.
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: 32 writable bytes at `q` (asserted).
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, p) };
+        (d, _mm_cvtsi128_si32(sum))
+    }
 
     /// An f16 (little-endian bytes at `p`) as f32, in hardware.
     #[inline]
@@ -2054,6 +2110,62 @@ mod tests {
             rope_scale: 2.0,
             query_scale: 0.3,
         })
+    }
+
+    /// Activations quantize by the definition (`d = max |x| / 127`, `q = x / d` rounded to
+    /// nearest with ties to even, `s = d Σ q`), and the AVX2 kernel gives the portable one's
+    /// bits: random blocks, a zero block, and blocks full of exact ties.
+    #[test]
+    fn activations_quantize_by_definition_in_both_kernels() {
+        let mut r = crate::rng::rng(5, 0);
+        let mut blocks: Vec<Vec<f32>> = (0..200)
+            .map(|i| {
+                let scale = [1e-3f32, 1.0, 300.0][i % 3];
+                (0..QK)
+                    .map(|_| (rand::Rng::random::<f32>(&mut r) * 2.0 - 1.0) * scale)
+                    .collect()
+            })
+            .collect();
+        blocks.push(vec![0.0; QK]);
+        // max |x| = 127, so d = 1 and every x / d is a tie: k + 0.5 for k in −16..16.
+        let mut ties: Vec<f32> = (0..QK).map(|k| k as f32 - 16.0 + 0.5).collect();
+        ties[0] = 127.0;
+        blocks.push(ties.clone());
+        blocks.push(ties.iter().map(|v| -v).collect());
+        for x in &blocks {
+            let mut v = Q8Vector::default();
+            v.quantize(x);
+            let amax = x.iter().fold(0f32, |m, a| m.max(a.abs()));
+            let d = amax / 127.0;
+            assert_eq!(v.d[0], d);
+            let mut sum = 0;
+            for (q, &a) in v.q.iter().zip(x) {
+                let want = if d > 0.0 {
+                    (a * (1.0 / d)).round_ties_even()
+                } else {
+                    0.0
+                };
+                assert_eq!(*q as f32, want, "{a} / {d}");
+                sum += *q as i32;
+            }
+            assert_eq!(v.s[0], d * sum as f32);
+            let mut portable = [0i8; QK];
+            let got = quantize_block(x, &mut portable);
+            assert_eq!(got, (d, sum));
+            assert_eq!(&portable[..], &v.q[..]);
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                let mut fast = [0i8; QK];
+                // SAFETY: the CPU has AVX2, FMA and F16C (checked).
+                let got = unsafe { avx2::quantize_block(x, &mut fast) };
+                assert_eq!(got, (d, sum));
+                assert_eq!(fast, portable);
+            }
+        }
+        // Ties go to even: 0.5 → 0, 1.5 → 2, −2.5 → −2.
+        let mut v = Q8Vector::default();
+        v.quantize(&ties);
+        assert_eq!(&v.q[14..19], &[-2, -0, 0, 2, 2]);
     }
 
     /// The f32 kind computes exactly what the burn model computes, position by position; Q8_0
