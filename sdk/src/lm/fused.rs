@@ -6,9 +6,10 @@
 //! [`crate::lm::kernels`], parallel over rows.
 //!
 //! [`enabled`] says whether a tensor can take them: on other backends (libtorch) and other
-//! float types the model composes burn's ops as before. `LMLAB_FUSED=0` turns them off (for
-//! comparisons). Every op is property-tested against the composition it replaces, values and
-//! gradients.
+//! float types the model composes burn's ops as before. On `tch:cpu` attention alone takes
+//! libtorch's own fused CPU kernel, forward and backward ([`torch_attention`]), as PyTorch's
+//! `scaled_dot_product_attention` does. `LMLAB_FUSED=0` turns them off (for comparisons).
+//! Every op is property-tested against the composition it replaces, values and gradients.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -23,6 +24,9 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::lm::kernels::{self, AttentionShape, Rope};
+
+#[cfg(feature = "tch")]
+mod torch;
 
 /// The fused operations (forward; the autodiff implementation adds the backward passes).
 #[backend_extension(Flex, Autodiff)]
@@ -321,6 +325,55 @@ pub fn enabled<const D: usize>(x: &Tensor<D>) -> bool {
     switched_on() && is_flex(&x.device()) && x.dtype() == DType::F32
 }
 
+/// Whether attention on `x` takes libtorch's fused CPU kernel ([`torch_attention`]):
+/// switched on, on `tch:cpu` (with or without autodiff), in `f32`.
+#[allow(deprecated)] // burn marks its libtorch backend deprecated; lmlab keeps it behind `tch`
+pub fn torch_enabled<const D: usize>(x: &Tensor<D>) -> bool {
+    #[cfg(feature = "tch")]
+    {
+        switched_on()
+            && x.dtype() == DType::F32
+            && matches!(
+                x.device().inner().as_dispatch(),
+                burn_dispatch::DispatchDevice::LibTorch(burn::backend::LibTorchDevice::Cpu)
+            )
+    }
+    #[cfg(not(feature = "tch"))]
+    {
+        let _ = x;
+        false
+    }
+}
+
+/// Attention on `tch:cpu` through libtorch's fused CPU kernel, forward and backward (see
+/// [`torch_enabled`]): `q` `[B, Hq, T, D]` over `k`, `v` `[B, Hkv, S, D]` with `Hq` a multiple
+/// of `Hkv` (query head `h` reads key-value head `h / (Hq / Hkv)`; nothing is repeated
+/// outside the kernel's call), the additive `bias` broadcast to `[B, Hq, T, S]`, causal when
+/// `causal` (then `S == T`), scaled by `scale` (`1/√D` when `None`).
+#[cfg(feature = "tch")]
+pub fn torch_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    bias: Option<Tensor<4>>,
+    causal: bool,
+    scale: Option<f64>,
+) -> Tensor<4> {
+    use torch::TorchOps;
+    let (q, k, v) = (q.into_dispatch(), k.into_dispatch(), v.into_dispatch());
+    call(match bias {
+        Some(bias) => <Dispatch as TorchOps>::torch_attention_biased(
+            q,
+            k,
+            v,
+            bias.into_dispatch(),
+            causal,
+            scale,
+        ),
+        None => <Dispatch as TorchOps>::torch_attention(q, k, v, causal, scale),
+    })
+}
+
 fn call<const D: usize>(out: FloatTensor<Dispatch>) -> Tensor<D> {
     Tensor::from_dispatch(out)
 }
@@ -425,7 +478,7 @@ mod tests {
         let fb = composed(b.clone());
         let d = max_abs_diff(&values(&fa), &values(&fb));
         prop_assert!(d <= TOL, "values differ by {d}");
-        let r = Tensor::<O>::random(fa.dims(), Distribution::Uniform(-1.0, 1.0), &device());
+        let r = Tensor::<O>::random(fa.dims(), Distribution::Uniform(-1.0, 1.0), &fa.device());
         let ga = (fa * r.clone()).sum().backward();
         let gb = (fb * r).sum().backward();
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
@@ -551,6 +604,66 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn marks its libtorch backend deprecated
+    fn tch_cpu() -> Device {
+        Device::libtorch()
+    }
+
+    #[cfg(feature = "tch")]
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn torch_attention_equals_softmax_attention(
+            b in 1usize..3, t in 1usize..10, kv in 1usize..3, rep in 1usize..4, hd in 1usize..12,
+            pads in proptest::collection::vec(0usize..4, 2), causal: bool, biased: bool,
+            scaled: bool,
+        ) {
+            let dev = tch_cpu().autodiff();
+            let hq = kv * rep;
+            let r = |shape: [usize; 4]| {
+                Tensor::<4>::random(shape, Distribution::Uniform(-2.0, 2.0), &dev).require_grad()
+            };
+            // Padding keys hidden from later queries (each query keeps its own key), as the
+            // model's bias does.
+            let mut m = Vec::new();
+            for &p in &pads[..b] {
+                let p = p.min(t.saturating_sub(1));
+                for qi in 0..t {
+                    for kj in 0..t {
+                        m.push(if kj != qi && kj < p { -1e30f32 } else { 0.0 });
+                    }
+                }
+            }
+            let bias = biased.then(|| {
+                Tensor::<4>::from_data(TensorData::new(m, [b, 1, t, t]), &dev).expand([b, hq, t, t])
+            });
+            let scale = scaled.then_some(0.37);
+            check(
+                vec![r([b, hq, t, hd]), r([b, kv, t, hd]), r([b, kv, t, hd])],
+                |v| torch_attention(v[0].clone(), v[1].clone(), v[2].clone(), bias.clone(), causal, scale),
+                |v| {
+                    let grow = |x: Tensor<4>| {
+                        x.unsqueeze_dim::<5>(2).expand([b, kv, rep, t, hd]).reshape([b, hq, t, hd])
+                    };
+                    let s = scale.unwrap_or(1.0 / (hd as f64).sqrt());
+                    let mut scores = v[0].clone().matmul(grow(v[1].clone()).swap_dims(2, 3)).mul_scalar(s);
+                    if let Some(bias) = &bias {
+                        scores = scores + bias.clone();
+                    }
+                    if causal {
+                        let future: Vec<f32> = (0..t * t)
+                            .map(|i| if i % t > i / t { -1e30 } else { 0.0 })
+                            .collect();
+                        scores = scores + Tensor::<4>::from_data(TensorData::new(future, [1, 1, t, t]), &dev);
+                    }
+                    burn::tensor::activation::softmax(scores, 3).matmul(grow(v[2].clone()))
+                },
+            )?;
+        }
+    }
+
     #[test]
     fn only_flex_f32_takes_fused_ops() {
         // nextest runs each test in its own process, so the switch is this test's own.
@@ -565,8 +678,26 @@ mod tests {
             !enabled(&x.clone().cast(DType::F16)),
             "f16 takes burn's ops"
         );
+        assert!(!torch_enabled(&x), "flex takes its own fused attention");
         set_enabled(false);
         assert!(!enabled(&x), "switched off");
+        set_enabled(true);
+    }
+
+    #[cfg(feature = "tch")]
+    #[test]
+    fn only_tch_cpu_f32_takes_torch_attention() {
+        set_enabled(true);
+        let x = Tensor::<1>::zeros([2], &tch_cpu());
+        assert!(torch_enabled(&x));
+        assert!(torch_enabled(&Tensor::<1>::zeros(
+            [2],
+            &tch_cpu().autodiff()
+        )));
+        assert!(!enabled(&x), "the flex kernels are not libtorch's");
+        assert!(!torch_enabled(&x.clone().cast(DType::F16)));
+        set_enabled(false);
+        assert!(!torch_enabled(&x), "switched off");
         set_enabled(true);
     }
 }

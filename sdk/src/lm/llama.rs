@@ -751,10 +751,11 @@ impl Llama {
         }
     }
 
-    /// Rotary tables `[B, 1, T, D]` (cos and sin, each value at both members of its pair)
-    /// for rows whose absolute indices run from `start` to `start + t`, position = (index −
-    /// pad) / `scale`, base `theta` (llama2.c's f32 arithmetic). Pairs are interleaved
-    /// (`2j, 2j+1`) for Llama and the two halves (`j, j + D/2`) for Gemma 3.
+    /// Rotary tables `[B, 1, T, D]` for rows whose absolute indices run from `start` to
+    /// `start + t`, position = (index − pad) / `scale`, base `theta` (llama2.c's f32
+    /// arithmetic): the cosine at both members of each pair, the sine negated at the first
+    /// member (see [`apply_rope`](Self::apply_rope)). Pairs are interleaved (`2j, 2j+1`) for
+    /// Llama and the two halves (`j, j + D/2`) for Gemma 3.
     fn rope(
         &self,
         pad: &[usize],
@@ -764,10 +765,17 @@ impl Llama {
         device: &Device,
     ) -> (Tensor<4>, Tensor<4>) {
         let table = self.rope_table(pad, start, t, key);
-        let shape = [pad.len(), 1, t, table.dim];
+        let (hd, halves) = (table.dim, table.halves);
+        let shape = [pad.len(), 1, t, hd];
+        let mut sin = table.sin;
+        for row in sin.chunks_mut(hd) {
+            for j in 0..hd / 2 {
+                row[if halves { j } else { 2 * j }] *= -1.0;
+            }
+        }
         (
             Tensor::from_data(TensorData::new(table.cos, shape), device),
-            Tensor::from_data(TensorData::new(table.sin, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
         )
     }
 
@@ -814,32 +822,17 @@ impl Llama {
         }
     }
 
-    /// `[D, D]` with `x · P` the rotation of each pair by 90°: `(−x₁, x₀, −x₃, x₂, …)` for
-    /// interleaved pairs, `(−x_{D/2..}, x_{..D/2})` for halves.
-    fn rope_swap(&self, device: &Device) -> Tensor<2> {
-        let hd = self.config.head_dim();
-        let mut p = vec![0.0f32; hd * hd];
-        for j in 0..hd / 2 {
-            let (a, b) = if self.config.gemma3().is_some() {
-                (j, j + hd / 2)
-            } else {
-                (2 * j, 2 * j + 1)
-            };
-            p[b * hd + a] = -1.0; // out[a] = −x[b]
-            p[a * hd + b] = 1.0; // out[b] = x[a]
-        }
-        Tensor::from_data(TensorData::new(p, [hd, hd]), device)
-    }
-
-    /// Rotates the pairs: `x·cos + (x·P)·sin`.
-    fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>, swap: &Tensor<2>) -> Tensor<4> {
+    /// Rotates each pair `(a, b)` of `x` `[B, H, T, D]` by its angle: `(x_a·cos − x_b·sin,
+    /// x_b·cos + x_a·sin)`, as `x·cos + flip(x)·sin` with [`rope`](Self::rope)'s signed sine,
+    /// where `flip` exchanges the members of each pair (no matrix product).
+    fn apply_rope(&self, x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
         let [b, h, t, d] = x.dims();
-        let swapped = x
-            .clone()
-            .reshape([b * h * t, d])
-            .matmul(swap.clone())
-            .reshape([b, h, t, d]);
-        x * cos.clone() + swapped * sin.clone()
+        let flipped = if self.config.gemma3().is_some() {
+            x.clone().reshape([b, h, t, 2, d / 2]).flip([3])
+        } else {
+            x.clone().reshape([b, h, t, d / 2, 2]).flip([4])
+        };
+        x * cos.clone() + flipped.reshape([b, h, t, d]) * sin.clone()
     }
 
     /// Final hidden states `[B, T, dim]` for `tokens` `[B, T]`. Row `b` has `pad[b]` left
@@ -868,7 +861,6 @@ impl Llama {
                 ropes.push((key, self.rope(pad, start, t, key, &device)));
             }
         }
-        let swap = self.rope_swap(&device);
         // Mask (true = hidden): keys that are padding, in the future, or (sliding-window
         // layers) `window` or more positions back. A padding query keeps its own key so its
         // softmax is defined (its output is never used). On libtorch the keys are hidden by an
@@ -916,8 +908,8 @@ impl Llama {
             let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
             let key = c.rope_of_layer(li);
             let (_, (cos, sin)) = ropes.iter().find(|(k, _)| *k == key).expect("built above");
-            let q = Self::apply_rope(q, cos, sin, &swap);
-            let k = Self::apply_rope(k, cos, sin, &swap);
+            let q = self.apply_rope(q, cos, sin);
+            let k = self.apply_rope(k, cos, sin);
             let (k, v) = match cache.as_deref_mut() {
                 Some(cache) => cache.append(li, k, v, start),
                 None => (k, v),
@@ -947,6 +939,14 @@ impl Llama {
                     options,
                 );
                 o.reshape([b, nh, 1, hd])
+            } else if fused::torch_enabled(&q) {
+                // `tch:cpu`: libtorch's fused kernel, keys and values as they are.
+                #[cfg(feature = "tch")]
+                {
+                    fused::torch_attention(q, k, v, bias.clone(), *causal_only && t > 1, scale)
+                }
+                #[cfg(not(feature = "tch"))]
+                unreachable!("torch_enabled needs the tch feature")
             } else {
                 let grow = |x: Tensor<4>| {
                     let [b, _, tk, _] = x.dims();
